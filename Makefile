@@ -1,0 +1,46 @@
+# leukoflow: `make run` sets up and runs the demo workflow, `make test` sets up and runs the tests.
+# The virtualenv is keyed on the hash of requirements.lock: reuse is instant while the pins are
+# unchanged, a changed pin rebuilds it from scratch.
+
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 8
+LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-16)
+PKG_HASH := $(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+ENV_STAMP := $(VENV)/.lock-$(LOCK_HASH)
+PKG_STAMP := $(VENV)/.pkg-$(PKG_HASH)
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint format-check docs mlflow-ui clean-results
+
+setup: $(PKG_STAMP)
+
+$(ENV_STAMP):
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	touch $@
+
+$(PKG_STAMP): $(ENV_STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.pkg-*
+	touch $@
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+docs: setup
+	$(BIN)/python -m leukoflow.docs
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///results/mlflow.db
+
+clean-results:
+	rm -rf results/* .snakemake logs benchmarks && touch results/.gitkeep

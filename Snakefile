@@ -1,0 +1,40 @@
+# leukoflow: the Cytologia white-blood-cell method as one workflow.
+#
+# results/ layout (one folder per stage, each with summary.json):
+#   synthetic/   the generated demo dataset (data.source: synthetic)
+#   ingest/      decoded image table, box/test tables, data-quality ledger
+#   curation/    duplicate groups, repaired boxes, folds, fold balance
+#   metrics.json headline figures of the run
+import os
+import sys
+
+from snakemake.utils import min_version
+
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
+
+from leukoflow.config import validate_config
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+validate_config(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/synthesize.smk"
+include: "workflow/rules/holdout.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/curation.smk"
+include: "workflow/rules/metrics.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/ingest/summary.json",
+        "results/curation/summary.json",
+        "results/curation/fold_balance.png",
+        "results/metrics.json",

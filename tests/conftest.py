@@ -1,0 +1,45 @@
+"""Shared test helpers: repository paths, the read-only reference folder, the tiny workflow run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def shared_path(*parts: str) -> Path:
+    """A file of ../shared, or a clean skip where the reference folder is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference data {path} is not present beside the repository")
+    return path
+
+
+def run_workflow(workdir: Path, *extra: str, configfile: Path = TINY_CONFIG, cores: int = 2,
+                 check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real snakemake on the repository's Snakefile with `workdir` as working directory."""
+    command = [
+        str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--cores", str(cores), "--configfile", str(configfile), *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One complete tiny workflow run shared by the end-to-end tests."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    run_workflow(workdir)
+    return workdir

@@ -1,0 +1,224 @@
+"""De-duplication: grouping, survivor rule, conflict and train-test policies, pair search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leukoflow.constants import CLASS_TO_INDEX
+from leukoflow.duplicates import (
+    deduplicate, find_near_pairs, near_pairs_brute_force, near_pairs_multi_index, phash_to_uint64,
+)
+from leukoflow.tables import CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, validate
+
+
+# ---------------------------------------------------------------- builders shared by the curation tests
+
+def ingest_images(rows: list[tuple]) -> pd.DataFrame:
+    """INGEST_IMAGES frame from (name, split, hash int[, width, height, status]) tuples."""
+    records = []
+    for spec in rows:
+        name, split, value = spec[:3]
+        width, height = spec[3:5] if len(spec) >= 5 else (360, 363)
+        status = spec[5] if len(spec) >= 6 else "ok"
+        records.append({
+            "name": name, "split": split, "path": f"images/{name}", "status": status,
+            "reason": "" if status == "ok" else "undecodable", "width": width, "height": height,
+            "channels": 3, "mode": "RGB", "file_sha256": f"{value:064x}", "pixel_mean": 190.0 + len(name),
+            "pixel_std": 40.0 + (value % 7), "phash": "" if status == "quarantined" else f"{value:016x}",
+        })
+    frame = pd.DataFrame(records).astype({"name": "str", "width": "int64", "height": "int64", "channels": "int64"})
+    return validate(frame[INGEST_IMAGES.column_names], INGEST_IMAGES)
+
+
+def ingest_boxes(rows: list[tuple]) -> pd.DataFrame:
+    """INGEST_BOXES frame from (name, label[, x1, y1, x2, y2, status]) tuples; row = position."""
+    records = []
+    for row, spec in enumerate(rows):
+        name, label = spec[:2]
+        x1, y1, x2, y2 = spec[2:6] if len(spec) >= 6 else (100.0, 100.0, 250.0, 250.0)
+        status = spec[6] if len(spec) >= 7 else "ok"
+        records.append({
+            "row": row, "name": name, "x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2),
+            "label": label, "class_idx": CLASS_TO_INDEX.get(label, -1), "status": status,
+            "reason": "" if status == "ok" else "unknown_class",
+        })
+    columns = {c: pd.Series([r[c] for r in records], dtype=d) for c, d in (
+        ("row", "int64"), ("name", "str"), ("x1", "float64"), ("y1", "float64"), ("x2", "float64"),
+        ("y2", "float64"), ("label", "str"), ("class_idx", "int64"), ("status", "str"), ("reason", "str"))}
+    return validate(pd.DataFrame(columns)[INGEST_BOXES.column_names], INGEST_BOXES)
+
+
+def flip(value: int, bits: list[int]) -> int:
+    for bit in bits:
+        value ^= 1 << bit
+    return value
+
+
+BASE = 0x9F3A_5C71_0E2B_D486
+FAR = 0x1234_5678_9ABC_DEF0
+
+
+def run(images: pd.DataFrame, boxes: pd.DataFrame, **kwargs):
+    options = {"max_distance": 4, "conflict_policy": "keep_survivor", **kwargs}
+    groups, curated, ledger, summary = deduplicate(images, boxes, **options)
+    validate(groups, DUPLICATE_GROUPS)
+    validate(curated, CURATED_IMAGES)
+    validate(ledger, LEDGER)
+    return groups, curated.set_index("name"), ledger, summary
+
+
+# ---------------------------------------------------------------- grouping
+
+def test_transitive_near_chain_is_one_group():
+    a, b, c = BASE, flip(BASE, [0, 1, 2]), flip(BASE, [0, 1, 2, 10, 11, 12])
+    images = ingest_images([("a.jpg", "train", a), ("b.jpg", "train", b), ("c.jpg", "train", c),
+                            ("d.jpg", "train", FAR)])
+    boxes = ingest_boxes([(n, "LY") for n in ("a.jpg", "b.jpg", "c.jpg", "d.jpg")])
+    groups, curated, ledger, summary = run(images, boxes, max_distance=3)
+    assert sorted(groups["name"]) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert set(groups["kind"]) == {"near"} and groups["group_id"].nunique() == 1
+    assert curated.loc["a.jpg", "role"] == "survivor"
+    assert list(curated.loc[["b.jpg", "c.jpg"], "role"]) == ["removed", "removed"]
+    assert curated.loc["d.jpg", "role"] == "unique" and curated.loc["d.jpg", "group_id"] == -1
+    assert sorted(ledger["name"]) == ["b.jpg", "c.jpg"] and set(ledger["reason"]) == {"near_duplicate"}
+    assert summary["near_groups"] == 1 and summary["images_removed"] == 2
+
+
+def test_exact_groups_are_the_winners_rule_at_distance_zero():
+    images = ingest_images([("z.jpg", "train", BASE), ("m.jpg", "train", BASE), ("n.jpg", "train", flip(BASE, [5]))])
+    boxes = ingest_boxes([("z.jpg", "PNN"), ("m.jpg", "PNN"), ("n.jpg", "PNN")])
+    groups, curated, ledger, summary = run(images, boxes, max_distance=0)
+    assert list(groups["name"]) == ["m.jpg", "z.jpg"] and set(groups["kind"]) == {"exact"}
+    assert curated.loc["m.jpg", "role"] == "survivor" and not curated.loc["z.jpg", "keep"]
+    assert curated.loc["n.jpg", "role"] == "unique"
+    assert list(ledger["reason"]) == ["exact_duplicate"]
+    assert summary["exact_groups"] == 1 and summary["near_groups"] == 0
+
+
+def test_group_ids_follow_smallest_member_name():
+    images = ingest_images([("q.jpg", "train", FAR), ("b.jpg", "train", BASE), ("a.jpg", "train", FAR),
+                            ("c.jpg", "train", BASE)])
+    boxes = ingest_boxes([(n, "LY") for n in ("q.jpg", "b.jpg", "a.jpg", "c.jpg")])
+    groups, *_ = run(images, boxes)
+    assert dict(zip(groups["name"], groups["group_id"])) == {"a.jpg": 0, "q.jpg": 0, "b.jpg": 1, "c.jpg": 1}
+
+
+def test_survivors_do_not_depend_on_row_order():
+    rng = np.random.default_rng(7)
+    seeds = rng.integers(0, 2**63, 40, dtype=np.uint64)
+    specs = []
+    for k, value in enumerate(seeds):
+        for copy in range(int(rng.integers(1, 4))):
+            noisy = flip(int(value), list(rng.choice(64, int(rng.integers(0, 3)), replace=False)))
+            specs.append((f"{rng.integers(1e9):09d}-{k}-{copy}.jpg", "train", noisy))
+    images = ingest_images(specs)
+    boxes = ingest_boxes([(spec[0], "LY") for spec in specs])
+    reference = run(images, boxes)
+    for seed in range(3):
+        shuffled = run(images.sample(frac=1.0, random_state=seed), boxes.sample(frac=1.0, random_state=seed))
+        pd.testing.assert_frame_equal(shuffled[0], reference[0])
+        pd.testing.assert_frame_equal(shuffled[1], reference[1])
+        pd.testing.assert_frame_equal(shuffled[2], reference[2])
+
+
+# ---------------------------------------------------------------- policies
+
+def conflicting_pair():
+    images = ingest_images([("a.jpg", "train", BASE), ("b.jpg", "train", flip(BASE, [3])), ("c.jpg", "train", FAR)])
+    boxes = ingest_boxes([("a.jpg", "LY"), ("b.jpg", "PNN"), ("c.jpg", "MO")])
+    return images, boxes
+
+
+def test_conflicting_labels_keep_survivor():
+    groups, curated, ledger, summary = run(*conflicting_pair(), conflict_policy="keep_survivor")
+    assert summary["conflicting_groups"] == 1
+    assert curated.loc["a.jpg", "keep"] and curated.loc["a.jpg", "role"] == "survivor"
+    assert curated.loc["b.jpg", "role"] == "removed"
+    assert "conflict" in groups.set_index("name").loc["a.jpg", "reason"]
+    assert list(groups["labels"]) == ["LY", "PNN"]
+
+
+def test_conflicting_labels_drop_group():
+    groups, curated, ledger, summary = run(*conflicting_pair(), conflict_policy="drop_group")
+    assert list(curated.loc[["a.jpg", "b.jpg"], "role"]) == ["conflict_removed", "conflict_removed"]
+    assert not curated.loc[["a.jpg", "b.jpg"], "keep"].any() and curated.loc["c.jpg", "keep"]
+    assert sorted(ledger["name"]) == ["a.jpg", "b.jpg"] and set(ledger["reason"]) == {"conflicting_duplicate"}
+    assert summary["images_kept"] + summary["images_removed"] == summary["images_in"] == 3
+
+
+def test_same_label_multiset_is_no_conflict():
+    images = ingest_images([("a.jpg", "train", BASE), ("b.jpg", "train", BASE)])
+    boxes = ingest_boxes([("a.jpg", "LY"), ("a.jpg", "PNN"), ("b.jpg", "PNN"), ("b.jpg", "LY")])
+    _, curated, _, summary = run(images, boxes, conflict_policy="drop_group")
+    assert summary["conflicting_groups"] == 0 and curated.loc["a.jpg", "keep"]
+
+
+def test_train_test_groups_never_remove_test_images():
+    images = ingest_images([("t1.jpg", "test", BASE), ("a.jpg", "train", BASE), ("b.jpg", "train", flip(BASE, [9])),
+                            ("t2.jpg", "test", FAR), ("t3.jpg", "test", FAR)])
+    boxes = ingest_boxes([("a.jpg", "LY"), ("b.jpg", "PNN")])
+    for policy in ("keep_survivor", "drop_group"):
+        groups, curated, ledger, summary = run(images, boxes, conflict_policy=policy)
+        assert curated.loc[["t1.jpg", "t2.jpg", "t3.jpg"], "keep"].all()
+        assert set(curated.loc[["t1.jpg", "t2.jpg", "t3.jpg"], "role"]) == {"test_member"}
+        assert curated.loc[["t1.jpg", "a.jpg", "b.jpg"], "train_test_duplicate"].all()
+        assert not curated.loc[["t2.jpg", "t3.jpg"], "train_test_duplicate"].any()
+        assert summary["train_test_groups"] == 1 and summary["duplicate_groups"] == 2
+        assert not set(ledger["name"]) & {"t1.jpg", "t2.jpg", "t3.jpg"}
+
+
+def test_keep_grouped_keeps_one_per_distinct_hash():
+    images = ingest_images([("a.jpg", "train", BASE), ("b.jpg", "train", flip(BASE, [3])), ("c.jpg", "train", BASE)])
+    boxes = ingest_boxes([("a.jpg", "LY"), ("b.jpg", "LY"), ("c.jpg", "LY")])
+    _, curated, _, _ = run(images, boxes, near_policy="keep_grouped")
+    assert list(curated["role"]) == ["survivor", "survivor", "removed"]
+    assert curated.loc["a.jpg", "group_id"] == curated.loc["b.jpg", "group_id"] == 0
+
+
+def test_quarantined_images_are_left_out_and_counted():
+    images = ingest_images([("a.jpg", "train", BASE), ("b.jpg", "train", BASE, 0, 0, "quarantined")])
+    _, curated, _, summary = run(images, ingest_boxes([("a.jpg", "LY")]))
+    assert list(curated.index) == ["a.jpg"] and summary["images_quarantined_upstream"] == 1
+
+
+def test_bad_phash_names_the_image():
+    images = ingest_images([("a.jpg", "train", BASE)])
+    images.loc[0, "phash"] = "xyz"
+    with pytest.raises(ValueError, match="a.jpg.*phash"):
+        run(images, ingest_boxes([("a.jpg", "LY")]))
+
+
+@pytest.mark.parametrize("policy", [{"conflict_policy": "keep_all"}, {"near_policy": "merge"}])
+def test_unknown_policy_is_refused(policy):
+    with pytest.raises(ValueError, match="policy"):
+        run(ingest_images([("a.jpg", "train", BASE)]), ingest_boxes([("a.jpg", "LY")]), **policy)
+
+
+# ---------------------------------------------------------------- pair search
+
+def planted_hashes(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, 2**64, n, dtype=np.uint64)
+    sources = rng.choice(n, n // 10, replace=False)
+    targets = rng.choice(n, n // 10, replace=False)
+    for source, target in zip(sources, targets):
+        bits = rng.choice(64, int(rng.integers(0, 9)), replace=False)
+        hashes[target] = np.uint64(flip(int(hashes[source]), list(bits)))
+    return hashes
+
+
+@pytest.mark.parametrize("max_distance", [0, 2, 5, 8])
+def test_multi_index_search_equals_brute_force(max_distance):
+    hashes = planted_hashes(2000, seed=max_distance)
+    expected = near_pairs_brute_force(hashes, max_distance)
+    found = near_pairs_multi_index(hashes, max_distance)
+    assert len(expected) > 0
+    np.testing.assert_array_equal(found, expected[np.lexsort((expected[:, 1], expected[:, 0]))])
+    np.testing.assert_array_equal(find_near_pairs(hashes, max_distance), found)
+
+
+def test_phash_parsing_is_big_endian_hex():
+    parsed = phash_to_uint64(pd.Series(["0000000000000001", "ffffffffffffffff", "8000000000000000"]))
+    assert list(parsed) == [1, 2**64 - 1, 2**63]

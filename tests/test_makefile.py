@@ -1,0 +1,42 @@
+"""The virtualenv is keyed on the lock file's hash: reuse is instant, a changed pin rebuilds."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def _dry_run(directory: Path) -> str:
+    return subprocess.run(["make", "-n", "setup"], cwd=directory, capture_output=True, text=True, check=True).stdout
+
+
+def _project_copy(tmp_path: Path) -> Path:
+    for name in ("Makefile", "requirements.lock", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    return tmp_path
+
+
+def test_unchanged_lock_reuses_the_environment(tmp_path):
+    project = _project_copy(tmp_path)
+    first = _dry_run(project)
+    assert "pip install" in first and "-r requirements.lock" in first
+    for line in first.splitlines():
+        if line.startswith("touch "):
+            target = project / line.split()[1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+    (project / "requirements.lock").touch()  # a fresh clone's timestamps must not matter
+    assert "Nothing to be done" in _dry_run(project), "nothing should run when the pins are unchanged"
+
+
+def test_changed_pin_rebuilds_the_environment(tmp_path):
+    project = _project_copy(tmp_path)
+    for line in _dry_run(project).splitlines():
+        if line.startswith("touch "):
+            (project / line.split()[1]).parent.mkdir(parents=True, exist_ok=True)
+            (project / line.split()[1]).touch()
+    lock = project / "requirements.lock"
+    lock.write_text(lock.read_text().replace("pytest==", "pytest==0.0.0+changed#"))
+    rebuilt = _dry_run(project)
+    assert "rm -rf .venv" in rebuilt and "-r requirements.lock" in rebuilt

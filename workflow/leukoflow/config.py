@@ -1,0 +1,29 @@
+"""Validate a workflow configuration against config/schema.yaml with messages that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration does not match the schema."""
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path) -> None:
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = [_describe(error) for error in sorted(validator.iter_errors(config), key=lambda e: list(e.path))]
+    if problems:
+        raise ConfigError("invalid configuration (see config/README.md):\n  " + "\n  ".join(problems))
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(part) for part in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties":
+        unexpected = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"{where}: unknown key(s) {', '.join(repr(key) for key in unexpected)}"
+    return f"{where}: {error.message}"

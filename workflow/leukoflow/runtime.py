@@ -1,0 +1,65 @@
+"""What every rule script shares: logging to the rule's log file, timing, and the summary JSON.
+
+Scripts stay three lines: import the stage, call `run_rule(snakemake, stage.run)`. The stage's
+`run(smk)` reads the rule's input/params/output and returns its summary figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from leukoflow import offline
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_plain) + "\n")
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and paths in summaries become plain JSON values."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def run_rule(smk: Any, stage_run: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Run one stage under Snakemake: log file, timing, `output.summary` written when declared."""
+    offline.enforce()
+    log_path = Path(smk.log[0]) if len(smk.log) else None
+    _configure_logging(log_path)
+    logger = logging.getLogger(f"leukoflow.{smk.rule}")
+    started = time.perf_counter()
+    logger.info("rule %s starts (threads=%s)", smk.rule, smk.threads)
+    try:
+        summary = stage_run(smk)
+    except Exception:
+        logger.exception("rule %s failed", smk.rule)
+        raise
+    summary = dict(summary)
+    summary.setdefault("seconds", round(time.perf_counter() - started, 3))
+    if hasattr(smk.output, "summary"):
+        write_json(smk.output.summary, summary)
+    logger.info("rule %s done in %.1f s", smk.rule, summary["seconds"])
+    return summary
+
+
+def _configure_logging(log_path: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)

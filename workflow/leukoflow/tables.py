@@ -1,0 +1,243 @@
+"""Every table passed between stages, defined in one place and validated on write and read.
+
+A schema is an ordered list of columns, each with a pandas dtype kind and a description.
+`write_table` refuses a frame whose columns or dtypes differ from its schema, so a stage
+cannot silently change the contract its consumers rely on. `python -m leukoflow.docs`
+renders these definitions into docs/tables.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: str  # one of: str, int, float, bool
+    description: str
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    path_pattern: str
+    description: str
+    columns: tuple[Column, ...]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [column.name for column in self.columns]
+
+
+_STATUS = Column("status", "str", "ok | repaired | quarantined")
+_REASON = Column("reason", "str", "';'-joined reason codes of the repair or quarantine; empty when ok")
+
+SCHEMAS: dict[str, Schema] = {}
+
+
+def _register(schema: Schema) -> Schema:
+    SCHEMAS[schema.name] = schema
+    return schema
+
+
+INGEST_IMAGES = _register(Schema(
+    "ingest_images", "results/ingest/images.parquet",
+    "One row per image referenced by train.csv or test.csv, as decoded once by ingest.",
+    (
+        Column("name", "str", "NAME as in the challenge CSVs (plain file name)"),
+        Column("split", "str", "train | test"),
+        Column("path", "str", "image the later stages read: the input file, or the repaired working copy"),
+        _STATUS,
+        _REASON,
+        Column("width", "int", "decoded width in px (0 when quarantined)"),
+        Column("height", "int", "decoded height in px (0 when quarantined)"),
+        Column("channels", "int", "channels of the file as stored (1 grey, 3 RGB, 4 CMYK/RGBA)"),
+        Column("mode", "str", "PIL mode of the file as stored"),
+        Column("file_sha256", "str", "SHA-256 of the input file bytes"),
+        Column("pixel_mean", "float", "mean over all RGB pixels and channels (0-255)"),
+        Column("pixel_std", "float", "standard deviation over all RGB pixels and channels"),
+        Column("phash", "str", "64-bit imagehash pHash of the RGB image as 16 hex digits (empty when quarantined)"),
+    ),
+))
+
+INGEST_BOXES = _register(Schema(
+    "ingest_boxes", "results/ingest/boxes.parquet",
+    "One row per train.csv row (one annotated white cell), coordinates as given.",
+    (
+        Column("row", "int", "0-based data row of train.csv (file line = row + 2)"),
+        Column("name", "str", "NAME of the image"),
+        Column("x1", "float", "left, px, as given"),
+        Column("y1", "float", "top, px, as given"),
+        Column("x2", "float", "right, px, as given"),
+        Column("y2", "float", "bottom, px, as given"),
+        Column("label", "str", "class code (constants.CLASSES)"),
+        Column("class_idx", "int", "index of the class code (-1 when quarantined for an unknown code)"),
+        _STATUS,
+        _REASON,
+    ),
+))
+
+INGEST_TEST = _register(Schema(
+    "ingest_test", "results/ingest/test.parquet",
+    "One row per test.csv row (one expected cell).",
+    (
+        Column("row", "int", "0-based data row of test.csv"),
+        Column("trustii_id", "int", "submission id of the expected cell"),
+        Column("name", "str", "NAME of the image"),
+        _STATUS,
+        _REASON,
+    ),
+))
+
+LEDGER = _register(Schema(
+    "ledger", "results/<stage>/ledger.csv",
+    "Data-quality ledger: one row per input row or image that a stage repaired, removed or quarantined.",
+    (
+        Column("stage", "str", "ingest | deduplicate | repair_boxes"),
+        Column("table", "str", "train.csv | test.csv | images"),
+        Column("row", "int", "0-based data row in that table (-1 for an image without a row)"),
+        Column("name", "str", "NAME of the image concerned"),
+        Column("field", "str", "column or property at fault"),
+        Column("action", "str", "repaired | removed | quarantined"),
+        Column("reason", "str", "reason code"),
+        Column("detail", "str", "human-readable detail (values seen, exception text)"),
+    ),
+))
+
+DUPLICATE_GROUPS = _register(Schema(
+    "duplicate_groups", "results/curation/duplicate_groups.parquet",
+    "Members of every exact or near-duplicate group of images (train and test together).",
+    (
+        Column("group_id", "int", "0-based id, groups ordered by their smallest member name"),
+        Column("name", "str", "NAME of the member"),
+        Column("split", "str", "train | test"),
+        Column("kind", "str", "exact (pHash distance 0 across the group) | near (linked at distance <= dedup.max_distance)"),
+        Column("role", "str", "survivor | removed | test_member | conflict_removed"),
+        Column("reason", "str", "why the role was given"),
+        Column("labels", "str", "'|'-joined sorted class codes of the member's boxes (empty for test)"),
+    ),
+))
+
+CURATED_IMAGES = _register(Schema(
+    "curated_images", "results/curation/images.parquet",
+    "Usable images after de-duplication, with the marks of the duplicate search.",
+    (
+        Column("name", "str", "NAME of the image"),
+        Column("split", "str", "train | test"),
+        Column("path", "str", "image file to read"),
+        Column("width", "int", "decoded width in px"),
+        Column("height", "int", "decoded height in px"),
+        Column("pixel_mean", "float", "global pixel mean"),
+        Column("pixel_std", "float", "global pixel std"),
+        Column("group_id", "int", "duplicate group (-1 when unique)"),
+        Column("role", "str", "unique | survivor | removed | test_member | conflict_removed"),
+        Column("train_test_duplicate", "bool", "the image has a duplicate on the other split"),
+        Column("keep", "bool", "the image is used downstream (train: for training; test: for prediction)"),
+    ),
+))
+
+CURATED_BOXES = _register(Schema(
+    "curated_boxes", "results/curation/boxes.parquet",
+    "Training boxes of kept images after clipping to the image.",
+    (
+        Column("row", "int", "0-based data row of train.csv"),
+        Column("name", "str", "NAME of the image"),
+        Column("x1", "float", "left, clipped to [0, width-1]"),
+        Column("y1", "float", "top, clipped to [0, height-1]"),
+        Column("x2", "float", "right, clipped to [0, width-1]"),
+        Column("y2", "float", "bottom, clipped to [0, height-1]"),
+        Column("label", "str", "class code"),
+        Column("class_idx", "int", "class index"),
+        Column("clipped", "bool", "at least one coordinate was moved into the image"),
+    ),
+))
+
+FOLDS = _register(Schema(
+    "folds", "results/curation/folds.parquet",
+    "Cross-validation fold of every kept training image.",
+    (
+        Column("name", "str", "NAME of the image"),
+        Column("fold", "int", "validation fold, 0..n_folds-1"),
+        Column("group_id", "int", "duplicate group kept together (-1 when unique)"),
+        Column("n_boxes", "int", "boxes on the image"),
+        Column("multilabel", "str", "'|'-joined sorted class indices on the image"),
+        Column("surface_bin", "int", "equal-width bin of width*height"),
+        Column("box_ratio_bin", "int", "equal-width bin of mean 100*box area/image area"),
+        Column("mean_bin", "int", "equal-width bin of the global pixel mean"),
+        Column("std_bin", "int", "equal-width bin of the global pixel std"),
+    ),
+))
+
+DEFECTS = _register(Schema(
+    "defects", "<dataset>/defects.parquet",
+    "Ground truth of every defect the synthetic generator injected; read by tests and evaluation only.",
+    (
+        Column("kind", "str", "defect kind (see synthesize.DEFECT_KINDS)"),
+        Column("name", "str", "NAME of the affected image"),
+        Column("source", "str", "NAME of the original image (duplicates), else empty"),
+        Column("row", "int", "0-based data row in train.csv or test.csv concerned (-1 for image-level defects)"),
+        Column("detail", "str", "parameters of the defect"),
+    ),
+))
+
+_KIND_CHECKS = {
+    "str": pd.api.types.is_string_dtype,
+    "int": pd.api.types.is_integer_dtype,
+    "float": pd.api.types.is_float_dtype,
+    "bool": pd.api.types.is_bool_dtype,
+}
+
+
+class SchemaError(ValueError):
+    """A table does not match its documented schema."""
+
+
+def validate(frame: pd.DataFrame, schema: Schema, source: str = "") -> pd.DataFrame:
+    where = f" ({source})" if source else ""
+    if list(frame.columns) != schema.column_names:
+        missing = [c for c in schema.column_names if c not in frame.columns]
+        extra = [c for c in frame.columns if c not in schema.column_names]
+        raise SchemaError(
+            f"table {schema.name}{where}: columns differ from the schema; "
+            f"missing {missing}, unexpected {extra}, expected order {schema.column_names}"
+        )
+    for column in schema.columns:
+        series = frame[column.name]
+        if len(series) and not _KIND_CHECKS[column.dtype](series.dtype):
+            raise SchemaError(
+                f"table {schema.name}{where}: column {column.name!r} has dtype {series.dtype}, "
+                f"schema says {column.dtype}"
+            )
+    return frame
+
+
+def write_table(frame: pd.DataFrame, path: str | Path, schema: Schema) -> None:
+    """Validate and write; parquet or CSV by suffix. Rows keep their order."""
+    validate(frame, schema, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+
+
+def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
+    path = Path(path)
+    if path.suffix == ".csv":
+        frame = pd.read_csv(path, keep_default_na=False, dtype={c.name: _CSV_DTYPES[c.dtype] for c in schema.columns})
+    else:
+        frame = pd.read_parquet(path)
+    return validate(frame, schema, str(path))
+
+
+_CSV_DTYPES = {"str": str, "int": "int64", "float": "float64", "bool": bool}
+
+
+def empty_frame(schema: Schema) -> pd.DataFrame:
+    dtypes = {"str": "str", "int": "int64", "float": "float64", "bool": "bool"}
+    return pd.DataFrame({c.name: pd.Series([], dtype=dtypes[c.dtype]) for c in schema.columns})

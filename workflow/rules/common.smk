@@ -1,0 +1,35 @@
+from leukoflow import offline
+
+offline.enforce()
+
+# Rule scripts (also in conda envs and cluster jobs) import the package from this checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [os.path.join(workflow.basedir, "workflow"), os.environ.get("PYTHONPATH")])
+)
+
+ENV = "../../envs/leukoflow.yaml"
+DATA_DIR = config["data"]["dir"]
+IMAGES_DIR = os.path.join(DATA_DIR, config["data"]["images_subdir"])
+SOURCE_TRAIN_CSV = os.path.join(DATA_DIR, config["data"]["train_csv"])
+SYNTHETIC = config["data"]["source"] == "synthetic"
+HOLDOUT = config["data"]["holdout_fraction"] > 0
+DEFECTS = os.path.join(DATA_DIR, "defects.parquet")
+
+if HOLDOUT:
+    TRAIN_CSV = "results/holdout/train.csv"
+    TEST_CSV = "results/holdout/test.csv"
+    TEST_TRUTH_CSV = "results/holdout/test_truth.csv"
+else:
+    TRAIN_CSV = SOURCE_TRAIN_CSV
+    TEST_CSV = os.path.join(DATA_DIR, config["data"]["test_csv"])
+    TEST_TRUTH_CSV = os.path.join(DATA_DIR, "test_truth.csv")
+
+
+def dataset_input(path):
+    """Generated files are ordinary inputs; a user's (DVC-tracked) dataset is `ancient` so a
+    `dvc pull`/`checkout` that only touches timestamps never re-runs the workflow."""
+    return path if SYNTHETIC or path.startswith("results/") else ancient(path)
+
+
+def defects_if_synthetic(wildcards):
+    return [DEFECTS] if SYNTHETIC else []

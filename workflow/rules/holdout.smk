@@ -1,0 +1,19 @@
+if HOLDOUT:
+
+    rule hold_out_test:
+        input:
+            train_csv=dataset_input(SOURCE_TRAIN_CSV),
+        output:
+            train_csv=TRAIN_CSV,
+            test_csv=TEST_CSV,
+            test_truth=TEST_TRUTH_CSV,
+            summary="results/holdout/summary.json",
+        params:
+            fraction=config["data"]["holdout_fraction"],
+            seed=config["seed"],
+        log:
+            "logs/hold_out_test.log",
+        conda:
+            ENV
+        script:
+            "../scripts/hold_out_test.py"

@@ -1,0 +1,24 @@
+rule ingest:
+    input:
+        train_csv=dataset_input(TRAIN_CSV),
+        test_csv=dataset_input(TEST_CSV),
+        images=dataset_input(IMAGES_DIR),
+    output:
+        images="results/ingest/images.parquet",
+        boxes="results/ingest/boxes.parquet",
+        test="results/ingest/test.parquet",
+        ledger="results/ingest/ledger.csv",
+        repaired=directory("results/ingest/repaired"),
+        summary="results/ingest/summary.json",
+    threads: config["ingest"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    log:
+        "logs/ingest.log",
+    benchmark:
+        "benchmarks/ingest.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/ingest.py"

@@ -1,0 +1,25 @@
+if SYNTHETIC:
+
+    rule synthesize:
+        output:
+            images=directory(IMAGES_DIR),
+            train_csv=TRAIN_CSV,
+            test_csv=TEST_CSV,
+            test_truth=os.path.join(DATA_DIR, "test_truth.csv"),
+            defects=DEFECTS,
+            summary="results/synthetic/summary.json",
+        params:
+            seed=config["seed"],
+            synthetic=config["synthetic"],
+        threads: 2
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        log:
+            "logs/synthesize.log",
+        benchmark:
+            "benchmarks/synthesize.tsv"
+        conda:
+            ENV
+        script:
+            "../scripts/synthesize.py"

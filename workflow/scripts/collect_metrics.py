@@ -1,0 +1,11 @@
+from leukoflow.headline import headline_metrics
+from leukoflow.runtime import read_json, run_rule, write_json
+
+
+def run(smk):
+    metrics = headline_metrics({stage: read_json(path) for stage, path in smk.input.items()})
+    write_json(smk.output.metrics, metrics)
+    return metrics
+
+
+run_rule(snakemake, run)

@@ -1,0 +1,13 @@
+from pathlib import Path
+
+from leukoflow.holdout import hold_out_test
+from leukoflow.runtime import run_rule
+
+
+def run(smk):
+    return hold_out_test(
+        smk.input.train_csv, Path(smk.output.train_csv).parent, fraction=smk.params.fraction, seed=smk.params.seed
+    )
+
+
+run_rule(snakemake, run)

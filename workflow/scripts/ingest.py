@@ -1,0 +1,18 @@
+from pathlib import Path
+
+from leukoflow import ingest
+from leukoflow.runtime import run_rule
+
+
+def run(smk):
+    return ingest.ingest(
+        smk.input.train_csv,
+        smk.input.test_csv,
+        smk.input.images,
+        Path(smk.output.images).parent,
+        workers=smk.threads,
+        repaired_dir=smk.output.repaired,
+    )
+
+
+run_rule(snakemake, run)

@@ -1,0 +1,18 @@
+from leukoflow import synthesize
+from leukoflow.runtime import run_rule
+
+
+def run(smk):
+    settings = smk.params.synthetic
+    return synthesize.synthesize(
+        smk.output.train_csv.rsplit("/", 1)[0],
+        n_images=settings["n_images"],
+        test_fraction=settings["test_fraction"],
+        seed=smk.params.seed,
+        jpeg_quality=settings["jpeg_quality"],
+        defects=settings["defects"],
+        workers=smk.threads,
+    )
+
+
+run_rule(snakemake, run)
