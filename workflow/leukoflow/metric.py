@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import f1_score
 
 from leukoflow.constants import CLASSES, SUBMISSION_COLUMNS, TEST_COLUMNS
 
@@ -227,7 +225,7 @@ def _first_argmax_per_segment(values: np.ndarray, starts: np.ndarray,
     if len(starts) == 0:
         return np.zeros(0, dtype=np.intp)
     segment_max = np.repeat(np.maximum.reduceat(values, starts), lengths)  # NaN propagates
-    is_best = (values == np.repeat(np.fmax.reduceat(values, starts), lengths))
+    is_best = (values == segment_max) | (np.isnan(values) & np.isnan(segment_max))
     best = np.flatnonzero(is_best)
     return best[np.searchsorted(best, starts)]
 
@@ -242,6 +240,10 @@ def _matched_labels(candidate_classes: np.ndarray, matched: np.ndarray) -> np.nd
 
 
 def _combine(per_row: pd.DataFrame) -> MetricResult:
+    # Imported here: scikit-learn takes seconds to import and only scoring needs it.
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import f1_score
+
     mean_rescaled_giou = float(per_row["rescaled_giou"].mean())
     with warnings.catch_warnings():
         # A label that is only true or only predicted has F1 = 0 by design (METRIC.md step 6).
@@ -391,8 +393,8 @@ def _degenerate_extents(submission: pd.DataFrame, low: np.ndarray, high: np.ndar
     for problem, rows in (("inverted_box", np.flatnonzero(high < low)),
                           ("zero_area_box", np.flatnonzero(high == low))):
         relation = "<" if problem == "inverted_box" else "=="
-        details = [f"{high_name} = {high[row]!r} {relation} {low_name} = {low[row]!r}"
-                   for row in rows.tolist()]
+        details = [f"{high_name} = {high_value} {relation} {low_name} = {low_value}"
+                   for high_value, low_value in zip(high[rows].tolist(), low[rows].tolist())]
         found.append(_submission_problems(submission, rows, problem,
                                           [f"{low_name},{high_name}"] * len(rows), details))
     return found
