@@ -27,3 +27,12 @@ def _describe(error: jsonschema.ValidationError) -> str:
         unexpected = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         return f"{where}: unknown key(s) {', '.join(repr(key) for key in unexpected)}"
     return f"{where}: {error.message}"
+
+
+def export_package_path() -> None:
+    """Let rule scripts (also in conda envs and cluster jobs) import this checkout's package."""
+    import os
+
+    package_root = str(Path(__file__).resolve().parents[1])
+    paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

@@ -70,6 +70,7 @@ REASON_CODES: dict[str, str] = {
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 _INT64_LIMIT = 2**63
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _SUSPECT_DELIMITERS = (";", "\t", "|")
 _RGB = "RGB"
 # Lossless, so the working copy holds exactly the pixels whose mean/std/pHash are recorded here.
@@ -392,7 +393,7 @@ def inspect_image(task: ImageTask) -> ImageRecord:
     try:
         image, truncation = decode_image(data)
     except Exception as err:  # NOTE: PIL raises many types (OSError, SyntaxError, struct.error, ...)
-        return _quarantine(record, "unreadable", f"{type(err).__name__}: {err}")
+        return _quarantine(record, "unreadable", _error_text(err))
     record.width, record.height = image.size
     record.mode, record.channels = image.mode, len(image.getbands())
     if truncation:
@@ -402,7 +403,7 @@ def inspect_image(task: ImageTask) -> ImageRecord:
         try:
             image = image.convert(_RGB)
         except Exception as err:  # NOTE: PIL has no RGB conversion for some modes (e.g. 'I;16')
-            return _quarantine(record, "unreadable", f"{record.mode} cannot be converted to RGB: {err}")
+            return _quarantine(record, "unreadable", f"{record.mode} cannot be converted to RGB: {_error_text(err)}")
         record.findings.append(("mode", ACTION_REPAIRED, mode_reason(record.mode), f"{record.mode} converted to RGB"))
     record.pixel_mean, record.pixel_std = rgb_mean_std(image)
     record.phash = str(imagehash.phash(image))
@@ -415,6 +416,11 @@ def inspect_image(task: ImageTask) -> ImageRecord:
 def mode_reason(mode: str) -> str:
     """Reason code of a non-RGB mode; modes such as 'I;16' must not carry the reason separator."""
     return "mode_" + mode.replace(REASON_SEPARATOR, "_")
+
+
+def _error_text(err: Exception) -> str:
+    """Exception text without object addresses, so the ledger is identical from run to run."""
+    return f"{type(err).__name__}: " + _ADDRESS.sub("", str(err))
 
 
 def _quarantine(record: ImageRecord, reason: str, detail: str) -> ImageRecord:

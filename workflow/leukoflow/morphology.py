@@ -42,8 +42,8 @@ GRANULE_STYLES: dict[str, GranuleStyle] = {
 # Nucleus shapes the renderer knows (see synthesize._nucleus_mask).
 NUCLEUS_SHAPES = ("round", "kidney", "band", "lobed", "cleaved", "convoluted", "smudge", "none")
 # Chromatin textures: contrast of the texture on the nucleus density, and which noise field.
-CHROMATIN_TEXTURES = {"fine": ("fine", 0.22), "clumped": ("clumped", 0.5), "dense": ("fine", 0.12),
-                      "smudged": ("streak", 0.7)}
+CHROMATIN_TEXTURES = {"fine": ("fine", 0.22), "clumped": ("clumped", 0.38), "dense": ("fine", 0.12),
+                      "smudged": ("streak", 0.55)}
 
 
 @dataclass(frozen=True)
@@ -157,15 +157,15 @@ class SmearStyle:
 
     background_rgb: tuple[int, int, int] = (236, 224, 226)  # pale pinkish CellaVision background
     background_jitter: float = 6.0  # px value, per channel
-    red_cell_rgb: tuple[int, int, int] = (226, 150, 158)  # red cell rim at full density
+    red_cell_rgb: tuple[int, int, int] = (232, 168, 170)  # red cell rim at full density
     red_cell_radius: tuple[float, float] = (31.0, 41.0)  # px; a neutrophil box is ~146 px, METHOD §1.2
     red_cell_coverage: tuple[float, float] = (0.3, 0.95)  # red-cell area / image area
-    red_cell_pallor: tuple[float, float] = (0.35, 0.75)  # relative density lost in the centre
+    red_cell_pallor: tuple[float, float] = (0.45, 0.8)  # relative density lost in the centre
     red_cell_under_white_cell: float = 0.08  # chance a red cell may lie under a white cell
     nucleus_rgb: tuple[int, int, int] = (78, 42, 128)  # dense purple chromatin
     stain_jitter: float = 0.07  # log-scale jitter of every optical density, per image and channel
     stain_strength: tuple[float, float] = (0.85, 1.15)  # global stain intensity per image
-    illumination: float = 0.05  # amplitude of the slow background illumination field (optical density)
+    illumination: float = 0.025  # amplitude of the slow background illumination field (optical density)
     sensor_noise: float = 2.2  # px value std of the additive noise
     cell_size_jitter: float = 0.14  # log-scale std of a cell's size around its class median
     box_margin: tuple[float, float] = (0.0, 6.0)  # px the annotator's box leaves around the cell

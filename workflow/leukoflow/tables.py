@@ -184,6 +184,26 @@ DEFECTS = _register(Schema(
     ),
 ))
 
+CROPS = _register(Schema(
+    "crops", "results/crops/crops.parquet",
+    "Cell crops the classifiers train on (OOF detector-2 boxes of training images) and predict (test boxes).",
+    (
+        Column("crop_id", "str", "unique id '<name>#<k>', k = rank of the box within its image"),
+        Column("name", "str", "NAME of the image"),
+        Column("split", "str", "train | test"),
+        Column("fold", "int", "validation fold of the image (-1 for test)"),
+        Column("x1", "float", "crop box left, px"),
+        Column("y1", "float", "crop box top, px"),
+        Column("x2", "float", "crop box right, px"),
+        Column("y2", "float", "crop box bottom, px"),
+        Column("score", "float", "detector confidence (1.0 for ground-truth boxes)"),
+        Column("label", "str", "class code of the matched ground-truth box (train); empty for test"),
+        Column("class_idx", "int", "index of label (-1 when unknown)"),
+        Column("trustii_id", "int", "test cell id the crop answers (-1 for train)"),
+        Column("source", "str", "det2_oof | det2_test | ground_truth"),
+    ),
+))
+
 _KIND_CHECKS = {
     "str": pd.api.types.is_string_dtype,
     "int": pd.api.types.is_integer_dtype,

@@ -1,11 +1,8 @@
 from leukoflow import offline
+from leukoflow.config import export_package_path
 
 offline.enforce()
-
-# Rule scripts (also in conda envs and cluster jobs) import the package from this checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [os.path.join(workflow.basedir, "workflow"), os.environ.get("PYTHONPATH")])
-)
+export_package_path()
 
 ENV = "../../envs/leukoflow.yaml"
 DATA_DIR = config["data"]["dir"]

@@ -7,16 +7,16 @@ rule deduplicate:
         images="results/curation/images.parquet",
         ledger="results/curation/dedup_ledger.csv",
         summary="results/curation/dedup_summary.json",
-    params:
-        max_distance=config["dedup"]["max_distance"],
-        conflict_policy=config["dedup"]["conflict_policy"],
-    resources:
-        mem_mb=4000,
-        runtime=30,
     log:
         "logs/deduplicate.log",
     conda:
         ENV
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        max_distance=config["dedup"]["max_distance"],
+        conflict_policy=config["dedup"]["conflict_policy"],
     script:
         "../scripts/deduplicate.py"
 
@@ -29,13 +29,13 @@ rule repair_boxes:
         boxes="results/curation/boxes.parquet",
         ledger="results/curation/repair_ledger.csv",
         summary="results/curation/repair_summary.json",
-    resources:
-        mem_mb=2000,
-        runtime=15,
     log:
         "logs/repair_boxes.log",
     conda:
         ENV
+    resources:
+        mem_mb=2000,
+        runtime=15,
     script:
         "../scripts/repair_boxes.py"
 
@@ -53,17 +53,17 @@ rule make_folds:
             category="Curation",
         ),
         summary="results/curation/folds_summary.json",
-    params:
-        n_folds=config["folds"]["n_folds"],
-        seed=config["seed"],
-        bins=config["folds"]["bins"],
-    resources:
-        mem_mb=4000,
-        runtime=30,
     log:
         "logs/make_folds.log",
     conda:
         ENV
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        n_folds=config["folds"]["n_folds"],
+        seed=config["seed"],
+        bins=config["folds"]["bins"],
     script:
         "../scripts/make_folds.py"
 

@@ -8,12 +8,12 @@ if HOLDOUT:
             test_csv=TEST_CSV,
             test_truth=TEST_TRUTH_CSV,
             summary="results/holdout/summary.json",
-        params:
-            fraction=config["data"]["holdout_fraction"],
-            seed=config["seed"],
         log:
             "logs/hold_out_test.log",
         conda:
             ENV
+        params:
+            fraction=config["data"]["holdout_fraction"],
+            seed=config["seed"],
         script:
             "../scripts/hold_out_test.py"

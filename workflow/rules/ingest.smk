@@ -10,15 +10,15 @@ rule ingest:
         ledger="results/ingest/ledger.csv",
         repaired=directory("results/ingest/repaired"),
         summary="results/ingest/summary.json",
-    threads: config["ingest"]["threads"]
-    resources:
-        mem_mb=4000,
-        runtime=120,
     log:
         "logs/ingest.log",
     benchmark:
         "benchmarks/ingest.tsv"
     conda:
         ENV
+    threads: config["ingest"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
     script:
         "../scripts/ingest.py"

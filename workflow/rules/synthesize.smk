@@ -8,18 +8,18 @@ if SYNTHETIC:
             test_truth=os.path.join(DATA_DIR, "test_truth.csv"),
             defects=DEFECTS,
             summary="results/synthetic/summary.json",
-        params:
-            seed=config["seed"],
-            synthetic=config["synthetic"],
-        threads: 2
-        resources:
-            mem_mb=2000,
-            runtime=30,
         log:
             "logs/synthesize.log",
         benchmark:
             "benchmarks/synthesize.tsv"
         conda:
             ENV
+        threads: 2
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        params:
+            seed=config["seed"],
+            synthetic=config["synthetic"],
         script:
             "../scripts/synthesize.py"
