@@ -73,6 +73,7 @@ _INT64_LIMIT = 2**63
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _SUSPECT_DELIMITERS = (";", "\t", "|")
 _RGB = "RGB"
+PHASH_BITS_PER_SIDE, PHASH_HIGHFREQ_FACTOR = 8, 4  # imagehash.phash defaults: 8x8 bits from a 32x32 DCT
 # Lossless, so the working copy holds exactly the pixels whose mean/std/pHash are recorded here.
 _REPAIRED_FORMAT, _REPAIRED_SUFFIX = "PNG", ".png"
 
@@ -315,6 +316,7 @@ class ImageTask:
     name: str
     source: str
     repaired: str  # where the working copy goes if a repair is needed
+    phash_reducing_gap: float | None = None
 
 
 @dataclass
@@ -360,7 +362,7 @@ def decode_image(data: bytes) -> tuple[Image.Image, str]:
     try:
         return _open_loaded(data), ""
     except OSError as err:
-        if "truncated" not in str(err):
+        if "truncated" not in str(err).lower():
             raise
         truncation = str(err)
     with _truncated_images_allowed():
@@ -406,11 +408,26 @@ def inspect_image(task: ImageTask) -> ImageRecord:
             return _quarantine(record, "unreadable", f"{record.mode} cannot be converted to RGB: {_error_text(err)}")
         record.findings.append(("mode", ACTION_REPAIRED, mode_reason(record.mode), f"{record.mode} converted to RGB"))
     record.pixel_mean, record.pixel_std = rgb_mean_std(image)
-    record.phash = str(imagehash.phash(image))
+    record.phash = perceptual_hash(image, task.phash_reducing_gap)
     if record.findings:
         image.save(task.repaired, format=_REPAIRED_FORMAT)
         record.path = task.repaired
     return record
+
+
+def perceptual_hash(image: Image.Image, reducing_gap: float | None = None) -> str:
+    """imagehash pHash (64 bits, 16 hex digits) of an RGB image.
+
+    With `reducing_gap` None this is exactly `imagehash.phash(image)`, whose grey Lanczos resize
+    to 32x32 costs about as much as decoding a 370x368 JPEG. A value (e.g. 2.0) lets Pillow shrink
+    by whole factors first (`Image.resize(reducing_gap=...)`): about 2.5x faster, but about one
+    hash in seven then differs from the exact one by 1-4 bits.
+    """
+    if reducing_gap is None:
+        return str(imagehash.phash(image))
+    side = PHASH_BITS_PER_SIDE * PHASH_HIGHFREQ_FACTOR
+    grey = image.convert("L").resize((side, side), Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
+    return str(imagehash.phash(grey, hash_size=PHASH_BITS_PER_SIDE, highfreq_factor=PHASH_HIGHFREQ_FACTOR))
 
 
 def mode_reason(mode: str) -> str:
@@ -460,9 +477,10 @@ def referenced_images(train: CheckedTrainRows, test: CheckedTestRows) -> dict[st
 
 
 def measure_images(splits: dict[str, str], test_names: set[str], images_dir: Path, repaired_dir: Path,
-                   files: set[str], *, workers: int, chunksize: int, progress: bool) -> list[ImageRecord]:
+                   files: set[str], *, workers: int, chunksize: int, progress: bool,
+                   phash_reducing_gap: float | None) -> list[ImageRecord]:
     """One record per referenced image: decoded when its file exists, quarantined otherwise."""
-    tasks = [ImageTask(name, str(images_dir / name), str(repaired_dir / (name + _REPAIRED_SUFFIX)))
+    tasks = [ImageTask(name, str(images_dir / name), str(repaired_dir / (name + _REPAIRED_SUFFIX)), phash_reducing_gap)
              for name in splits if name in files]
     decoded = {record.name: record for record in inspect_images(tasks, workers, chunksize, progress)}
     lowercase = {name.lower(): name for name in files}
@@ -545,7 +563,7 @@ def build_ledger(train: CheckedTrainRows, test: CheckedTestRows, records: list[I
 
 def ingest(train_csv: str | Path, test_csv: str | Path, images_dir: str | Path, out_dir: str | Path, *,
            workers: int = 1, chunksize: int = 32, progress: bool = True,
-           repaired_dir: str | Path | None = None) -> dict[str, Any]:
+           repaired_dir: str | Path | None = None, phash_reducing_gap: float | None = None) -> dict[str, Any]:
     """Check the challenge tables, decode every referenced image once, write the ingest tables.
 
     Writes `out_dir/images.parquet` (tables.INGEST_IMAGES), `boxes.parquet` (INGEST_BOXES),
@@ -562,6 +580,8 @@ def ingest(train_csv: str | Path, test_csv: str | Path, images_dir: str | Path, 
         chunksize: images per task sent to a worker process.
         progress: show a tqdm progress bar on stderr.
         repaired_dir: folder of the working copies; must lie outside `images_dir`.
+        phash_reducing_gap: None for exactly `imagehash.phash`; a value > 1 for a faster, slightly
+            different hash (see `perceptual_hash`).
 
     Returns:
         The summary: row and image counts per status, ledger entries per table and reason code,
@@ -582,7 +602,8 @@ def ingest(train_csv: str | Path, test_csv: str | Path, images_dir: str | Path, 
     splits = referenced_images(train, test)
     repaired_dir.mkdir(parents=True, exist_ok=True)
     records = measure_images(splits, set(test.names), images_dir, repaired_dir, files,
-                             workers=workers, chunksize=chunksize, progress=progress)
+                             workers=workers, chunksize=chunksize, progress=progress,
+                             phash_reducing_gap=phash_reducing_gap)
     image_findings = {record.name: record.findings for record in records}
     propagate_image_findings(train.names, train.findings, image_findings)
     propagate_image_findings(test.names, test.findings, image_findings)

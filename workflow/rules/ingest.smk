@@ -16,6 +16,9 @@ rule ingest:
         "benchmarks/ingest.tsv"
     conda:
         ENV
+    params:
+        chunksize=config["ingest"]["chunksize"],
+        phash_reducing_gap=config["ingest"]["phash_reducing_gap"],
     threads: config["ingest"]["threads"]
     resources:
         mem_mb=4000,

@@ -11,6 +11,8 @@ def run(smk):
         smk.input.images,
         Path(smk.output.images).parent,
         workers=smk.threads,
+        chunksize=smk.params.chunksize,
+        phash_reducing_gap=smk.params.phash_reducing_gap,
         repaired_dir=smk.output.repaired,
     )
 

@@ -1,0 +1,188 @@
+"""Benchmark: ingest against a bare decode pass over the same images (issue 2 §4 target: ratio <= 1.5).
+
+The bare pass is what any reader of the images pays at least: PIL open + convert('RGB') + np.asarray,
+in the same number of worker processes with the same chunk size. Both passes run after one read of
+every file, so neither profits alone from a warm page cache.
+
+    python tests/bench/ingest_speed.py --images DIR --train CSV --test CSV --workers 2
+    # a stand-in dataset from a few real smears (e.g. BCCD), resized to the challenge's usual size:
+    python tests/bench/ingest_speed.py --replicate /work/shared/data/bccd/images --n-images 5000 \\
+        --root /tmp/ingest_bench --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import hashlib
+import json
+import math
+import multiprocessing
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from leukoflow.constants import CLASSES
+from leukoflow.ingest import (
+    decode_image, ingest, list_image_folder, perceptual_hash, read_csv_table, rgb_mean_std,
+)
+
+REPLICA_SIZE = (370, 368)  # "commonly 370x368" (Trustii README, METHOD.md §1.3)
+REPLICA_QUALITY = 95
+REPLICA_TEST_SHARE = 0.3  # METHOD.md §1.1: 20,751 of 69,168 images are test images
+
+
+def bare_decode(path: str) -> tuple[int, ...]:
+    return np.asarray(Image.open(path).convert("RGB")).shape
+
+
+def referenced_paths(train: Path, test: Path, images: Path) -> list[str]:
+    """The files ingest will decode: referenced by a CSV and present in the folder."""
+    names = set()
+    for table in (read_csv_table(train, ("NAME",)), read_csv_table(test, ("NAME",))):
+        names |= {record[table.column("NAME")] for record in table.records}
+    return [str(images / name) for name in sorted(names & list_image_folder(images))]
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the pool's workers once joined)."""
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def run_bare_decode(paths: list[str], workers: int, chunksize: int) -> None:
+    if workers > 1:
+        with multiprocessing.Pool(workers) as pool:
+            for _ in pool.imap(bare_decode, paths, chunksize=chunksize):
+                pass
+    else:
+        for path in paths:
+            bare_decode(path)
+
+
+def cpu_ms_per_image(paths: list[str], repeats: int = 3) -> dict[str, float]:
+    """Where one image's time goes, in this process (CPU ms per image, best of `repeats`)."""
+    datas = [Path(path).read_bytes() for path in paths]
+    images = [decode_image(data)[0].convert("RGB") for data in datas]
+    steps = {
+        "bare_decode": (bare_decode, paths),
+        "decode": (decode_image, datas),
+        "sha256": (lambda data: hashlib.sha256(data).hexdigest(), datas),
+        "mean_std": (rgb_mean_std, images),
+        "phash_exact": (lambda image: str(imagehash.phash(image)), images),
+        "phash_reducing_gap_2": (lambda image: perceptual_hash(image, 2.0), images),
+    }
+    timings = {}
+    for step, (function, inputs) in steps.items():
+        best = math.inf
+        for _ in range(repeats):
+            started = time.process_time()
+            for item in inputs:
+                function(item)
+            best = min(best, time.process_time() - started)
+        timings[step] = round(1000 * best / len(inputs), 3)
+    return timings
+
+
+def warm_cache(paths: list[str]) -> None:
+    for path in paths:
+        Path(path).read_bytes()
+
+
+def replicate(source: Path, n_images: int, root: Path, seed: int = 0) -> tuple[Path, Path, Path]:
+    """`n_images` JPEGs at REPLICA_SIZE cycled from `source`, with a train.csv and test.csv that reference them all."""
+    images = root / "images"
+    shutil.rmtree(root, ignore_errors=True)
+    images.mkdir(parents=True)
+    sources = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    resized = []
+    for index, path in enumerate(sources):
+        target = images / f"src{index:05d}.jpg"
+        Image.open(path).convert("RGB").resize(REPLICA_SIZE).save(target, quality=REPLICA_QUALITY)
+        resized.append(target)
+    names = [f"{i:08x}-{i % 16:x}.jpg" for i in range(n_images)]
+    for i, name in enumerate(names):
+        shutil.copyfile(resized[i % len(resized)], images / name)
+    for path in resized:
+        path.unlink()
+    rng = np.random.default_rng(seed)
+    is_test = rng.random(n_images) < REPLICA_TEST_SHARE
+    width, height = REPLICA_SIZE
+    train, test = root / "train.csv", root / "test.csv"
+    with train.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["NAME", "x1", "y1", "x2", "y2", "class"])
+        for name in (n for n, t in zip(names, is_test) if not t):
+            writer.writerow([name, width // 4, height // 4, 3 * width // 4, 3 * height // 4, CLASSES[rng.integers(len(CLASSES))]])
+    with test.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trustii_id", "NAME"])
+        writer.writerows([i, n] for i, n in enumerate(n for n, t in zip(names, is_test) if t))
+    return train, test, images
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path)
+    parser.add_argument("--train", type=Path)
+    parser.add_argument("--test", type=Path)
+    parser.add_argument("--replicate", type=Path, help="make a stand-in dataset from the images of this folder")
+    parser.add_argument("--n-images", type=int, default=5000)
+    parser.add_argument("--root", type=Path, default=Path("/tmp/ingest_bench"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunksize", type=int, default=32)
+    parser.add_argument("--out", type=Path, help="ingest output folder (default: a temporary one)")
+    parser.add_argument("--phash-reducing-gap", type=float, default=None, help="ingest's phash_reducing_gap")
+    parser.add_argument("--profile-images", type=int, default=200, help="images for the per-step CPU profile (0: none)")
+    args = parser.parse_args(argv)
+    if args.replicate:
+        args.train, args.test, args.images = replicate(args.replicate, args.n_images, args.root)
+    if not (args.images and args.train and args.test):
+        parser.error("give --images, --train and --test, or --replicate")
+
+    paths = referenced_paths(args.train, args.test, args.images)
+    warm_cache(paths)
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+    run_bare_decode(paths, args.workers, args.chunksize)
+    bare_seconds, bare_cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or Path(scratch) / "ingest"
+        started, cpu_started = time.perf_counter(), cpu_seconds()
+        summary = ingest(args.train, args.test, args.images, out, workers=args.workers,
+                         chunksize=args.chunksize, progress=False, phash_reducing_gap=args.phash_reducing_gap)
+        ingest_seconds, ingest_cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} {multiprocessing.cpu_count()} cpus, python {platform.python_version()}",
+        "images": len(paths),
+        "workers": args.workers,
+        "chunksize": args.chunksize,
+        "phash_reducing_gap": args.phash_reducing_gap,
+        "bare_decode_seconds": round(bare_seconds, 2),
+        "bare_decode_images_per_second": round(len(paths) / bare_seconds, 1),
+        "ingest_seconds": round(ingest_seconds, 2),
+        "ingest_images_per_second": round(len(paths) / ingest_seconds, 1),
+        "ratio_ingest_to_bare": round(ingest_seconds / bare_seconds, 2),
+        # CPU seconds are robust to other load on a shared machine; wall seconds are not
+        "bare_decode_cpu_seconds": round(bare_cpu, 2),
+        "ingest_cpu_seconds": round(ingest_cpu, 2),
+        "cpu_ratio_ingest_to_bare": round(ingest_cpu / bare_cpu, 2),
+        "cpu_ms_per_image": cpu_ms_per_image(paths[: args.profile_images]) if args.profile_images else {},
+        "rows_in": summary["rows_in"],
+        "images_quarantined": summary["images_quarantined"],
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
