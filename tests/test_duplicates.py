@@ -52,7 +52,7 @@ def ingest_boxes(rows: list[tuple]) -> pd.DataFrame:
 
 def flip(value: int, bits: list[int]) -> int:
     for bit in bits:
-        value ^= 1 << bit
+        value ^= 1 << int(bit)
     return value
 
 

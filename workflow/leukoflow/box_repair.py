@@ -53,7 +53,7 @@ def _fate(merged: pd.DataFrame, clipped: pd.DataFrame) -> pd.Series:
     inverted = (given[:, 2] < given[:, 0]) | (given[:, 3] < given[:, 1])
     degenerate = (clipped["x2"] <= clipped["x1"]) | (clipped["y2"] <= clipped["y1"])
     removed = merged["known_train"] & ~merged["keep"].fillna(True).astype(bool)
-    # Order matters: the first matching reason wins, from the image down to the coordinates.
+    # Later assignments override earlier ones: a reason about the image beats one about coordinates.
     fate[degenerate.to_numpy()] = "degenerate_after_clip"
     fate[inverted] = "inverted_box"
     fate[~np.isfinite(given).all(axis=1)] = "non_finite_coordinate"
@@ -66,7 +66,7 @@ def _moved_fields(merged: pd.DataFrame, clipped: pd.DataFrame) -> pd.Series:
     """';'-joined names of the coordinates clipping changed ('' when none), per box."""
     moved = np.stack([merged[c].to_numpy(dtype=float) != clipped[c].to_numpy(dtype=float) for c in COORDINATES], axis=1)
     code = moved.astype(np.int64) @ (1 << np.arange(len(COORDINATES)))
-    spelled = np.array([";".join(c for k, c in enumerate(COORDINATES) if bits >> k & 1) for bits in range(16)])
+    spelled = np.array([";".join(c for k, c in enumerate(COORDINATES) if bits >> k & 1) for bits in range(1 << len(COORDINATES))])
     return pd.Series(spelled[code], index=merged.index, dtype="str")
 
 

@@ -1,6 +1,7 @@
 """Curation stage: de-duplication, box repair and folds in one entry, with one summary and ledger.
 
-`curate` reads the ingest tables, runs `duplicates.deduplicate`, `box_repair.repair_boxes` and
+The rules run the three steps separately and call `summarize_from_files`; `curate` is the
+same stage in one call (tests, benchmarks). It reads the ingest tables, runs `duplicates.deduplicate`, `box_repair.repair_boxes` and
 `folds.make_folds`, and writes results/curation/{duplicate_groups, images, boxes, folds}.parquet,
 fold_balance.csv/.png, ledger.csv and summary.json. `summarize` builds the summary; given the
 synthetic generator's defects.parquet it also scores the duplicate search and the box repair:
@@ -33,7 +34,7 @@ from leukoflow.duplicates import deduplicate
 from leukoflow.folds import make_folds, plot_fold_balance
 from leukoflow.tables import (
     CURATED_BOXES, CURATED_IMAGES, DEFECTS, DUPLICATE_GROUPS, FOLDS, INGEST_BOXES, INGEST_IMAGES, LEDGER,
-    read_table, write_table,
+    empty_frame, read_table, write_table,
 )
 
 DUPLICATE_DEFECT_KINDS = ("exact_duplicate", "near_duplicate", "conflicting_duplicate", "train_test_duplicate")
@@ -139,7 +140,7 @@ def summarize(
         groups: DUPLICATE_GROUPS frame; needed with `defects_path`.
         defects_path: the synthetic generator's defects.parquet, or None for real data.
     """
-    ledger = pd.concat(list(ledgers), ignore_index=True) if ledgers else pd.DataFrame(columns=LEDGER.column_names)
+    ledger = pd.concat(list(ledgers), ignore_index=True) if ledgers else empty_frame(LEDGER)
     summary = {
         "images_in": dedup_summary["images_in"],
         "images_kept": dedup_summary["images_kept"],
@@ -164,6 +165,39 @@ def summarize(
         summary.update(out_of_image_scores(ledger, defects))
     summary.update({"deduplicate": dedup_summary, "repair_boxes": repair_summary, "folds": folds_summary})
     return summary
+
+
+def summarize_from_files(
+    *,
+    dedup_summary: str | Path,
+    repair_summary: str | Path,
+    folds_summary: str | Path,
+    ledgers: Sequence[str | Path],
+    ledger_out: str | Path,
+    groups_path: str | Path | None = None,
+    defects_path: str | Path | None = None,
+) -> dict:
+    """`summarize` on the step outputs as written by the rules; also writes the merged ledger.
+
+    Args:
+        dedup_summary, repair_summary, folds_summary: the steps' summary JSON files.
+        ledgers: the steps' LEDGER CSV files, merged in the order given into `ledger_out`.
+        ledger_out: merged LEDGER CSV to write.
+        groups_path: duplicate_groups.parquet; required with `defects_path`.
+        defects_path: the synthetic generator's defects.parquet, or None for real data.
+
+    Raises:
+        ValueError: `defects_path` given without `groups_path`.
+    """
+    if defects_path is not None and groups_path is None:
+        raise ValueError("summarize_from_files: scoring against defects needs groups_path "
+                         "(results/curation/duplicate_groups.parquet)")
+    frames = [read_table(path, LEDGER) for path in ledgers]
+    ledger = pd.concat(frames, ignore_index=True) if frames else empty_frame(LEDGER)
+    write_table(ledger, ledger_out, LEDGER)
+    steps = [json.loads(Path(path).read_text()) for path in (dedup_summary, repair_summary, folds_summary)]
+    groups = read_table(groups_path, DUPLICATE_GROUPS) if groups_path is not None else None
+    return summarize(*steps, [ledger], groups=groups, defects_path=defects_path)
 
 
 # ---------------------------------------------------------------- stage entry

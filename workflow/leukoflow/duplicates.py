@@ -12,8 +12,12 @@ file of each all-train group in glob order. We differ on purpose:
 * **Conflicting labels are reported.** When the train members' label multisets differ, the
   group is counted as conflicting; `conflict_policy="keep_survivor"` keeps the survivor (the
   winner's behaviour, made visible), `"drop_group"` drops every train member.
-* **Train-test groups are reported, never acted on.** Test images are always kept; the train
-  members of such groups are marked `train_test_duplicate`.
+* **Train-test groups are reported.** Test images are always kept (role test_member); all
+  members of a group spanning both splits are marked `train_test_duplicate`. The winner left
+  such groups untouched; we apply the survivor rule to their train members as to any group.
+* **Ledger.** Every train image taken out of training gets a ledger row (reason
+  exact_duplicate, near_duplicate or conflicting_duplicate). A group kept whole, a conflict
+  resolved by keep_survivor, and a train-test link are visible in duplicate_groups.parquet.
 
 Near pairs are found without an all-pairs Python loop: multi-index hashing splits the 64 bits
 into `max_distance + 1` chunks, so by the pigeonhole principle every pair within the distance
@@ -196,7 +200,8 @@ def usable(frame: pd.DataFrame) -> pd.DataFrame:
 def label_multisets(boxes: pd.DataFrame) -> pd.Series:
     """NAME -> '|'-joined sorted class codes of its usable boxes (repeats kept)."""
     ok = usable(boxes)
-    return ok.groupby("name")["label"].agg(lambda labels: "|".join(sorted(labels))).astype("str")
+    multisets = ok.groupby("name")["label"].agg(lambda labels: "|".join(sorted(labels)))
+    return pd.Series(multisets, dtype="str")
 
 
 def _group_ids(names: pd.Series, component: np.ndarray) -> np.ndarray:
@@ -210,42 +215,63 @@ def _group_ids(names: pd.Series, component: np.ndarray) -> np.ndarray:
 
 
 def _assign_group_roles(
-    members: pd.DataFrame, conflict_policy: ConflictPolicy, near_policy: NearPolicy
+    names: list[str], splits: list[str], labels: list[str], hashes: list[int],
+    conflict_policy: ConflictPolicy, near_policy: NearPolicy,
 ) -> tuple[list[str], list[str], bool]:
-    """Role and reason per member (members sorted by name) and whether labels conflict."""
-    is_train = (members["split"] == "train").to_numpy()
-    train_labels = members.loc[is_train, "labels"]
-    conflict = train_labels[train_labels != ""].nunique() > 1
-    roles = ["test_member"] * len(members)
-    reasons = ["test images are always kept"] * len(members)
-    if not is_train.any():
+    """Role and reason per member (members sorted by name) and whether the train labels conflict."""
+    train_rows = [k for k, split in enumerate(splits) if split == "train"]
+    conflict = len({labels[k] for k in train_rows if labels[k]}) > 1
+    roles = ["test_member"] * len(names)
+    reasons = ["test images are always kept"] * len(names)
+    if not train_rows:
         return roles, reasons, conflict
-    train_rows = np.flatnonzero(is_train)
-    survivor = train_rows[0]
-    survivor_name = members["name"].iloc[survivor]
-    survivor_hash = members["hash"].iloc[survivor]
     if conflict and conflict_policy == "drop_group":
         for k in train_rows:
             roles[k], reasons[k] = "conflict_removed", "conflicting labels in the group (conflict_policy=drop_group)"
         return roles, reasons, conflict
+    survivor = train_rows[0]
     kept_hashes: set[int] = set()
     for k in train_rows:
-        member_hash = members["hash"].iloc[k]
-        keeps_as_own_cluster = near_policy == "keep_grouped" and not conflict and member_hash not in kept_hashes
+        keeps_as_own_cluster = near_policy == "keep_grouped" and not conflict and hashes[k] not in kept_hashes
         if k == survivor or keeps_as_own_cluster:
-            kept_hashes.add(member_hash)
+            kept_hashes.add(hashes[k])
             roles[k] = "survivor"
             reasons[k] = "first train member by NAME" + (
                 " of its exact-hash cluster (near_policy=keep_grouped)" if k != survivor else ""
             ) + ("; labels conflict, kept by conflict_policy=keep_survivor" if conflict else "")
             continue
-        distance = int(hamming(np.uint64(member_hash), np.uint64(survivor_hash)))
-        kind = "exact" if distance == 0 else "near"
+        distance = (hashes[k] ^ hashes[survivor]).bit_count()
         roles[k] = "removed"
-        reasons[k] = f"{kind} duplicate of {survivor_name} (pHash distance {distance})" + (
-            "; conflicting labels" if conflict else ""
-        )
+        kind = "exact" if distance == 0 else "near"
+        reasons[k] = f"{kind} duplicate of {names[survivor]} (pHash distance {distance})"
+        reasons[k] += "; conflicting labels" if conflict else ""
     return roles, reasons, conflict
+
+
+def _roles_by_group(
+    table: pd.DataFrame, hashes: list[int], conflict_policy: ConflictPolicy, near_policy: NearPolicy
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Role, reason, group kind and train-test mark per image, and the number of conflicting groups."""
+    roles = np.full(len(table), "unique", dtype=object)
+    reasons = np.full(len(table), "", dtype=object)
+    kinds = np.full(len(table), "", dtype=object)
+    train_test = np.zeros(len(table), bool)
+    conflicting_groups = 0
+    in_group = table["group_id"] >= 0
+    columns = {c: table[c].tolist() for c in ("name", "split", "labels")}
+    for _, rows in table.index[in_group].to_series().groupby(table.loc[in_group, "group_id"], sort=True):
+        rows = rows.to_numpy()
+        member_hashes = [hashes[r] for r in rows]
+        member_roles, member_reasons, conflict = _assign_group_roles(
+            *([columns[c][r] for r in rows] for c in ("name", "split", "labels")), member_hashes,
+            conflict_policy, near_policy,
+        )
+        conflicting_groups += int(conflict)
+        roles[rows] = member_roles
+        reasons[rows] = member_reasons
+        kinds[rows] = "exact" if len(set(member_hashes)) == 1 else "near"
+        train_test[rows] = len({columns["split"][r] for r in rows}) > 1
+    return roles, reasons, kinds, train_test, conflicting_groups
 
 
 # ---------------------------------------------------------------- entry point
@@ -281,24 +307,18 @@ def deduplicate(
         raise ValueError(f"images table: NAME {table['name'][table['name'].duplicated()].iloc[0]!r} appears twice")
     hashes = phash_to_uint64(table["phash"], table["name"])
     component = group_hashes(hashes, max_distance)
-    table["hash"] = hashes
     table["group_id"] = _group_ids(table["name"], component)
-    labels = label_multisets(boxes)
-    table["labels"] = table["name"].map(labels).fillna("").astype("str").where(table["split"] == "train", "")
+    in_group = table["group_id"] >= 0
+    labels = label_multisets(boxes[boxes["name"].isin(table.loc[in_group, "name"])])
+    table["labels"] = table["name"].map(labels).astype("str").fillna("").where(table["split"] == "train", "")
 
-    table["role"] = "unique"
-    table["reason"] = ""
-    table["kind"] = ""
-    table["train_test_duplicate"] = False
-    conflicting_groups = 0
-    grouped = table[table["group_id"] >= 0]
-    for group_id, members in grouped.groupby("group_id", sort=True):
-        roles, reasons, conflict = _assign_group_roles(members, conflict_policy, near_policy)
-        conflicting_groups += int(conflict)
-        table.loc[members.index, "role"] = roles
-        table.loc[members.index, "reason"] = reasons
-        table.loc[members.index, "kind"] = "exact" if members["hash"].nunique() == 1 else "near"
-        table.loc[members.index, "train_test_duplicate"] = members["split"].nunique() > 1
+    roles, reasons, kinds, train_test, conflicting_groups = _roles_by_group(
+        table, [int(h) for h in hashes], conflict_policy, near_policy
+    )
+    table["role"] = pd.Series(roles, dtype="str")
+    table["reason"] = pd.Series(reasons, dtype="str")
+    table["kind"] = pd.Series(kinds, dtype="str")
+    table["train_test_duplicate"] = train_test
     table["keep"] = ~table["role"].isin(["removed", "conflict_removed"])
 
     groups = _groups_frame(table)
@@ -318,7 +338,7 @@ def _dedup_ledger(table: pd.DataFrame) -> pd.DataFrame:
     dropped = table[~table["keep"]]
     reason_codes = np.where(
         dropped["role"] == "conflict_removed", "conflicting_duplicate",
-        np.where(dropped["kind"] == "exact", "exact_duplicate", "near_duplicate"),
+        np.where(dropped["reason"].str.startswith("exact"), "exact_duplicate", "near_duplicate"),
     )
     records = [
         {"stage": "deduplicate", "table": "images", "row": -1, "name": name, "field": "phash",

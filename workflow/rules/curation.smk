@@ -17,6 +17,7 @@ rule deduplicate:
     params:
         max_distance=config["dedup"]["max_distance"],
         conflict_policy=config["dedup"]["conflict_policy"],
+        near_policy=config["dedup"]["near_policy"],
     script:
         "../scripts/deduplicate.py"
 
@@ -73,6 +74,7 @@ rule summarize_curation:
         dedup=rules.deduplicate.output.summary,
         repair=rules.repair_boxes.output.summary,
         folds=rules.make_folds.output.summary,
+        groups=rules.deduplicate.output.groups,
         dedup_ledger=rules.deduplicate.output.ledger,
         repair_ledger=rules.repair_boxes.output.ledger,
         defects=defects_if_synthetic,

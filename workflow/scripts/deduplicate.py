@@ -8,6 +8,7 @@ def run(smk):
         tables.read_table(smk.input.boxes, tables.INGEST_BOXES),
         max_distance=smk.params.max_distance,
         conflict_policy=smk.params.conflict_policy,
+        near_policy=smk.params.near_policy,
     )
     tables.write_table(groups, smk.output.groups, tables.DUPLICATE_GROUPS)
     tables.write_table(images, smk.output.images, tables.CURATED_IMAGES)

@@ -9,6 +9,7 @@ def run(smk):
         folds_summary=smk.input.folds,
         ledgers=[smk.input.dedup_ledger, smk.input.repair_ledger],
         ledger_out=smk.output.ledger,
+        groups_path=smk.input.groups,
         defects_path=smk.input.defects[0] if smk.input.defects else None,
     )
 
