@@ -43,7 +43,7 @@ GRANULE_STYLES: dict[str, GranuleStyle] = {
 NUCLEUS_SHAPES = ("round", "kidney", "band", "lobed", "cleaved", "convoluted", "smudge", "none")
 # Chromatin textures: contrast of the texture on the nucleus density, and which noise field.
 CHROMATIN_TEXTURES = {"fine": ("fine", 0.22), "clumped": ("clumped", 0.38), "dense": ("fine", 0.12),
-                      "smudged": ("streak", 0.55)}
+                      "smudged": ("streak", 0.45)}
 
 
 @dataclass(frozen=True)
@@ -157,15 +157,19 @@ class SmearStyle:
 
     background_rgb: tuple[int, int, int] = (236, 224, 226)  # pale pinkish CellaVision background
     background_jitter: float = 6.0  # px value, per channel
-    red_cell_rgb: tuple[int, int, int] = (232, 168, 170)  # red cell rim at full density
+    red_cell_rgb: tuple[int, int, int] = (236, 178, 178)  # red cell rim at full density
     red_cell_radius: tuple[float, float] = (31.0, 41.0)  # px; a neutrophil box is ~146 px, METHOD §1.2
     red_cell_coverage: tuple[float, float] = (0.3, 0.95)  # red-cell area / image area
     red_cell_pallor: tuple[float, float] = (0.45, 0.8)  # relative density lost in the centre
+    red_cell_clustering: float = 1.0  # 0 uniform; 1 red cells follow a slow smear-thickness field
     red_cell_under_white_cell: float = 0.08  # chance a red cell may lie under a white cell
     nucleus_rgb: tuple[int, int, int] = (78, 42, 128)  # dense purple chromatin
     stain_jitter: float = 0.07  # log-scale jitter of every optical density, per image and channel
     stain_strength: tuple[float, float] = (0.85, 1.15)  # global stain intensity per image
     illumination: float = 0.025  # amplitude of the slow background illumination field (optical density)
+    # std of a lone cell's offset from the image centre, fraction of the width; also keeps the
+    # pHashes of distinct images apart (measured: 0.05 -> 5, 0.08 -> 4 pairs <= 12 bits in 300 images)
+    centre_jitter: float = 0.08
     sensor_noise: float = 2.2  # px value std of the additive noise
     cell_size_jitter: float = 0.14  # log-scale std of a cell's size around its class median
     box_margin: tuple[float, float] = (0.0, 6.0)  # px the annotator's box leaves around the cell

@@ -30,7 +30,7 @@ import io
 import multiprocessing
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -64,6 +64,19 @@ _FIELD_SIDE = 1024
 _RED_CELL_SPRITES = 48
 _POLYGON_SHIFT = 3  # cv2 fixed-point bits: outlines are placed to 1/8 px
 _PLACEMENT_TRIES = 40
+# Crowded images get a larger size: boxes cover at most this share of the image area
+# (METHOD §1.3: box area / image area is mostly 5-25 %), and one cell at most this share of a side.
+MAX_BOX_AREA_SHARE = 0.4
+MAX_CELL_SIDE_SHARE = 0.8
+# Defect parameters (the kinds and their counts are the caller's; these set how each looks).
+CONFUSABLE_LABEL_SHARE = 0.7  # wrong labels taken from morphology.CONFUSABLE, the rest uniform
+OUT_OF_IMAGE_PX = (1, 20)  # how far a coordinate is pushed past the border (METHOD §1.3: negative x1/y1)
+OUT_OF_IMAGE_COORDINATE_P = {"x1": 0.35, "y1": 0.35, "x2": 0.15, "y2": 0.15}
+OVERSIZE_SCALE = (2.0, 3.0)  # side multiplier of an oversized box (before clipping)
+TRUNCATE_KEEP = (0.6, 0.85)  # share of the JPEG bytes a truncated file keeps
+NEAR_QUALITY_DROP = (8, 25)  # JPEG quality lost by a re-encoded near duplicate
+NEAR_RESIZE_PX = (2, 6)  # px a resized near duplicate gains or loses per side length
+NEAR_CROP_PX = 4  # at most this many px cut from each edge of a cropped near duplicate
 
 Box = tuple[int, int, int, int]
 
@@ -149,19 +162,18 @@ def draw_cell_sizes(rng: np.random.Generator, codes: tuple[str, ...], style: Sme
 def draw_image_size(rng: np.random.Generator, cells: tuple[CellPlan, ...]) -> tuple[int, int]:
     """(width, height): mostly ~350-390 px near-square, large ones for big or crowded content."""
     cell_area = sum(cell.width * cell.height for cell in cells)
-    regular_side = 392
-    # Crowded images need room: keep the boxes under ~40 % of the image (METHOD §1.3: 5-25 % typical).
+    ranges = [side_range for side_range, _ in IMAGE_SIDES]
+    largest_regular = max(high for _, high in ranges)
     wants_large = (rng.random() < MORPHOLOGY[cells[0].code].large_image_probability
-                   or cell_area > 0.4 * regular_side ** 2)
+                   or cell_area > MAX_BOX_AREA_SHARE * largest_regular ** 2)
     if wants_large:
         sides = np.array([side for side, _ in LARGE_SIDES])
         side = int(rng.choice(sides, p=np.array([p for _, p in LARGE_SIDES])))
-        if cell_area > 0.4 * side ** 2:
+        if cell_area > MAX_BOX_AREA_SHARE * side ** 2:
             side = int(sides.max())
         return side, side
-    ranges = [side_range for side_range, _ in IMAGE_SIDES]
     low, high = ranges[rng.choice(len(ranges), p=np.array([p for _, p in IMAGE_SIDES]))]
-    if max(max(cell.width, cell.height) for cell in cells) > 0.8 * low:
+    if max(max(cell.width, cell.height) for cell in cells) > MAX_CELL_SIDE_SHARE * low:
         low, high = ranges[-1]
     width = int(rng.integers(low, high + 1))
     return width, width + int(rng.integers(IMAGE_ASPECT_JITTER[0], IMAGE_ASPECT_JITTER[1] + 1))
@@ -218,12 +230,13 @@ class Textures:
 
     chromatin: dict[str, np.ndarray]  # name -> (T, T) float32, zero mean, unit std
     illumination: np.ndarray  # (F, F) float32, slow field, unit std
-    noise: np.ndarray  # (F, F, 3) float32, standard normal
+    thickness: np.ndarray  # (F, F) float32, slower field (~2 cycles per image), unit std
+    noise: np.ndarray  # (3, F, F) float32, sensor noise in px values (planar)
     red_cells: tuple[np.ndarray, ...]  # (s, s) float32 optical density of one red cell at unit stain
 
 
-def _standardise(field: np.ndarray) -> np.ndarray:
-    return ((field - field.mean()) / field.std()).astype(np.float32)
+def _standardise(values: np.ndarray) -> np.ndarray:
+    return ((values - values.mean()) / values.std()).astype(np.float32)
 
 
 def _red_cell_sprite(rng: np.random.Generator, style: SmearStyle) -> np.ndarray:
@@ -248,27 +261,29 @@ def build_textures(seed: int, style: SmearStyle = SMEAR_STYLE) -> Textures:
     rng = np.random.default_rng(np.random.SeedSequence([seed, _TEXTURE_STREAM]))
 
     def smooth(sigma_x: float, sigma_y: float) -> np.ndarray:
-        field = rng.standard_normal((_TEXTURE_SIDE, _TEXTURE_SIDE), dtype=np.float32)
-        return _standardise(cv2.GaussianBlur(field, (0, 0), sigmaX=sigma_x, sigmaY=sigma_y,
+        values = rng.standard_normal((_TEXTURE_SIDE, _TEXTURE_SIDE), dtype=np.float32)
+        return _standardise(cv2.GaussianBlur(values, (0, 0), sigmaX=sigma_x, sigmaY=sigma_y,
                                              borderType=cv2.BORDER_REFLECT))
 
     chromatin = {"fine": smooth(1.0, 1.0), "clumped": _standardise(np.tanh(1.6 * smooth(2.2, 2.2))),
                  "streak": smooth(4.0, 1.2)}
     coarse = rng.standard_normal((12, 12), dtype=np.float32)
     illumination = _standardise(cv2.resize(coarse, (_FIELD_SIDE, _FIELD_SIDE), interpolation=cv2.INTER_CUBIC))
-    noise = rng.standard_normal((_FIELD_SIDE, _FIELD_SIDE, 3), dtype=np.float32)
+    coarser = rng.standard_normal((6, 6), dtype=np.float32)
+    thickness = _standardise(cv2.resize(coarser, (_FIELD_SIDE, _FIELD_SIDE), interpolation=cv2.INTER_CUBIC))
+    noise = rng.standard_normal((3, _FIELD_SIDE, _FIELD_SIDE), dtype=np.float32) * np.float32(style.sensor_noise)
     sprites = tuple(_red_cell_sprite(rng, style) for _ in range(_RED_CELL_SPRITES))
-    return Textures(chromatin, illumination, noise, sprites)
+    return Textures(chromatin, illumination, thickness, noise, sprites)
 
 
-def _crop(field: np.ndarray, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Random window of a texture field (tiled when the window is larger than the field)."""
-    if height > field.shape[0] or width > field.shape[1]:
-        reps = (height // field.shape[0] + 1, width // field.shape[1] + 1) + (1,) * (field.ndim - 2)
-        field = np.tile(field, reps)
-    y = int(rng.integers(0, field.shape[0] - height + 1))
-    x = int(rng.integers(0, field.shape[1] - width + 1))
-    return field[y:y + height, x:x + width]
+def _crop(texture: np.ndarray, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Random window over the last two axes of a texture field (tiled when the field is smaller)."""
+    if height > texture.shape[-2] or width > texture.shape[-1]:
+        reps = (1,) * (texture.ndim - 2) + (height // texture.shape[-2] + 1, width // texture.shape[-1] + 1)
+        texture = np.tile(texture, reps)
+    y = int(rng.integers(0, texture.shape[-2] - height + 1))
+    x = int(rng.integers(0, texture.shape[-1] - width + 1))
+    return texture[..., y:y + height, x:x + width]
 
 
 # ------------------------------------------------------------------------------------ drawing
@@ -476,12 +491,12 @@ def _granules(rng: np.random.Generator, morph: Morphology, frame: CellFrame, cel
 def draw_white_cell(od: np.ndarray, rng: np.random.Generator, morph: Morphology, stain: Stain,
                     textures: Textures, style: SmearStyle, cx: float, cy: float, rx: float, ry: float,
                     angle: float) -> tuple[float, float, float, float]:
-    """Add one white cell to the optical-density canvas `od` (H, W, 3) in place.
+    """Add one white cell to the planar optical-density canvas `od` (3, H, W) in place.
 
     Returns:
         The cell's outline extent (x_min, y_min, x_max, y_max) in image px, unclipped.
     """
-    height, width = od.shape[:2]
+    height, width = od.shape[1:]
     reach = max(rx, ry) * 1.35 + 4
     x0, y0 = max(0, int(cx - reach)), max(0, int(cy - reach))
     x1, y1 = min(width, int(cx + reach) + 1), min(height, int(cy + reach) + 1)
@@ -507,25 +522,28 @@ def draw_white_cell(od: np.ndarray, rng: np.random.Generator, morph: Morphology,
     nuclear = nucleus * chromatin * _nucleoli(rng, morph, nucleus, frame)
     cytoplasm = cell * (1.0 - nucleus) * np.float32(rng.uniform(*morph.cytoplasm_density))
     granules = _granules(rng, morph, frame, cell, nucleus)
+    cytoplasm_od = optical_density(morph.cytoplasm_rgb) * stain.tint
     granule_od = optical_density(GRANULE_STYLES[morph.granules].rgb) * stain.tint
-    region = od[y0:y1, x0:x1]
-    region += cytoplasm[..., None] * (optical_density(morph.cytoplasm_rgb) * stain.tint)
-    region += nuclear[..., None] * stain.nucleus
-    if morph.granules != "none" or morph.auer_rods[1] > 0:
-        region += granules[..., None] * granule_od
+    has_granules = morph.granules != "none" or morph.auer_rods[1] > 0
+    for channel in range(3):  # planar canvas: each channel is a contiguous plane
+        plane = od[channel, y0:y1, x0:x1]
+        plane += cytoplasm * cytoplasm_od[channel]
+        plane += nuclear * stain.nucleus[channel]
+        if has_granules:
+            plane += granules * granule_od[channel]
     xs, ys = outline[:, 0] + x0, outline[:, 1] + y0
     return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
 
 
-def _stamp(od: np.ndarray, sprite: np.ndarray, colour: np.ndarray, cx: float, cy: float) -> None:
-    """Add a sprite's density times `colour` centred at (cx, cy), clipped to the canvas."""
-    height, width = od.shape[:2]
+def _stamp(density: np.ndarray, sprite: np.ndarray, cx: float, cy: float) -> None:
+    """Add a sprite to a single-channel density map, centred at (cx, cy), clipped to the map."""
+    height, width = density.shape
     size_y, size_x = sprite.shape
     top, left = int(round(cy)) - size_y // 2, int(round(cx)) - size_x // 2
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + size_y, height), min(left + size_x, width)
     if y1 > y0 and x1 > x0:
-        od[y0:y1, x0:x1] += sprite[y0 - top:y1 - top, x0 - left:x1 - left, None] * colour
+        density[y0:y1, x0:x1] += sprite[y0 - top:y1 - top, x0 - left:x1 - left]
 
 
 # -------------------------------------------------------------------------------- composition
@@ -571,7 +589,7 @@ def place_cells(rng: np.random.Generator, plan: ImagePlan, style: SmearStyle) ->
         low = np.array([min(rx + 2, plan.width / 2), min(ry + 2, plan.height / 2)])
         high = np.array([max(plan.width - rx - 2, plan.width / 2), max(plan.height - ry - 2, plan.height / 2)])
         if len(plan.cells) == 1:
-            centre = np.array([plan.width, plan.height]) / 2 + rng.normal(0, 0.05, 2) * plan.width
+            centre = np.array([plan.width, plan.height]) / 2 + rng.normal(0, style.centre_jitter, 2) * plan.width
             cx, cy = np.clip(centre, low, high)
         else:
             cx, cy = _best_position(rng, rng.uniform(low, high, size=(_PLACEMENT_TRIES, 2)), rx, ry, taken)
@@ -602,18 +620,27 @@ def place_border_cell(rng: np.random.Generator, plan: ImagePlan, cells: list[Pla
 
 def place_red_cells(rng: np.random.Generator, plan: ImagePlan, cells: list[PlacedCell], textures: Textures,
                     style: SmearStyle) -> list[tuple[int, float, float]]:
-    """(sprite index, cx, cy) of the red cells; few lie under white cells."""
+    """(sprite index, cx, cy) of the red cells; few lie under white cells.
+
+    Red cells crowd where the smear is thick: candidates are thinned by a slow random field, which
+    also keeps the coarse layout (and so the pHash) of distinct images apart.
+    """
     mean_radius = np.mean(style.red_cell_radius)
     coverage = rng.uniform(*style.red_cell_coverage)
     count = int(coverage * plan.width * plan.height / (np.pi * mean_radius ** 2))
-    xs = rng.uniform(-mean_radius, plan.width + mean_radius, 3 * count)
-    ys = rng.uniform(-mean_radius, plan.height + mean_radius, 3 * count)
-    blocked = np.zeros(3 * count, dtype=bool)
+    pad = int(np.ceil(mean_radius))
+    thickness = _crop(textures.thickness, rng, plan.height + 2 * pad, plan.width + 2 * pad)
+    xs = rng.uniform(-mean_radius, plan.width + mean_radius, 4 * count)
+    ys = rng.uniform(-mean_radius, plan.height + mean_radius, 4 * count)
+    local = thickness[np.clip(ys.astype(np.intp) + pad, 0, thickness.shape[0] - 1),
+                      np.clip(xs.astype(np.intp) + pad, 0, thickness.shape[1] - 1)]
+    thinned = rng.random(4 * count) > np.clip(0.5 + 0.5 * style.red_cell_clustering * local, 0.05, 1.0)
+    under_white = np.zeros(4 * count, dtype=bool)
     for cell in cells:
-        blocked |= (((xs - cell.cx) / (cell.rx + 0.5 * mean_radius)) ** 2
-                    + ((ys - cell.cy) / (cell.ry + 0.5 * mean_radius)) ** 2) < 1
-    free = ~blocked | (rng.random(3 * count) < style.red_cell_under_white_cell)
-    sprites = rng.integers(0, len(textures.red_cells), 3 * count)
+        under_white |= (((xs - cell.cx) / (cell.rx + 0.5 * mean_radius)) ** 2
+                        + ((ys - cell.cy) / (cell.ry + 0.5 * mean_radius)) ** 2) < 1
+    free = ~thinned & (~under_white | (rng.random(4 * count) < style.red_cell_under_white_cell))
+    sprites = rng.integers(0, len(textures.red_cells), 4 * count)
     keep = np.flatnonzero(free)[:count]
     return [(int(sprites[i]), float(xs[i]), float(ys[i])) for i in keep]
 
@@ -659,24 +686,34 @@ def render_image(plan: ImagePlan, seed: int, textures: Textures, style: SmearSty
     cells = place_cells(rng, plan, style)
     border = place_border_cell(rng, plan, cells, style) if plan.border_cell else None
     white = cells + ([border] if border else [])
-    od = np.empty((plan.height, plan.width, 3), dtype=np.float32)
-    od[:] = (_crop(textures.illumination, rng, plan.height, plan.width) * np.float32(style.illumination))[..., None]
+    red = np.zeros((plan.height, plan.width), dtype=np.float32)
     for sprite, cx, cy in place_red_cells(rng, plan, white, textures, style):
-        _stamp(od, textures.red_cells[sprite], stain.red_cell, cx, cy)
+        _stamp(red, textures.red_cells[sprite], cx, cy)
     red_box = None
     if plan.free_red_cell:
         sprite, cx, cy, red_box = _free_red_cell(rng, plan, white, textures)
-        _stamp(od, textures.red_cells[sprite], stain.red_cell, cx, cy)
+        _stamp(red, textures.red_cells[sprite], cx, cy)
+    # Planar (3, H, W) optical density: per-channel planes keep every update a contiguous 2-D op.
+    od = np.empty((3, plan.height, plan.width), dtype=np.float32)
+    illumination = _crop(textures.illumination, rng, plan.height, plan.width) * np.float32(style.illumination)
+    for channel in range(3):
+        np.multiply(red, stain.red_cell[channel], out=od[channel])
+        od[channel] += illumination
     extents = [draw_white_cell(od, rng, MORPHOLOGY[c.code], stain, textures, style, c.cx, c.cy, c.rx, c.ry, c.angle)
                for c in white]
     boxes = tuple(_annotate(rng, extent, style, plan.width, plan.height) for extent in extents[:len(cells)])
     border_box = clip_box(extents[-1], plan.width, plan.height) if border else None
-    np.exp(-od, out=od)
-    od *= stain.background
-    od += _crop(textures.noise, rng, plan.height, plan.width) * np.float32(style.sensor_noise)
-    od += 0.5
-    np.clip(od, 0, 255, out=od)
-    return od.astype(np.uint8), RenderedImage(plan.index, plan.name, boxes, red_box, border_box)
+    return _to_rgb(od, stain, _crop(textures.noise, rng, plan.height, plan.width)), RenderedImage(
+        plan.index, plan.name, boxes, red_box, border_box)
+
+
+def _to_rgb(od: np.ndarray, stain: Stain, noise: np.ndarray) -> np.ndarray:
+    """Planar optical density -> interleaved uint8 RGB under the background light, plus noise."""
+    np.negative(od, out=od)
+    np.exp(od, out=od)
+    od *= stain.background[:, None, None]
+    od += noise
+    return cv2.merge([cv2.convertScaleAbs(plane) for plane in od])  # rounds and saturates to 0..255
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
@@ -712,8 +749,11 @@ def _render_all(plans: list[ImagePlan], *, seed: int, images_dir: Path, jpeg_qua
         for plan in plans:
             results.append(_render_and_write(plan))
             bar.update()
+        _WORKER.clear()  # drop the textures held for this run
     else:
-        with multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+        # NOTE: "spawn", not fork: a forked child inherits OpenCV's thread pool in a broken state and
+        # can deadlock in its first parallel call when the parent has already used OpenCV.
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
             for rendered in pool.imap(_render_and_write, plans, chunksize=16):
                 results.append(rendered)
                 bar.update()
@@ -741,15 +781,20 @@ class Dataset:
 
     images_dir: Path
     sizes: dict[str, tuple[int, int]]  # name -> (width, height)
-    train: list[BoxRow]
-    test: list[BoxRow]
-    defects: list[dict[str, object]]  # kind, name, source, row_key (or -1), detail
+    train: list[BoxRow] = field(default_factory=list)
+    test: list[BoxRow] = field(default_factory=list)
+    defects: list[dict[str, object]] = field(default_factory=list)  # kind, name, source, row_key, detail
+    train_by_name: dict[str, list[BoxRow]] = field(default_factory=dict)
     next_key: int = 0
 
-    def add_row(self, rows: list[BoxRow], name: str, box: Box, label: str) -> BoxRow:
+    def add_row(self, split: str, name: str, box: Box, label: str) -> BoxRow:
         row = BoxRow(self.next_key, name, *box, label)
         self.next_key += 1
-        rows.append(row)
+        if split == "train":
+            self.train.append(row)
+            self.train_by_name.setdefault(name, []).append(row)
+        else:
+            self.test.append(row)
         return row
 
     def record(self, kind: str, name: str, detail: str, source: str = "", row: BoxRow | None = None) -> None:
@@ -757,12 +802,13 @@ class Dataset:
                              "row_key": row.key if row else -1, "detail": detail})
 
     def rows_of(self, name: str) -> list[BoxRow]:
-        return [row for row in self.train if row.name == name]
+        """Train rows of an image (a copy of the list)."""
+        return list(self.train_by_name.get(name, []))
 
 
 def _other_class(rng: np.random.Generator, code: str) -> str:
     """A different class, usually one a careless annotator would confuse with `code`."""
-    if rng.random() < 0.7:
+    if rng.random() < CONFUSABLE_LABEL_SHARE:
         return str(rng.choice(CONFUSABLE[code]))
     return str(rng.choice([c for c in CLASSES if c != code]))
 
@@ -771,18 +817,19 @@ def inject_box_defects(data: Dataset, rng: np.random.Generator, targets: dict[st
                        rendered: dict[str, RenderedImage]) -> None:
     """out_of_image_box, oversized_box, wrong_label, red_cell_box, unannotated_border_cell."""
     for name in targets["out_of_image_box"]:
-        row = data.rows_of(name)[int(rng.integers(len(data.rows_of(name))))]
+        rows = data.rows_of(name)
+        row = rows[int(rng.integers(len(rows)))]
         width, height = data.sizes[name]
-        field = str(rng.choice(["x1", "y1", "x2", "y2"], p=[0.35, 0.35, 0.15, 0.15]))
-        beyond = int(rng.integers(1, 21))
-        value = -beyond if field in ("x1", "y1") else (width if field == "x2" else height) + beyond
-        data.record("out_of_image_box", name, f"{field} {getattr(row, field)} -> {value} (image {width}x{height})",
+        coordinate = str(rng.choice(list(OUT_OF_IMAGE_COORDINATE_P), p=list(OUT_OF_IMAGE_COORDINATE_P.values())))
+        beyond = int(rng.integers(OUT_OF_IMAGE_PX[0], OUT_OF_IMAGE_PX[1] + 1))
+        value = -beyond if coordinate in ("x1", "y1") else (width if coordinate == "x2" else height) + beyond
+        data.record("out_of_image_box", name, f"{coordinate} {getattr(row, coordinate)} -> {value} (image {width}x{height})",
                     row=row)
-        setattr(row, field, value)
+        setattr(row, coordinate, value)
     for name in targets["oversized_box"]:
         row = data.rows_of(name)[0]
         width, height = data.sizes[name]
-        scale = rng.uniform(2.0, 3.0)
+        scale = rng.uniform(*OVERSIZE_SCALE)
         cx, cy, hw, hh = (row.x1 + row.x2) / 2, (row.y1 + row.y2) / 2, (row.x2 - row.x1) / 2, (row.y2 - row.y1) / 2
         new = clip_box((cx - scale * hw, cy - scale * hh, cx + scale * hw, cy + scale * hh), width, height)
         data.record("oversized_box", name, f"({row.x1},{row.y1},{row.x2},{row.y2}) -> {new}, scale {scale:.2f}",
@@ -795,7 +842,7 @@ def inject_box_defects(data: Dataset, rng: np.random.Generator, targets: dict[st
         row.label = new_label
     for name in targets["red_cell_box"]:
         label = data.rows_of(name)[0].label
-        row = data.add_row(data.train, name, rendered[name].red_cell_box, label)
+        row = data.add_row("train", name, rendered[name].red_cell_box, label)
         data.record("red_cell_box", name, f"red cell {rendered[name].red_cell_box} labelled {label}", row=row)
     for name in targets["unannotated_border_cell"]:
         data.record("unannotated_border_cell", name, f"visible box {rendered[name].border_cell_box} not annotated")
@@ -807,18 +854,17 @@ def _near_duplicate(source: Path, target: Path, variant: str, rng: np.random.Gen
     image = Image.open(source).convert("RGB")
     width, height = image.size
     if variant == "reencode":
-        quality = int(np.clip(jpeg_quality - rng.integers(8, 26), 40, 95))
-        quality = quality if quality != jpeg_quality else quality - 5
+        quality = max(1, jpeg_quality - int(rng.integers(NEAR_QUALITY_DROP[0], NEAR_QUALITY_DROP[1] + 1)))
         image.save(target, format="JPEG", quality=quality)
         return f"reencode quality {jpeg_quality} -> {quality}", lambda box: box
     if variant == "resize":
-        new_w = width + int(rng.choice([-1, 1])) * int(rng.integers(2, 7))
-        new_h = height + int(rng.choice([-1, 1])) * int(rng.integers(2, 7))
+        new_w, new_h = (side + int(rng.choice([-1, 1])) * int(rng.integers(NEAR_RESIZE_PX[0], NEAR_RESIZE_PX[1] + 1))
+                        for side in (width, height))
         image.resize((new_w, new_h), Image.Resampling.BILINEAR).save(target, format="JPEG", quality=jpeg_quality)
         sx, sy = new_w / width, new_h / height
         return (f"resize {width}x{height} -> {new_w}x{new_h}",
                 lambda box: clip_box((box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy), new_w, new_h))
-    left, top, right, bottom = (int(v) for v in rng.integers(0, 5, size=4))
+    left, top, right, bottom = (int(v) for v in rng.integers(0, NEAR_CROP_PX + 1, size=4))
     left = max(left, 1)
     image.crop((left, top, width - right, height - bottom)).save(target, format="JPEG", quality=jpeg_quality)
     new_w, new_h = width - left - right, height - top - bottom
@@ -839,12 +885,12 @@ def inject_duplicates(data: Dataset, rng: np.random.Generator, targets: dict[str
         for source, copy in zip(targets[kind], copy_names[kind]):
             shutil.copyfile(data.images_dir / source, data.images_dir / copy)
             data.sizes[copy] = data.sizes[source]
-            rows = data.test if kind == "train_test_duplicate" else data.train
+            split = "test" if kind == "train_test_duplicate" else "train"
             changes = []
             for row in data.rows_of(source):
                 label = _other_class(rng, row.label) if kind == "conflicting_duplicate" else row.label
                 changes.append(f"{row.label} -> {label}")
-                data.add_row(rows, copy, (row.x1, row.y1, row.x2, row.y2), label)
+                data.add_row(split, copy, (row.x1, row.y1, row.x2, row.y2), label)
             detail = "byte-identical copy" + (f", labels {'; '.join(changes)}" if kind == "conflicting_duplicate" else "")
             data.record(kind, copy, detail, source=source)
     first_variant = int(rng.integers(len(NEAR_DUPLICATE_VARIANTS)))
@@ -859,7 +905,7 @@ def inject_duplicates(data: Dataset, rng: np.random.Generator, targets: dict[str
         with Image.open(copy_path) as image:
             data.sizes[copy] = image.size
         for row in data.rows_of(source):
-            data.add_row(data.train, copy, mapping((row.x1, row.y1, row.x2, row.y2)), row.label)
+            data.add_row("train", copy, mapping((row.x1, row.y1, row.x2, row.y2)), row.label)
         data.record("near_duplicate", copy, f"{detail}; phash distance {distance}", source=source)
 
 
@@ -869,7 +915,7 @@ def inject_file_defects(data: Dataset, rng: np.random.Generator, targets: dict[s
     for name in targets["truncated_jpeg"]:
         path = data.images_dir / name
         payload = path.read_bytes()
-        kept = int(len(payload) * rng.uniform(0.6, 0.85))
+        kept = int(len(payload) * rng.uniform(*TRUNCATE_KEEP))
         path.write_bytes(payload[:kept])
         data.record("truncated_jpeg", name, f"kept {kept} of {len(payload)} bytes")
     for name in targets["unreadable_file"]:
@@ -970,7 +1016,9 @@ def synthesize(out_dir: str | Path, *, n_images: int, test_fraction: float, seed
         seed: the only source of randomness; the same seed gives byte-identical files.
         jpeg_quality: Pillow JPEG quality of the images (1-95).
         defects: count per kind of DEFECT_KINDS (missing kinds: 0).
-        workers: rendering processes (1 renders in this process).
+        workers: rendering processes (1 renders in this process). Workers are started with the
+            "spawn" method, which re-imports the caller's main module: a calling script (e.g. a
+            Snakemake `script:`) must guard its top-level call with `if __name__ == "__main__":`.
         progress: show a tqdm progress bar.
         near_duplicate_max_distance: largest pHash Hamming distance a near duplicate may have from its
             source; a variant that lands further away is replaced by a JPEG re-encode.
@@ -997,11 +1045,10 @@ def synthesize(out_dir: str | Path, *, n_images: int, test_fraction: float, seed
                                         rng=plan_rng, style=style)
     rendered = _render_all(plans, seed=seed, images_dir=images_dir, jpeg_quality=jpeg_quality, style=style,
                            workers=max(1, workers), progress=progress)
-    data = Dataset(images_dir, {p.name: (p.width, p.height) for p in plans}, [], [], [])
+    data = Dataset(images_dir, {p.name: (p.width, p.height) for p in plans})
     for plan, image in zip(plans, rendered):
-        rows = data.train if plan.split == "train" else data.test
         for cell, box in zip(plan.cells, image.boxes):
-            data.add_row(rows, plan.name, box, cell.code)
+            data.add_row(plan.split, plan.name, box, cell.code)
     targets = {kind: [names[i] for i in indices] for kind, indices in target_indices.items()}
     copy_iter = iter(names[n_base:])
     copy_names = {kind: [next(copy_iter) for _ in range(defects[kind])] for kind in COPY_KINDS}

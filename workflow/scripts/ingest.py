@@ -17,4 +17,6 @@ def run(smk):
     )
 
 
-run_rule(snakemake, run)
+# Worker processes may be spawned and re-import this script: only the main process runs the rule.
+if __name__ == "__main__":
+    run_rule(snakemake, run)

@@ -12,7 +12,10 @@ def run(smk):
         jpeg_quality=settings["jpeg_quality"],
         defects=settings["defects"],
         workers=smk.threads,
+        near_duplicate_max_distance=settings["near_duplicate_max_distance"],
     )
 
 
-run_rule(snakemake, run)
+# Worker processes are spawned and re-import this script: only the main process runs the rule.
+if __name__ == "__main__":
+    run_rule(snakemake, run)
