@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from leukoflow import reproduce
 from leukoflow.metric import (
     MetricInputError,
     count_problems,
@@ -94,6 +95,49 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("validate", "check a submission against the test table before scoring",
                _validate_arguments, _run_validate),
 ]
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+SUBCOMMANDS.append(Subcommand("reproduce", reproduce.HELP, reproduce.add_arguments, reproduce.run_command))
+
+
+# ----------------------------------------------------------------------------- predict
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGES_OR_FOLDER",
+                        help="image files and/or folders of images (not recursive)")
+    parser.add_argument("--bundle", required=True, help="model bundle directory (results/bundle)")
+    parser.add_argument("--expected-counts", metavar="CSV",
+                        help="test.csv (trustii_id, NAME): keep exactly that many boxes per image; "
+                             "without it, boxes above a confidence threshold after NMS")
+    parser.add_argument("--profile", choices=("full", "fast"), default="full",
+                        help="full: every fold and model of the bundle; fast: one detector fold + one classifier")
+    parser.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    parser.add_argument("--annotate", metavar="DIR", help="also write annotated PNGs into DIR")
+    parser.add_argument("--device", help="torch/ultralytics device (default: the bundle's, cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the bundle's)")
+    parser.add_argument("--min-score", type=float, help="threshold mode: minimum fused confidence")
+    parser.add_argument("--nms-iou", type=float, help="threshold mode: NMS IoU")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from leukoflow import predict
+    from leukoflow.bundle import BundleError
+
+    try:
+        summary = predict.run(args.images, bundle=args.bundle, out=args.out, expected_counts=args.expected_counts,
+                              profile=args.profile, device=args.device, threads=args.threads,
+                              min_score=args.min_score, nms_iou=args.nms_iou, annotate_dir=args.annotate)
+    except (BundleError, FileNotFoundError, ValueError) as error:
+        print(f"leukoflow predict: error: {error}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
+SUBCOMMANDS.append(Subcommand("predict", "detect and classify white cells in new images with a model bundle",
+                              _predict_arguments, _run_predict))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,8 @@ def _walk_schema(node: dict[str, Any], prefix: str = ""):
         yield path, child
         if child.get("type") == "object":
             yield from _walk_schema(child, f"{path}.")
+        elif child.get("type") == "array" and child.get("items", {}).get("type") == "object":
+            yield from _walk_schema(child["items"], f"{path}[].")
 
 
 def _config_row(key: str, node: dict[str, Any]) -> str:

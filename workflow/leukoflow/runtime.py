@@ -2,6 +2,8 @@
 
 Scripts stay three lines: import the stage, call `run_rule(snakemake, stage.run)`. The stage's
 `run(smk)` reads the rule's input/params/output and returns its summary figures.
+With tracking on, each job is also one MLflow run (`leukoflow.tracking`): FINISHED with the
+summary as metrics, or FAILED when the stage raises.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from leukoflow import offline
+from leukoflow import offline, tracking
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -42,18 +44,21 @@ def run_rule(smk: Any, stage_run: Callable[[Any], dict[str, Any]]) -> dict[str, 
     log_path = Path(smk.log[0]) if len(smk.log) else None
     _configure_logging(log_path)
     logger = logging.getLogger(f"leukoflow.{smk.rule}")
+    run = tracking.start_rule_run(smk)  # a no-op unless config `tracking.enabled`
     started = time.perf_counter()
     logger.info("rule %s starts (threads=%s)", smk.rule, smk.threads)
     try:
         summary = stage_run(smk)
-    except Exception:
+    except BaseException:
         logger.exception("rule %s failed", smk.rule)
+        run.fail()
         raise
     summary = dict(summary)
     summary.setdefault("seconds", round(time.perf_counter() - started, 3))
     if hasattr(smk.output, "summary"):
         write_json(smk.output.summary, summary)
     logger.info("rule %s done in %.1f s", smk.rule, summary["seconds"])
+    run.finish(summary, smk)
     return summary
 
 

@@ -1,0 +1,241 @@
+"""MLflow tracking: parallel jobs into one SQLite store, FAILED runs, the tiny run's store, helpers."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from leukoflow import tracking
+from tests.conftest import REPO, SNAKEMAKE
+
+PARALLEL_JOBS = 4
+CURVE_STEPS = 20
+PROVENANCE = ("git_commit", "git_dirty", "config_hash", "data_version", "rule", "snakemake_version", "host")
+
+# A workflow of independent jobs that all log at once, plus one rule that raises.
+FAKE_SNAKEFILE = """
+import os, sys
+sys.path.insert(0, {workflow_dir!r})
+config.update({config!r})
+include: {tracking_rules!r}
+
+rule all:
+    input: expand("out/job_{{i}}.json", i=range({jobs}))
+
+rule work:
+    output: summary="out/job_{{i}}.json", table="out/job_{{i}}.csv"
+    params: width=3, nested={{"a": {{"b": 1}}}}
+    log: "logs/work_{{i}}.log"
+    script: "stage.py"
+
+rule broken:
+    output: summary="out/broken.json"
+    log: "logs/broken.log"
+    script: "stage.py"
+"""
+
+FAKE_STAGE = """
+from pathlib import Path
+from leukoflow.runtime import run_rule
+
+
+def run(smk):
+    if smk.rule == "broken":
+        raise ValueError("this stage fails on purpose")
+    Path(smk.output.table).write_text("a,b\\n1,2\\n")
+    return {{"loss": [1.0 / (step + 1) for step in range({steps})], "score": 0.5, "ok": True,
+            "nested": {{"count": 3}}}}
+
+
+run_rule(snakemake, run)
+"""
+
+
+def _tracking_config(**overrides) -> dict:
+    section = {"enabled": True, "uri": "sqlite:///results/mlflow.db", "experiment": "leukoflow-test",
+               "artifact_location": "results/mlartifacts", "max_artifact_mb": 1, "lock_retries": 6,
+               "lock_backoff_s": 0.5}
+    return {"seed": 1, "data": {"source": "synthetic"}, "tracking": {**section, **overrides}}
+
+
+def _write_fake_workflow(directory: Path) -> Path:
+    snakefile = directory / "Snakefile"
+    snakefile.write_text(FAKE_SNAKEFILE.format(
+        workflow_dir=str(REPO / "workflow"), config=_tracking_config(),
+        tracking_rules=str(REPO / "workflow" / "rules" / "tracking.smk"), jobs=PARALLEL_JOBS))
+    (directory / "stage.py").write_text(FAKE_STAGE.format(steps=CURVE_STEPS))
+    return snakefile
+
+
+def _snakemake(directory: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    env.pop(tracking.ENV_PARENT_RUN, None)
+    return subprocess.run([str(SNAKEMAKE), "--snakefile", str(directory / "Snakefile"), "--directory", str(directory),
+                           *args], capture_output=True, text=True, env=env, cwd=directory)
+
+
+def _runs(db: Path) -> dict[str, dict]:
+    """run id -> {name, status, tags} straight from the SQLite store."""
+    with sqlite3.connect(db) as connection:
+        runs = {run_id: {"name": name, "status": status, "tags": {}}
+                for run_id, name, status in connection.execute("select run_uuid, name, status from runs")}
+        for run_id, key, value in connection.execute("select run_uuid, key, value from tags"):
+            runs[run_id]["tags"][key] = value
+    return runs
+
+
+def _all_text(directory: Path, result: subprocess.CompletedProcess) -> str:
+    logs = [path.read_text() for path in (directory / "logs").glob("*.log")]
+    return "\n".join([result.stdout, result.stderr, *logs])
+
+
+@pytest.fixture(scope="module")
+def parallel_workflow(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    directory = tmp_path_factory.mktemp("tracking_parallel")
+    _write_fake_workflow(directory)
+    return directory, _snakemake(directory, "--cores", "4")
+
+
+def test_parallel_jobs_each_leave_one_finished_child_run(parallel_workflow):
+    directory, result = parallel_workflow
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert tracking.LOCK_MESSAGE not in _all_text(directory, result)
+    runs = _runs(directory / "results" / "mlflow.db")
+    parents = [run for run in runs.values() if run["tags"].get("leukoflow.run_kind") == "invocation"]
+    children = [run for run in runs.values() if run["tags"].get("leukoflow.run_kind") == "rule"]
+    assert len(parents) == 1 and parents[0]["status"] == "FINISHED"
+    parent_id = next(run_id for run_id, run in runs.items() if run is parents[0])
+    assert sorted(run["name"] for run in children) == sorted(f"work[i={i}]" for i in range(PARALLEL_JOBS))
+    for run in children:
+        assert run["status"] == "FINISHED"
+        assert run["tags"]["mlflow.parentRunId"] == parent_id
+        assert all(run["tags"].get(key) for key in PROVENANCE)
+        assert run["tags"]["data_version"].startswith("synthetic:seed=1:")
+    assert not (directory / tracking.PARENT_RUN_FILE).exists(), "the run-id file is removed at the end"
+
+
+def test_child_runs_hold_params_curves_and_artifacts(parallel_workflow):
+    directory, _ = parallel_workflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{directory / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("leukoflow-test")
+    assert experiment.artifact_location == (directory / "results" / "mlartifacts").as_uri()
+    run = client.search_runs([experiment.experiment_id], "attributes.run_name = 'work[i=0]'")[0]
+    assert run.data.params["width"] == "3" and run.data.params["nested.a.b"] == "1"
+    assert run.data.metrics["score"] == 0.5 and run.data.metrics["ok"] == 1 and run.data.metrics["nested.count"] == 3
+    curve = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in curve] == list(range(CURVE_STEPS)) and curve[-1].value == pytest.approx(1 / CURVE_STEPS)
+    artifacts = {a.path for folder in ("outputs", "logs") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"outputs/job_0.json", "outputs/job_0.csv", "logs/work_0.log"} <= artifacts
+
+
+def test_a_failing_rule_leaves_its_run_and_the_parent_failed(parallel_workflow):
+    directory, first = parallel_workflow
+    assert first.returncode == 0
+    result = _snakemake(directory, "--cores", "1", "out/broken.json")
+    assert result.returncode != 0
+    runs = _runs(directory / "results" / "mlflow.db")
+    broken = [run for run in runs.values() if run["name"] == "broken"]
+    assert len(broken) == 1 and broken[0]["status"] == "FAILED"
+    parent = runs[broken[0]["tags"]["mlflow.parentRunId"]]
+    assert parent["status"] == "FAILED"
+
+
+def test_tiny_run_store_has_one_finished_run_per_job_and_a_parent(tiny_run):
+    db = tiny_run / "results" / "mlflow.db"
+    runs = _runs(db)
+    parents = {run_id: run for run_id, run in runs.items() if run["tags"].get("leukoflow.run_kind") == "invocation"}
+    children = [run for run in runs.values() if run["tags"].get("leukoflow.run_kind") == "rule"]
+    assert len(parents) == 1 and next(iter(parents.values()))["status"] == "FINISHED"
+    # Every job that went through run_rule wrote "rule <name> starts" into its own log file.
+    logs = [path.read_text() for path in (tiny_run / "logs").rglob("*.log")]
+    jobs = sorted(match.group(1) for text in logs for match in [re.search(r"rule (\S+) starts \(threads", text)] if match)
+    assert jobs and sorted(run["tags"]["rule"] for run in children) == jobs
+    for run in children:
+        assert run["status"] == "FINISHED"
+        assert run["tags"]["mlflow.parentRunId"] in parents
+        assert all(run["tags"].get(key) for key in ("git_commit", "config_hash", "data_version"))
+
+
+# ----------------------------------------------------------------------------- units
+
+def test_tracking_is_off_without_a_tracking_section():
+    assert tracking.settings_from_config({}) is None
+    assert tracking.settings_from_config({"tracking": {**_tracking_config()["tracking"], "enabled": False}}) is None
+    assert not tracking.start_rule_run(SimpleNamespace(config={}, rule="x")).active
+
+
+def test_relative_store_and_artifact_paths_are_resolved_against_the_working_directory(tmp_path):
+    settings = tracking.settings_from_config(_tracking_config(), tmp_path)
+    assert settings.uri == f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    assert settings.artifact_location == (tmp_path / "results" / "mlartifacts").as_uri()
+    server = tracking.settings_from_config(_tracking_config(uri="http://127.0.0.1:5000", artifact_location="s3://b/x"), tmp_path)
+    assert server.uri == "http://127.0.0.1:5000" and server.artifact_location == "s3://b/x"
+
+
+def test_config_hash_ignores_key_order_and_sees_values():
+    assert tracking.config_hash({"a": 1, "b": {"c": 2}}) == tracking.config_hash({"b": {"c": 2}, "a": 1})
+    assert tracking.config_hash({"a": 1}) != tracking.config_hash({"a": 2})
+
+
+def test_data_version_reads_the_dvc_hash_of_a_folder_dataset(tmp_path):
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    (images / "a.jpg").write_bytes(b"x")
+    config = {"data": {"source": "folder", "dir": str(tmp_path / "data"), "images_subdir": "images",
+                       "train_csv": "train.csv", "test_csv": "test.csv"}}
+    untracked = tracking.data_version(config)
+    assert untracked.startswith("manifest:")
+    (images / "b.jpg").write_bytes(b"y")
+    assert tracking.data_version(config) != untracked, "a new image changes the manifest"
+    (tmp_path / "data" / "images.dvc").write_text(textwrap.dedent("""\
+        outs:
+        - md5: 0123456789abcdef0123456789abcdef.dir
+          size: 2
+          nfiles: 2
+          path: images
+        """))
+    assert tracking.data_version(config) == "dvc:0123456789abcdef0123456789abcdef.dir"
+
+
+def test_metric_values_flatten_summaries_and_turn_lists_into_curves():
+    values = tracking.metric_values({"a": 1, "b": {"c": 2.5}, "curve": [3, 2], "name": "x", "flag": False,
+                                     "mixed": [1, "x"]})
+    assert values == [("a", 1.0, 0), ("b.c", 2.5, 0), ("curve", 3.0, 0), ("curve", 2.0, 1), ("flag", 0.0, 0)]
+
+
+def test_lock_errors_are_retried_then_raised(tmp_path):
+    settings = tracking.settings_from_config(_tracking_config(lock_retries=2, lock_backoff_s=0.0), tmp_path)
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking.with_lock_retries(flaky, settings, "test") == "ok" and len(attempts) == 3
+    with pytest.raises(RuntimeError, match="database is locked"):
+        tracking.with_lock_retries(lambda: (_ for _ in ()).throw(RuntimeError("database is locked")), settings, "t")
+    with pytest.raises(ValueError):
+        tracking.with_lock_retries(lambda: (_ for _ in ()).throw(ValueError("other")), settings, "t")
+
+
+def test_a_bundle_is_logged_as_a_model(tmp_path):
+    settings = tracking.settings_from_config(_tracking_config(), tmp_path)
+    client, experiment_id = tracking.open_store(settings)
+    run = client.create_run(experiment_id)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "weights.txt").write_text("w")
+    model_id = tracking.log_bundle(client, settings, experiment_id, run.info.run_id, bundle, name="ensemble")
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == run.info.run_id and "READY" in str(model.status)

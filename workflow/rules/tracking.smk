@@ -1,0 +1,21 @@
+# MLflow: one parent run per invocation, opened before the first job and ended after the last.
+# Hooks run in the main snakemake process only (spawned cluster jobs get --no-hooks), so the
+# store is created/upgraded exactly once before parallel jobs log into it (STACK-FACTS.md §3).
+# Each rule job opens its own child run in leukoflow.runtime.run_rule.
+from leukoflow import tracking
+
+
+def tracking_targets():
+    return sorted(str(job) for job in getattr(workflow.dag, "targetjobs", ()))
+
+
+onstart:
+    tracking.on_start(config, targets=tracking_targets())
+
+
+onsuccess:
+    tracking.on_finish(config, succeeded=True)
+
+
+onerror:
+    tracking.on_finish(config, succeeded=False)
