@@ -38,13 +38,17 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def run_rule(smk: Any, stage_run: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    """Run one stage under Snakemake: log file, timing, `output.summary` written when declared."""
+def run_rule(smk: Any, stage_run: Callable[[Any], dict[str, Any]], *, tracked: bool = False) -> dict[str, Any]:
+    """Run one stage under Snakemake: log file, timing, `output.summary` written when declared.
+
+    `tracked` jobs (those that train, predict, evaluate, search or build a submission) are also
+    one MLflow run each; data-preparation jobs skip MLflow and its few seconds of import time.
+    """
     offline.enforce()
     log_path = Path(smk.log[0]) if len(smk.log) else None
     _configure_logging(log_path)
     logger = logging.getLogger(f"leukoflow.{smk.rule}")
-    run = tracking.start_rule_run(smk)  # a no-op unless config `tracking.enabled`
+    run = tracking.start_rule_run(smk) if tracked else tracking.RuleRun()  # no-op unless `tracking.enabled`
     started = time.perf_counter()
     logger.info("rule %s starts (threads=%s)", smk.rule, smk.threads)
     try:

@@ -1,0 +1,213 @@
+"""Ensemble weights search (leukoflow.ensemble) on small synthetic logits, boxes and crops."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leukoflow import ensemble, metric, tables
+from leukoflow.constants import CLASSES
+
+N_FOLDS = 3
+MARGIN = 4.0
+
+
+def _logits_frame(ids, names, folds, truth, logits) -> pd.DataFrame:
+    frame = pd.DataFrame({
+        "id": pd.Series(ids, dtype="str"), "name": pd.Series(names, dtype="str"),
+        "fold": np.asarray(folds, dtype="int64"), "trustii_id": np.full(len(ids), -1, dtype="int64"),
+        "truth": np.asarray(truth, dtype="int64"),
+        "truth_labels": pd.Series([str(t) if t >= 0 else "" for t in truth], dtype="str"),
+    })
+    columns = pd.DataFrame(np.asarray(logits, float), columns=[f"logit_{k}" for k in range(logits.shape[1])])
+    return pd.concat([frame, columns], axis=1)
+
+
+def make_world(seed: int = 0, n_images: int = 36) -> dict:
+    """Images with 1-3 cells, their boxes, detector OOF boxes, crops and the logits of 2 MC + 1 ML models."""
+    rng = np.random.default_rng(seed)
+    box_rows, oof_rows, crop_rows = [], [], []
+    crop_ids, crop_names, crop_folds, crop_truth = [], [], [], []
+    image_truth = {}
+    row = 0
+    for image in range(n_images):
+        name = f"img{image:03d}.jpg"
+        fold = image % N_FOLDS
+        n_cells = 1 if image % 2 == 0 else int(rng.integers(2, 4))
+        labels = rng.integers(0, 5, size=n_cells)
+        image_truth[name] = (fold, labels)
+        for k, label in enumerate(labels):
+            x, y = 10 + 60 * k, 10 + rng.integers(0, 20)
+            truth_box = np.array([x, y, x + 40, y + 40], float)
+            box_rows.append({"row": row, "name": name, "x1": truth_box[0], "y1": truth_box[1], "x2": truth_box[2],
+                             "y2": truth_box[3], "label": CLASSES[label], "class_idx": int(label), "clipped": False})
+            row += 1
+            detected = truth_box + rng.integers(-3, 4, size=4)
+            oof_rows.append({"detector": "det1", "fold": fold, "name": name, "rank": k, "x1": detected[0],
+                             "y1": detected[1], "x2": detected[2], "y2": detected[3], "score": 0.9, "padded": False})
+            window = truth_box + np.array([-MARGIN, -MARGIN, MARGIN, MARGIN]) + rng.integers(-2, 3, size=4)
+            crop_id = f"{name}#{k}"
+            crop_rows.append({"crop_id": crop_id, "name": name, "split": "train", "fold": fold, "x1": window[0],
+                              "y1": window[1], "x2": window[2], "y2": window[3], "score": 0.9,
+                              "label": CLASSES[label], "class_idx": int(label), "trustii_id": -1, "source": "det2_oof"})
+            crop_ids.append(crop_id)
+            crop_names.append(name)
+            crop_folds.append(fold)
+            crop_truth.append(int(label))
+    truth = np.array(crop_truth)
+    onehot = np.eye(len(CLASSES))[truth]
+    mc_a = 2.5 * onehot + rng.normal(0, 1.0, size=onehot.shape)
+    mc_b = 1.0 * onehot + rng.normal(0, 1.0, size=onehot.shape)
+    mc_b = np.hstack([mc_b, rng.normal(0, 1, size=(len(truth), 1))])  # a Background logit, dropped by the ensemble
+    names = sorted(image_truth)
+    ml_onehot = np.zeros((len(names), len(CLASSES)))
+    for i, name in enumerate(names):
+        ml_onehot[i, image_truth[name][1]] = 1
+    ml = 4 * ml_onehot - 2 + rng.normal(0, 1.0, size=ml_onehot.shape)
+    ml_truth = [int(image_truth[n][1][0]) if len(set(image_truth[n][1])) == 1 else -1 for n in names]
+    return {
+        "mc": {"mc_a": _logits_frame(crop_ids, crop_names, crop_folds, truth, mc_a),
+               "mc_b": _logits_frame(crop_ids, crop_names, crop_folds, truth, mc_b)},
+        "ml": {"ml": _logits_frame(names, names, [image_truth[n][0] for n in names], ml_truth, ml)},
+        "boxes": pd.DataFrame(box_rows).astype({"x1": float, "y1": float, "x2": float, "y2": float,
+                                                "name": "str", "label": "str"}),
+        "oof": pd.DataFrame(oof_rows).astype({"x1": float, "y1": float, "x2": float, "y2": float, "score": float,
+                                              "name": "str", "detector": "str"}),
+        "crops": pd.DataFrame(crop_rows).astype({"x1": float, "y1": float, "x2": float, "y2": float, "score": float,
+                                                 "name": "str", "split": "str", "label": "str", "source": "str",
+                                                 "crop_id": "str"}),
+    }
+
+
+@pytest.fixture(scope="module")
+def world() -> dict:
+    return make_world()
+
+
+@pytest.fixture(scope="module")
+def inputs(world) -> ensemble.EnsembleInputs:
+    return ensemble.align_inputs(world["mc"], world["ml"])
+
+
+def test_blend_uses_the_multilabel_model_only_on_single_cell_images(inputs):
+    mc_only = ensemble.blend(inputs, ensemble.Scheme({"mc_a": 1.0, "mc_b": 0.0}, 1.0))
+    ml_heavy = ensemble.blend(inputs, ensemble.Scheme({"mc_a": 1.0, "mc_b": 0.0}, 0.0))
+    multi = ~inputs.single_cell
+    assert np.array_equal(mc_only.class_idx, inputs.mc_logits[0].argmax(1))
+    assert np.array_equal(ml_heavy.class_idx[multi], mc_only.class_idx[multi])
+    assert np.array_equal(ml_heavy.class_idx[~multi], inputs.ml_logits[~multi].argmax(1))
+    assert ml_heavy.blended.sum() == inputs.single_cell.sum() and not mc_only.blended.any()
+
+
+def test_background_logit_is_dropped_and_weights_are_normalised(inputs):
+    assert inputs.mc_logits.shape == (2, len(inputs), len(CLASSES))
+    assert ensemble.normalised({"a": 2.0, "b": 6.0}, ["a", "b"]) == {"a": 0.25, "b": 0.75}
+    assert ensemble.normalised({"a": 0.0, "b": 0.0}, ["a", "b"]) == {"a": 0.5, "b": 0.5}
+    winner = ensemble.winner_scheme(inputs, [["mc_a", "mc_b"]], 0.457)
+    assert winner.weights == pytest.approx({"mc_a": 0.5, "mc_b": 0.5}) and winner.alpha == 0.457
+
+
+def test_misaligned_multiclass_tables_are_refused(world):
+    shorter = world["mc"]["mc_b"].iloc[1:]
+    with pytest.raises(ValueError, match="mc_b.*other crops"):
+        ensemble.align_inputs({"mc_a": world["mc"]["mc_a"], "mc_b": shorter})
+
+
+def _independent_submission(world, predicted_by_crop: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Truth and submission built without the ensemble's code: rank k answers truth row k, class of crop k."""
+    boxes = world["boxes"].sort_values(["name", "row"])
+    truth = pd.DataFrame({"trustii_id": boxes["row"], "NAME": boxes["name"], "x1": boxes["x1"], "y1": boxes["y1"],
+                          "x2": boxes["x2"], "y2": boxes["y2"], "class": boxes["label"]})
+    oof = world["oof"].sort_values(["name", "rank"])
+    submission = pd.DataFrame({"trustii_id": boxes["row"].to_numpy(), "NAME": oof["name"].to_numpy(),
+                               "x1": oof["x1"].to_numpy(), "y1": oof["y1"].to_numpy(), "x2": oof["x2"].to_numpy(),
+                               "y2": oof["y2"].to_numpy(),
+                               "class": [predicted_by_crop[f"{n}#{k}"] for n, k in zip(oof["name"], oof["rank"])]})
+    return truth, submission
+
+
+def test_metric_objective_equals_the_official_score(world, inputs):
+    objective, counts = ensemble.official_metric(inputs, world["oof"], world["crops"], world["boxes"], margin=MARGIN)
+    assert counts["metric_cells"] == len(world["boxes"])
+    scheme = ensemble.Scheme({"mc_a": 0.3, "mc_b": 0.7}, 0.6)
+    predicted = ensemble.blend(inputs, scheme).class_idx
+    truth, submission = _independent_submission(world, dict(zip(inputs.ids, np.array(CLASSES)[predicted])))
+    expected = metric.score(truth, submission)
+    assert objective(predicted) == pytest.approx(expected.score, abs=1e-12)
+    fold0 = inputs.folds == 0
+    names0 = set(inputs.names[fold0])
+    subset = metric.score(truth[truth["NAME"].isin(names0)], submission[submission["NAME"].isin(names0)])
+    assert objective(predicted, fold0) == pytest.approx(subset.score, abs=1e-12)
+
+
+def _trials(study) -> list[tuple]:
+    return [(t.number, tuple(sorted(t.params.items())), t.value) for t in study.trials]
+
+
+def test_search_is_deterministic_for_a_seed(inputs):
+    score = ensemble.CropF1(inputs)
+    first = ensemble.search(inputs, score, n_trials=6, seed=7, n_startup_trials=3)
+    second = ensemble.search(inputs, score, n_trials=6, seed=7, n_startup_trials=3)
+    other = ensemble.search(inputs, score, n_trials=6, seed=8, n_startup_trials=3)
+    assert _trials(first) == _trials(second)
+    assert _trials(first) != _trials(other)
+
+
+def test_resumed_study_continues_like_an_uninterrupted_one(inputs, tmp_path):
+    score = ensemble.CropF1(inputs)
+    enqueue = [("equal", ensemble.equal_scheme(inputs)), ("winner", ensemble.winner_scheme(inputs, [], 0.457))]
+    storage = tmp_path / "study.db"
+    short = ensemble.search(inputs, score, n_trials=4, seed=3, n_startup_trials=3, storage=storage, enqueue=enqueue)
+    assert len(short.trials) == 4
+    resumed = ensemble.search(inputs, score, n_trials=7, seed=3, n_startup_trials=3, storage=storage, enqueue=enqueue)
+    assert len(resumed.trials) == 7
+    params = [tuple(sorted(t.params.items())) for t in resumed.trials]
+    assert len(set(params)) == len(params)
+    straight = ensemble.search(inputs, score, n_trials=7, seed=3, n_startup_trials=3, storage=tmp_path / "other.db",
+                               enqueue=enqueue)
+    assert _trials(resumed) == _trials(straight)
+    assert [t.user_attrs.get("origin") for t in resumed.trials[:2]] == ["enqueued:equal", "enqueued:winner"]
+
+
+def _write_inputs(world, tmp_path) -> dict:
+    paths = {}
+    for kind in ("mc", "ml"):
+        for name, frame in world[kind].items():
+            for split in ("oof", "test"):
+                path = tmp_path / f"{name}_{split}.parquet"
+                if split == "test":
+                    trustii = np.arange(100, 100 + len(frame)) if kind == "mc" else np.full(len(frame), -1)
+                    frame = frame.assign(fold=-1, truth=-1, truth_labels="", trustii_id=trustii)
+                frame.to_parquet(path, index=False)
+                paths[(kind, name, split)] = str(path)
+    tables.write_table(world["oof"], tmp_path / "oof_boxes.parquet", tables.OOF_BOXES)
+    tables.write_table(world["crops"], tmp_path / "crops.parquet", tables.CROPS)
+    tables.write_table(world["boxes"], tmp_path / "boxes.parquet", tables.CURATED_BOXES)
+    return paths
+
+
+def test_run_search_writes_valid_outputs_and_beats_its_baselines(world, tmp_path):
+    paths = _write_inputs(world, tmp_path)
+    pick = (lambda kind, split: {name: paths[(kind, name, split)] for name in world[kind]})
+    out = tmp_path / "ensemble"
+    summary = ensemble.run_search(
+        multiclass_oof=pick("mc", "oof"), multilabel_oof=pick("ml", "oof"), multiclass_test=pick("mc", "test"),
+        multilabel_test=pick("ml", "test"), weights_out=str(out / "weights.json"),
+        oof_classes_out=str(out / "oof_classes.parquet"), test_classes_out=str(out / "test_classes.parquet"),
+        trials_out=str(out / "trials.csv"), plot_out=str(out / "history.png"), storage=str(out / "study.db"),
+        objective="metric", oof_boxes=str(tmp_path / "oof_boxes.parquet"), crops=str(tmp_path / "crops.parquet"),
+        boxes=str(tmp_path / "boxes.parquet"), margin=MARGIN, n_trials=8, nested_trials=4, n_startup_trials=4,
+        seed=1)
+    assert summary["n_trials"] == 8
+    assert summary["best_oof"] >= max(summary["equal_weights"], summary["winner_scheme"]) - 1e-12
+    assert summary["nested_estimate"] is not None and set(summary["nested"]) == {"0", "1", "2"}
+    assert summary["best_single_model"] in {"mc_a", "mc_b"}
+    weights = json.loads((out / "weights.json").read_text())
+    assert set(weights["weights"]) == {"mc_a", "mc_b"} and sum(weights["weights"].values()) == pytest.approx(1, abs=1e-5)
+    test_classes = tables.read_table(out / "test_classes.parquet", tables.ENSEMBLE_CLASSES)
+    assert len(test_classes) == len(world["mc"]["mc_a"]) and (test_classes["trustii_id"] >= 100).all()
+    trials = tables.read_table(out / "trials.csv", tables.ENSEMBLE_TRIALS)
+    assert len(trials) == 8 and (out / "history.png").stat().st_size > 0

@@ -1,0 +1,128 @@
+# Ensemble, submission and model bundle (METHOD.md §9-§10).
+#
+#   results/ensemble/    weights.json, trials.csv, history.png, oof_classes/test_classes.parquet,
+#                        summary.json (+ study.db: the Optuna study, kept between runs so a search resumes)
+#   results/submission/  submission.csv (validated), summary.json (score when the test truth is known)
+#   results/bundle/      everything `leukoflow predict` needs, with a checksum manifest
+ENSEMBLE_SETTINGS = config["ensemble"]
+ENSEMBLE_DIR = "results/ensemble"
+ENSEMBLE_MULTICLASS = [
+    n for n, e in CLASSIFIERS.items() if e.get("kind", "multiclass") == "multiclass"
+]
+ENSEMBLE_MULTILABEL = [
+    n for n, e in CLASSIFIERS.items() if e.get("kind", "multiclass") == "multilabel"
+]
+ENSEMBLE_CROP_MARGIN = (
+    config["crops"]["margin"]
+    if CLASSIFIER_SETTINGS["crop_source"] == "detector"
+    else CLASSIFIER_SETTINGS["ground_truth_margin"]
+)
+SUBMISSION_TRUTH = (
+    [TEST_TRUTH_CSV] if SYNTHETIC or HOLDOUT or os.path.exists(TEST_TRUTH_CSV) else []
+)
+
+
+# The `metric` objective scores detector-1 OOF boxes carrying the blended crop classes.
+ENSEMBLE_OBJECTIVE_INPUTS = (
+    {
+        "oof_boxes": f"results/detection/{TEST_DETECTOR}/oof.parquet",
+        "crops": CLASSIFIER_CROPS,
+        "boxes": rules.repair_boxes.output.boxes,
+    }
+    if ENSEMBLE_SETTINGS["objective"] == "metric"
+    else {}
+)
+
+
+rule search_ensemble_weights:
+    input:
+        **ENSEMBLE_OBJECTIVE_INPUTS,
+        mc_oof=expand(rules.predict_classifier.output.oof, model=ENSEMBLE_MULTICLASS),
+        ml_oof=expand(rules.predict_classifier.output.oof, model=ENSEMBLE_MULTILABEL),
+        mc_test=expand(rules.predict_classifier.output.test, model=ENSEMBLE_MULTICLASS),
+        ml_test=expand(rules.predict_classifier.output.test, model=ENSEMBLE_MULTILABEL),
+    output:
+        weights=f"{ENSEMBLE_DIR}/weights.json",
+        oof_classes=f"{ENSEMBLE_DIR}/oof_classes.parquet",
+        test_classes=f"{ENSEMBLE_DIR}/test_classes.parquet",
+        trials=f"{ENSEMBLE_DIR}/trials.csv",
+        plot=f"{ENSEMBLE_DIR}/history.png",
+        summary=f"{ENSEMBLE_DIR}/summary.json",
+    log:
+        "logs/ensemble/search_ensemble_weights.log",
+    conda:
+        ENV
+    params:
+        # not an output: Snakemake would delete it before a rerun, and the study must survive to resume
+        storage=f"{ENSEMBLE_DIR}/study.db",
+        multiclass=ENSEMBLE_MULTICLASS,
+        multilabel=ENSEMBLE_MULTILABEL,
+        settings=ENSEMBLE_SETTINGS,
+        margin=ENSEMBLE_CROP_MARGIN,
+        seed=config["seed"],
+    script:
+        "../scripts/search_ensemble_weights.py"
+
+
+rule build_submission:
+    input:
+        test=rules.ingest.output.test,
+        test_boxes=rules.predict_test_boxes.output.boxes,
+        classes=rules.search_ensemble_weights.output.test_classes,
+        weights=rules.search_ensemble_weights.output.weights,
+        truth=SUBMISSION_TRUTH,
+    output:
+        submission="results/submission/submission.csv",
+        summary="results/submission/summary.json",
+    log:
+        "logs/ensemble/build_submission.log",
+    conda:
+        ENV
+    script:
+        "../scripts/build_submission.py"
+
+
+rule export_bundle:
+    input:
+        detector=expand(
+            rules.train_detector.output.weights,
+            detector=TEST_DETECTOR,
+            fold=DETECTION_FOLDS,
+        ),
+        classifiers=expand(
+            rules.train_classifier.output.best,
+            model=CLASSIFIERS,
+            fold=CLASSIFIER_FOLDS,
+        ),
+        weights=rules.search_ensemble_weights.output.weights,
+        oof_raw=expand(
+            rules.predict_oof.output.raw, detector=TEST_DETECTOR, fold=DETECTION_FOLDS
+        ),
+        images=rules.deduplicate.output.images,
+        boxes=rules.repair_boxes.output.boxes,
+    output:
+        bundle=directory("results/bundle"),
+        summary=f"{ENSEMBLE_DIR}/bundle_summary.json",
+    log:
+        "logs/ensemble/export_bundle.log",
+    conda:
+        ENV
+    params:
+        detector=TEST_DETECTOR,
+        detector_predict=config["detectors"][TEST_DETECTOR]["predict"],
+        wbf_iou=config["detection"]["wbf_iou"],
+        wbf_skip=config["detection"]["wbf_skip"],
+        margin=config["crops"]["margin"],
+        checkpoints={
+            name: expand(
+                rules.train_classifier.output.best, model=name, fold=CLASSIFIER_FOLDS
+            )
+            for name in CLASSIFIERS
+        },
+        classifier_settings={
+            "amp": CLASSIFIER_SETTINGS["amp"],
+            "channels_last": CLASSIFIER_SETTINGS["channels_last"],
+        },
+        predict_settings=config["predict"],
+    script:
+        "../scripts/export_bundle.py"

@@ -1,0 +1,9 @@
+from leukoflow import detection
+from leukoflow.runtime import run_rule
+
+
+def run(smk):
+    return detection.fit_oof(**smk.input, detector=smk.wildcards.detector, oof=smk.output.oof)
+
+
+run_rule(snakemake, run, tracked=True)

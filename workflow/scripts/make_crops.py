@@ -1,0 +1,9 @@
+from leukoflow import crops
+from leukoflow.runtime import run_rule
+
+
+def run(smk):
+    return crops.make_crops(**smk.input, crops=smk.output.crops, **smk.params)
+
+
+run_rule(snakemake, run)

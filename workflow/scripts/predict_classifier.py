@@ -1,0 +1,26 @@
+from leukoflow import classification, tables
+from leukoflow.runtime import run_rule
+
+
+def run(smk):
+    spec = classification.ClassifierSpec.from_config(smk.params.spec)
+    inputs = smk.input
+    truth = classification.truth_for(
+        spec,
+        crops=tables.read_table(inputs.crops, tables.CROPS) if "crops" in inputs.keys() else None,
+        boxes=tables.read_table(inputs.boxes, tables.CURATED_BOXES) if "boxes" in inputs.keys() else None,
+        folds=tables.read_table(inputs.folds, tables.FOLDS) if "folds" in inputs.keys() else None,
+    )
+    return classification.run_predict(
+        spec,
+        list(inputs.best),
+        list(inputs.fold_oof),
+        main_cache=(inputs.pixels, inputs.index),
+        truth=truth,
+        oof_path=smk.output.oof,
+        test_path=smk.output.test,
+        settings=classification.settings_from_config(smk.params.settings, smk.params.seed),
+    )
+
+
+run_rule(snakemake, run, tracked=True)
