@@ -24,10 +24,14 @@ validate_config(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/tracking.smk"
 include: "workflow/rules/synthesize.smk"
 include: "workflow/rules/holdout.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/curation.smk"
+include: "workflow/rules/detection.smk"
+include: "workflow/rules/classification.smk"
+include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/metrics.smk"
 
 
@@ -37,4 +41,11 @@ rule all:
         "results/ingest/summary.json",
         "results/curation/summary.json",
         "results/curation/fold_balance.png",
+        "results/detection/summary.json",
+        "results/crops/crops.parquet",
+        "results/classification/summary.json",
+        "results/classification/confusion.png",
+        "results/ensemble/summary.json",
+        "results/submission/submission.csv",
+        "results/bundle",
         "results/metrics.json",

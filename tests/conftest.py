@@ -23,12 +23,15 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+NO_TRACKING_CONFIG = REPO / "tests" / "configs" / "notrack.yaml"
+
+
 def run_workflow(workdir: Path, *extra: str, configfile: Path = TINY_CONFIG, cores: int = 2,
-                 check: bool = True) -> subprocess.CompletedProcess:
+                 check: bool = True, overlays: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
     """Run the real snakemake on the repository's Snakefile with `workdir` as working directory."""
     command = [
         str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--cores", str(cores), "--configfile", str(configfile), *extra,
+        "--cores", str(cores), "--configfile", str(configfile), *map(str, overlays), *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import imagehash
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -222,8 +223,11 @@ def test_truncated_jpeg_needs_load_truncated_images(dataset, frames, monkeypatch
 def test_unreadable_file_is_not_an_image(dataset, frames):
     out, _ = dataset
     (name,) = _defects(frames, "unreadable_file")["name"]
-    with pytest.raises(UnidentifiedImageError):
-        Image.open(out / "images" / name)
+    # Decoded with OpenCV: ultralytics, once imported in this process, patches PIL's Image.open
+    # so that an unidentified image raises ImportError (it asks for pi-heif) instead.
+    payload = (out / "images" / name).read_bytes()
+    assert not payload.startswith(b"\xff\xd8")
+    assert cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) is None
     assert name in set(frames["train"]["NAME"])  # its boxes stay: ingest must quarantine them
 
 

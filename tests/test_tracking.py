@@ -54,7 +54,7 @@ def run(smk):
             "nested": {{"count": 3}}}}
 
 
-run_rule(snakemake, run)
+run_rule(snakemake, run, tracked=True)
 """
 
 
@@ -155,10 +155,14 @@ def test_tiny_run_store_has_one_finished_run_per_job_and_a_parent(tiny_run):
     parents = {run_id: run for run_id, run in runs.items() if run["tags"].get("leukoflow.run_kind") == "invocation"}
     children = [run for run in runs.values() if run["tags"].get("leukoflow.run_kind") == "rule"]
     assert len(parents) == 1 and next(iter(parents.values()))["status"] == "FINISHED"
-    # Every job that went through run_rule wrote "rule <name> starts" into its own log file.
+    # Every tracked job (one that trains, predicts, evaluates, searches or builds) wrote
+    # "rule <name> starts (..., tracked=True)" into its own log file.
     logs = [path.read_text() for path in (tiny_run / "logs").rglob("*.log")]
-    jobs = sorted(match.group(1) for text in logs for match in [re.search(r"rule (\S+) starts \(threads", text)] if match)
-    assert jobs and sorted(run["tags"]["rule"] for run in children) == jobs
+    pattern = r"rule (\S+) starts \(threads=\S+, tracked=True\)"
+    jobs = sorted(match.group(1) for text in logs for match in [re.search(pattern, text)] if match)
+    assert {"train_detector", "predict_oof", "train_classifier", "predict_classifier", "search_ensemble_weights",
+            "build_submission", "export_bundle"} <= set(jobs)
+    assert sorted(run["tags"]["rule"] for run in children) == jobs
     for run in children:
         assert run["status"] == "FINISHED"
         assert run["tags"]["mlflow.parentRunId"] in parents

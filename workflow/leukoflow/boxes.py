@@ -18,7 +18,7 @@ FULL_IMAGE_SCORE = 0.0  # score of a padding box (METHOD §4.2: "full" padding, 
 
 def as_tensor(boxes: np.ndarray) -> torch.Tensor:
     """(N, 4) float64 tensor; float64 so GIoU ties and rounding match the numpy metric."""
-    return torch.as_tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    return torch.from_numpy(np.array(boxes, dtype=np.float64).reshape(-1, 4))
 
 
 def giou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:

@@ -36,3 +36,15 @@ def export_package_path() -> None:
     package_root = str(Path(__file__).resolve().parents[1])
     paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+
+def gpu_token(device: str) -> int:
+    """The `gpu` resource a job asks for: 'auto' takes a GPU only on a machine that has one.
+
+    Decided without importing torch (the Snakefile is parsed for every job).
+    """
+    import os
+
+    if device == "auto":
+        return int(Path("/dev/nvidiactl").exists() and os.environ.get("CUDA_VISIBLE_DEVICES") != "")
+    return int(device not in ("cpu", "mps"))

@@ -10,6 +10,8 @@ HEADLINE_KEYS = {
         "images_in", "images_kept", "duplicate_groups", "boxes_clipped", "boxes_quarantined",
         "fold_max_class_deviation", "dedup_recall", "dedup_precision",
     ),
+    "ensemble": ("objective", "best_oof", "equal_weights", "winner_scheme", "best_single", "nested_estimate"),
+    "submission": ("rows", "rows_fallback_class", "score", "mean_rescaled_giou", "macro_f1"),
 }
 
 

@@ -50,7 +50,7 @@ def run_rule(smk: Any, stage_run: Callable[[Any], dict[str, Any]], *, tracked: b
     logger = logging.getLogger(f"leukoflow.{smk.rule}")
     run = tracking.start_rule_run(smk) if tracked else tracking.RuleRun()  # no-op unless `tracking.enabled`
     started = time.perf_counter()
-    logger.info("rule %s starts (threads=%s)", smk.rule, smk.threads)
+    logger.info("rule %s starts (threads=%s, tracked=%s)", smk.rule, smk.threads, run.active)
     try:
         summary = stage_run(smk)
     except BaseException:

@@ -200,9 +200,191 @@ CROPS = _register(Schema(
         Column("label", "str", "class code of the matched ground-truth box (train); empty for test"),
         Column("class_idx", "int", "index of label (-1 when unknown)"),
         Column("trustii_id", "int", "test cell id the crop answers (-1 for train)"),
-        Column("source", "str", "det2_oof | det2_test | ground_truth"),
+        Column("source", "str", "<crop detector>_oof (train) | <test detector>_test (test) | ground_truth"),
     ),
 ))
+
+_XYXY = (
+    Column("x1", "float", "left, px"),
+    Column("y1", "float", "top, px"),
+    Column("x2", "float", "right, px"),
+    Column("y2", "float", "bottom, px"),
+)
+
+DETECTIONS = _register(Schema(
+    "detections", "results/detection/{detector}/fold{fold}/oof_raw.parquet | results/detection/test_raw.parquet",
+    "Raw detector output: one row per box kept by ultralytics (conf and class-agnostic NMS from config).",
+    (
+        Column("detector", "str", "detector name (config detectors key)"),
+        Column("fold", "int", "fold of the model that predicted the box"),
+        Column("name", "str", "NAME of the image"),
+        *_XYXY,
+        Column("score", "float", "confidence in [0, 1]"),
+    ),
+))
+
+OOF_BOXES = _register(Schema(
+    "oof_boxes", "results/detection/{detector}/oof.parquet",
+    "Out-of-fold boxes fitted to the known cell count: the top-N boxes of every training image "
+    "(N = its annotated boxes), rounded, clipped, padded with the full-image box (METHOD §4.2).",
+    (
+        Column("detector", "str", "detector name"),
+        Column("fold", "int", "validation fold of the image (= the model that predicted it)"),
+        Column("name", "str", "NAME of the image"),
+        Column("rank", "int", "0-based rank of the box in its image (score, then area, descending)"),
+        *_XYXY,
+        Column("score", "float", "confidence (0 for a padding box)"),
+        Column("padded", "bool", "full-image padding box (fewer detections than cells)"),
+    ),
+))
+
+TEST_BOXES = _register(Schema(
+    "test_boxes", "results/detection/test_boxes.parquet",
+    "One box per test.csv row: all fold models fused by WBF, top-N by the known cell count (METHOD §4.3, §10.3).",
+    (
+        Column("row", "int", "0-based data row of test.csv"),
+        Column("trustii_id", "int", "submission id of the expected cell"),
+        Column("name", "str", "NAME of the image"),
+        *_XYXY,
+        Column("score", "float", "fused confidence (0 for a padding box)"),
+        Column("source", "str", "detected | padded (too few boxes: full image) | unreadable (image quarantined)"),
+    ),
+))
+
+NOISY_FLAGS = _register(Schema(
+    "noisy_flags", "results/detection/noisy_flags.parquet",
+    "Audit of the automatic noisy-box search on detector-1 OOF output: one row per flag (METHOD §5).",
+    (
+        Column("name", "str", "NAME of the image"),
+        Column("fold", "int", "validation fold of the image"),
+        Column("reason", "str", "unconfirmed_box | unannotated_cell | count_mismatch"),
+        Column("row", "int", "train.csv row of the annotation concerned (-1 for detections and image flags)"),
+        Column("x1", "float", "left of the box concerned, px (NaN for count_mismatch)"),
+        Column("y1", "float", "top, px"),
+        Column("x2", "float", "right, px"),
+        Column("y2", "float", "bottom, px"),
+        Column("iou", "float", "unconfirmed_box: best IoU of a confident detection with the annotation; "
+                               "unannotated_cell: best IoU of the detection with any annotation"),
+        Column("score", "float", "unconfirmed_box: highest confidence of a detection overlapping the annotation; "
+                                 "unannotated_cell: the detection's confidence"),
+        Column("n_annotated", "int", "annotated boxes on the image"),
+        Column("n_detected", "int", "confident detections on the image"),
+        Column("excluded", "bool", "the image is left out of detector 2 (the reason is in noisy.exclude_reasons)"),
+    ),
+))
+
+BACKGROUNDS = _register(Schema(
+    "backgrounds", "results/detection/backgrounds.parquet",
+    "Synthetic background images: single-cell images with the white cell painted out (METHOD §6).",
+    (
+        Column("name", "str", "file name '<stem>_background.jpg'"),
+        Column("path", "str", "image file"),
+        Column("source_name", "str", "NAME of the image it was made from"),
+        Column("source_split", "str", "train | test"),
+        Column("fold", "int", "validation fold (the source image's for train sources, METHOD §7.1)"),
+        Column("width", "int", "px (same as the source)"),
+        Column("height", "int", "px"),
+        Column("score", "float", "detector-1 confidence of the removed cell"),
+        Column("masked_fraction", "float", "share of the image's pixels that were repainted"),
+    ),
+))
+
+LOGIT_PLACEHOLDER = "logit_<k>"
+
+LOGITS = _register(Schema(
+    "logits", "results/classification/{model}/oof_logits.parquet | results/classification/{model}/test_logits.parquet",
+    "Classifier logits, one row per crop (multiclass) or image (multilabel). A table of K logits has "
+    "the columns below with `logit_<k>` expanded to logit_0 .. logit_{K-1} (class index order, "
+    "constants.CLASSES, then 23 = Background): validate with `logits_schema(K)`. OOF tables hold "
+    "the best checkpoint's logits for its validation fold without TTA; test tables the mean over the "
+    "fold models of their (optionally hflip-averaged) logits.",
+    (
+        Column("id", "str", "crop_id (multiclass) or image NAME (multilabel)"),
+        Column("name", "str", "NAME of the image"),
+        Column("fold", "int", "validation fold that produced the row (OOF); -1 in test tables"),
+        Column("trustii_id", "int", "test cell id of a test crop; -1 otherwise"),
+        Column("truth", "int", "class index when the row has exactly one true label; -1 otherwise (test)"),
+        Column("truth_labels", "str", "'|'-joined sorted class indices of every true label; empty for test"),
+        Column(LOGIT_PLACEHOLDER, "float", "one column per output k = 0..K-1: the raw logit of class k"),
+    ),
+))
+
+
+def logits_schema(n_logits: int) -> Schema:
+    """LOGITS with its `logit_<k>` placeholder expanded to `logit_0 .. logit_{n_logits-1}`."""
+    columns: list[Column] = []
+    for column in LOGITS.columns:
+        if column.name != LOGIT_PLACEHOLDER:
+            columns.append(column)
+            continue
+        columns += [Column(f"logit_{k}", "float", f"raw logit of class {k}") for k in range(n_logits)]
+    return Schema(f"{LOGITS.name}_{n_logits}", LOGITS.path_pattern, LOGITS.description, tuple(columns))
+
+
+ENSEMBLE_CLASSES = _register(Schema(
+    "ensemble_classes", "results/ensemble/oof_classes.parquet | results/ensemble/test_classes.parquet",
+    "Class of every crop from the blended ensemble (METHOD §9.1): weighted multiclass logits, softmax, "
+    "blended with the multilabel sigmoid on single-cell images.",
+    (
+        Column("id", "str", "crop_id"),
+        Column("name", "str", "NAME of the image"),
+        Column("fold", "int", "validation fold of the image (OOF); -1 for test"),
+        Column("trustii_id", "int", "test cell id of a test crop; -1 otherwise"),
+        Column("truth", "int", "true class index (OOF); -1 for test"),
+        Column("class_idx", "int", "predicted class index (constants.CLASSES)"),
+        Column("label", "str", "predicted class code"),
+        Column("probability", "float", "blended (single cell) or softmax (several cells) probability of the class"),
+        Column("single_cell", "bool", "the image has exactly one cell (crop)"),
+        Column("blended", "bool", "the multilabel model took part (single cell and a multilabel row exists)"),
+    ),
+))
+
+ENSEMBLE_TRIALS = _register(Schema(
+    "ensemble_trials", "results/ensemble/trials.csv",
+    "Every trial of the Optuna weight search, in trial order.",
+    (
+        Column("trial", "int", "Optuna trial number"),
+        Column("state", "str", "COMPLETE | FAIL | RUNNING (left by an interrupted run) | ..."),
+        Column("origin", "str", "enqueued (equal weights, winner scheme) | sampled (TPE)"),
+        Column("value", "float", "objective on the OOF predictions (NaN when not complete)"),
+        Column("alpha", "float", "single-cell blend weight of the multiclass part (1 without a multilabel model)"),
+        Column("weights", "str", "JSON object model -> normalised multiclass weight"),
+    ),
+))
+
+SUBMISSION = _register(Schema(
+    "submission", "results/submission/submission.csv",
+    "The challenge submission: one row per test.csv row, in test.csv order (METHOD §10.2).",
+    (
+        Column("trustii_id", "int", "test cell id"),
+        Column("NAME", "str", "image file name"),
+        Column("x1", "int", "left, px"),
+        Column("y1", "int", "top, px"),
+        Column("x2", "int", "right, px"),
+        Column("y2", "int", "bottom, px"),
+        Column("class", "str", "class code (constants.CLASSES)"),
+    ),
+))
+
+PREDICTIONS = _register(Schema(
+    "predictions", "<out>.csv of `leukoflow predict`",
+    "Cells found by `leukoflow predict` on new images: one row per box, images in input order.",
+    (
+        Column("NAME", "str", "image file name"),
+        Column("path", "str", "image file read"),
+        Column("trustii_id", "int", "expected-cell id (with --expected-counts); -1 otherwise"),
+        Column("rank", "int", "0-based rank of the box in its image"),
+        Column("x1", "int", "left, px"),
+        Column("y1", "int", "top, px"),
+        Column("x2", "int", "right, px"),
+        Column("y2", "int", "bottom, px"),
+        Column("score", "float", "fused detector confidence (0 for a padding box)"),
+        Column("source", "str", "detected | padded (fewer boxes than expected: full image) | unreadable"),
+        Column("class", "str", "class code (the bundle's fallback class when the image is unreadable)"),
+        Column("probability", "float", "probability of the class (NaN when unreadable)"),
+    ),
+))
+
 
 _KIND_CHECKS = {
     "str": pd.api.types.is_string_dtype,

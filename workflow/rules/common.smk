@@ -1,5 +1,5 @@
 from leukoflow import offline
-from leukoflow.config import export_package_path
+from leukoflow.config import export_package_path, gpu_token
 
 offline.enforce()
 export_package_path()
@@ -30,3 +30,34 @@ def dataset_input(path):
 
 def defects_if_synthetic(wildcards):
     return [DEFECTS] if SYNTHETIC else []
+
+
+# Detection (workflow/rules/detection.smk)
+DETECTORS = list(config["detectors"])
+DETECTION_FOLDS = list(range(config["folds"]["n_folds"]))
+TEST_DETECTOR = config["detection"]["test_detector"]
+CROP_DETECTOR = config["crops"]["detector"]
+NOISE_DETECTOR = config["noisy"]["detector"]
+
+
+wildcard_constraints:
+    detector="|".join(DETECTORS),
+    fold=r"\d+",
+
+
+def cleaned_training_inputs(wildcards):
+    """Detector 2 (`clean: true`) trains without the noisy images and with the backgrounds."""
+    if not config["detectors"][wildcards.detector]["clean"]:
+        return {}
+    return {
+        "noisy": "results/detection/noisy_flags.parquet",
+        "backgrounds": "results/detection/backgrounds.parquet",
+    }
+
+
+def uses_gpu(detector):
+    return gpu_token(config["detectors"][detector]["device"])
+
+
+def fold_outputs(pattern, detector):
+    return expand(pattern, detector=detector, fold=DETECTION_FOLDS)

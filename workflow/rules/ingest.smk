@@ -16,12 +16,12 @@ rule ingest:
         "benchmarks/ingest.tsv"
     conda:
         ENV
-    params:
-        chunksize=config["ingest"]["chunksize"],
-        phash_reducing_gap=config["ingest"]["phash_reducing_gap"],
     threads: config["ingest"]["threads"]
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        chunksize=config["ingest"]["chunksize"],
+        phash_reducing_gap=config["ingest"]["phash_reducing_gap"],
     script:
         "../scripts/ingest.py"

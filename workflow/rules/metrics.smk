@@ -2,6 +2,8 @@ rule collect_metrics:
     input:
         ingest=rules.ingest.output.summary,
         curation=rules.summarize_curation.output.summary,
+        ensemble=rules.search_ensemble_weights.output.summary,
+        submission=rules.build_submission.output.summary,
     output:
         metrics="results/metrics.json",
     log:
