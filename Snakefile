@@ -46,6 +46,6 @@ rule all:
         "results/classification/summary.json",
         "results/classification/confusion.png",
         "results/ensemble/summary.json",
-        "results/submission/submission.csv",
+        "results/submission.csv",
         "results/bundle",
         "results/metrics.json",

@@ -242,7 +242,7 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
     from sklearn.metrics import f1_score
     assert evaluation["oof_macro_f1"] == pytest.approx(
         f1_score(oof["truth"], cls.frame_logits(oof).argmax(1), average="macro"), abs=1e-6)
-    assert set(evaluation["fold_macro_f1"]) == set(range(N_FOLDS)) and evaluation["per_class"]["PNN"]["support"] == 12
+    assert set(evaluation["fold_macro_f1"]) == set(range(N_FOLDS)) and evaluation["per_class_f1"]["PNN"]["support"] == 12
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, dataset):

@@ -50,7 +50,7 @@ configfile: "config/config.yaml"
 
 
 rule all:
-    input: "results/metrics.json", "results/bundle/MANIFEST.sha256", "results/submission/submission.csv"
+    input: "results/metrics.json", "results/bundle/MANIFEST.sha256", "results/submission.csv"
 
 
 rule ingest:
@@ -89,7 +89,7 @@ rule export_bundle:
 
 rule build_submission:
     input: rules.ingest.output.table
-    output: "results/submission/submission.csv"
+    output: "results/submission.csv"
     run:
         names = [line.split(",")[0] for line in Path(input[0]).read_text().splitlines()[1:]]
         Path(output[0]).write_text("trustii_id,NAME\\n" + "".join(f"{i},{n}\\n" for i, n in enumerate(names)))

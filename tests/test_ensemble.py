@@ -202,7 +202,7 @@ def test_run_search_writes_valid_outputs_and_beats_its_baselines(world, tmp_path
         boxes=str(tmp_path / "boxes.parquet"), margin=MARGIN, n_trials=8, nested_trials=4, n_startup_trials=4,
         seed=1)
     assert summary["n_trials"] == 8
-    assert summary["best_oof"] >= max(summary["equal_weights"], summary["winner_scheme"]) - 1e-12
+    assert summary["best_oof"] >= max(summary["equal_weights_oof"], summary["winner_scheme_oof"]) - 1e-12
     assert summary["nested_estimate"] is not None and set(summary["nested"]) == {"0", "1", "2"}
     assert summary["best_single_model"] in {"mc_a", "mc_b"}
     weights = json.loads((out / "weights.json").read_text())

@@ -34,7 +34,7 @@ PRODUCTS = [
     "results/crops/crops.parquet",
     "results/classification/summary.json",
     "results/ensemble/summary.json",
-    "results/submission/submission.csv",
+    "results/submission.csv",
     "results/bundle/MANIFEST.sha256",
     "results/metrics.json",
 ]
@@ -81,16 +81,19 @@ def test_headline_metrics(tiny_run):
     metrics = _json(tiny_run, "results/metrics.json")
     assert metrics["ingest"]["rows_in"] > 0
     assert metrics["curation"]["dedup_recall"] == 1.0
+    assert metrics["score"] == metrics["submission"]["score"]
+    assert {"mean_rescaled_giou", "macro_f1"} <= metrics.keys()
+    assert metrics["detection"]["oof_mean_rescaled_giou"] > 0
 
 
 def test_submission_is_valid_and_scored_with_the_official_metric(tiny_run):
     from leukoflow.metric import score_files, validate_submission
 
     test = pd.read_csv(tiny_run / "results/synthetic/test.csv")
-    submission = pd.read_csv(tiny_run / "results/submission/submission.csv")
+    submission = pd.read_csv(tiny_run / "results/submission.csv")
     assert validate_submission(test, submission).empty
     assert list(submission["trustii_id"]) == list(test["trustii_id"])
-    rescored = score_files(tiny_run / "results/synthetic/test_truth.csv", tiny_run / "results/submission/submission.csv")
+    rescored = score_files(tiny_run / "results/synthetic/test_truth.csv", tiny_run / "results/submission.csv")
     metrics = _json(tiny_run, "results/metrics.json")
     assert abs(metrics["submission"]["score"] - rescored.score) < 1e-6
     # A detector trained for one epoch still places boxes better than chance (GIoU floor of 0.35 is

@@ -757,7 +757,7 @@ def evaluate_oof(spec_kind: str, frame: pd.DataFrame, class_names: Sequence[str]
                 for fold in sorted(frame["fold"].unique()) for mask in [frame["fold"].to_numpy() == fold]}
     return {
         "kind": spec_kind, "rows": len(frame), "oof_macro_f1": round(macro_f1(spec_kind, target, logits), 6),
-        "fold_macro_f1": per_fold, "per_class": per_class_f1(spec_kind, target, logits, class_names),
+        "fold_macro_f1": per_fold, "per_class_f1": per_class_f1(spec_kind, target, logits, class_names),
     }
 
 
@@ -916,4 +916,6 @@ def run_evaluate(models: dict[str, dict[str, Any]], confusion_path: str | Path) 
         LOGGER.info("%s: OOF macro F1 %.4f", name, result["oof_macro_f1"])
     plot_confusion(panels, confusion_path)
     summary["oof_macro_f1"] = {name: result["oof_macro_f1"] for name, result in summary["models"].items()}
+    summary["best_oof_macro_f1"] = max(summary["oof_macro_f1"].values(), default=0.0)
+    summary["n_classes"] = len(CLASSES)
     return summary

@@ -551,8 +551,8 @@ def run_search(*, multiclass_oof: Mapping[str, str], multilabel_oof: Mapping[str
                           "nested estimate": nested["score"] if nested else None},
                  plot_out, f"ensemble weight search ({objective}, {len(inputs)} OOF crops)")
     summary.update({
-        "best_oof": round(values["best"], 6), "equal_weights": round(values["equal"], 6),
-        "winner_scheme": round(values["winner"], 6), "best_single": round(single_values[best_single], 6),
+        "best_oof": round(values["best"], 6), "equal_weights_oof": round(values["equal"], 6),
+        "winner_scheme_oof": round(values["winner"], 6), "best_single_model_oof": round(single_values[best_single], 6),
         "best_single_model": best_single, "single_models": {k: round(v, 6) for k, v in single_values.items()},
         "nested_estimate": round(nested["score"], 6) if nested else None,
         "optimism": round(values["best"] - nested["score"], 6) if nested else None,

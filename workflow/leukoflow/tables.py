@@ -353,7 +353,7 @@ ENSEMBLE_TRIALS = _register(Schema(
 ))
 
 SUBMISSION = _register(Schema(
-    "submission", "results/submission/submission.csv",
+    "submission", "results/submission.csv",
     "The challenge submission: one row per test.csv row, in test.csv order (METHOD §10.2).",
     (
         Column("trustii_id", "int", "test cell id"),

@@ -72,7 +72,7 @@ rule build_submission:
         weights=rules.search_ensemble_weights.output.weights,
         truth=SUBMISSION_TRUTH,
     output:
-        submission="results/submission/submission.csv",
+        submission="results/submission.csv",
         summary="results/submission/summary.json",
     log:
         "logs/ensemble/build_submission.log",

@@ -2,6 +2,8 @@ rule collect_metrics:
     input:
         ingest=rules.ingest.output.summary,
         curation=rules.summarize_curation.output.summary,
+        detection=rules.summarize_detection.output.summary,
+        classification=rules.evaluate_classifiers.output.summary,
         ensemble=rules.search_ensemble_weights.output.summary,
         submission=rules.build_submission.output.summary,
     output:
