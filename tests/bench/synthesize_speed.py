@@ -60,6 +60,7 @@ def main() -> int:
     parser.add_argument("--defect-scale", type=int, default=1)
     parser.add_argument("--phash-pairs", type=int, default=0, help="also check pHash distances of N images")
     parser.add_argument("--overwrite", action="store_true", help="delete --out first")
+    parser.add_argument("--near-duplicate-max-distance", type=int, default=3)
     args = parser.parse_args()
     if args.out.exists():
         if not args.overwrite:
@@ -68,7 +69,8 @@ def main() -> int:
     defects = {kind: count * args.defect_scale for kind, count in DEMO_DEFECTS.items()}
     cpu_before = _cpu_seconds()
     summary = synthesize(args.out, n_images=args.n_images, test_fraction=args.test_fraction, seed=args.seed,
-                         jpeg_quality=args.jpeg_quality, defects=defects, workers=args.workers, progress=True)
+                         jpeg_quality=args.jpeg_quality, defects=defects, workers=args.workers, progress=True,
+                         near_duplicate_max_distance=args.near_duplicate_max_distance)
     cpu = _cpu_seconds() - cpu_before
     print(json.dumps(summary, indent=1))
     # On a shared machine the wall-clock rate depends on the other load; the CPU-time rate does not.
