@@ -873,6 +873,15 @@ def truth_for(spec: ClassifierSpec, *, crops: pd.DataFrame | None = None, boxes:
     return image_labels(boxes, folds)
 
 
+def truth_from_tables(spec: ClassifierSpec, inputs: Any) -> pd.DataFrame:
+    """`truth_for` on the crop/box/fold tables a rule declares (named inputs; absent ones are None)."""
+    def optional(name: str, schema: tables.Schema) -> pd.DataFrame | None:
+        return tables.read_table(inputs[name], schema) if name in inputs.keys() else None
+
+    return truth_for(spec, crops=optional("crops", tables.CROPS), boxes=optional("boxes", tables.CURATED_BOXES),
+                     folds=optional("folds", tables.FOLDS))
+
+
 def single_label_f1(frame: pd.DataFrame) -> float:
     """Macro F1 of the argmax over the 23 classes on rows with exactly one true label."""
     from sklearn.metrics import f1_score

@@ -1,16 +1,11 @@
-from leukoflow import classification, tables
+from leukoflow import classification
 from leukoflow.runtime import run_rule
 
 
 def run(smk):
     spec = classification.ClassifierSpec.from_config(smk.params.spec)
     inputs = smk.input
-    truth = classification.truth_for(
-        spec,
-        crops=tables.read_table(inputs.crops, tables.CROPS) if "crops" in inputs.keys() else None,
-        boxes=tables.read_table(inputs.boxes, tables.CURATED_BOXES) if "boxes" in inputs.keys() else None,
-        folds=tables.read_table(inputs.folds, tables.FOLDS) if "folds" in inputs.keys() else None,
-    )
+    truth = classification.truth_from_tables(spec, inputs)
     background = (inputs.background_pixels, inputs.background_index) if spec.background else None
     return classification.run_train_fold(
         spec,
