@@ -23,8 +23,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from leukoflow.duplicates import ledger_frame, schema_frame, usable
-from leukoflow.tables import CURATED_BOXES
+from leukoflow.duplicates import ledger_frame, usable
+from leukoflow.tables import CURATED_BOXES, schema_frame
 
 COORDINATES = ("x1", "y1", "x2", "y2")
 _REMOVAL_REASONS = {"removed": "image_removed_duplicate", "conflict_removed": "image_removed_conflicting_duplicate"}

@@ -29,7 +29,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from matplotlib.figure import Figure
 
 from leukoflow.constants import CLASS_TO_INDEX, CLASSES
-from leukoflow.duplicates import schema_frame
+from leukoflow.tables import schema_frame
 from leukoflow.tables import CURATED_BOXES, FOLDS
 
 BIN_KEYS = ("surface", "box_ratio", "mean", "std")

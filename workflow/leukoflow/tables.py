@@ -440,6 +440,14 @@ def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
 _CSV_DTYPES = {"str": str, "int": "int64", "float": "float64", "bool": bool}
 
 
+_PANDAS_DTYPES = {"str": "str", "int": "int64", "float": "float64", "bool": "bool"}
+
+
 def empty_frame(schema: Schema) -> pd.DataFrame:
-    dtypes = {"str": "str", "int": "int64", "float": "float64", "bool": "bool"}
-    return pd.DataFrame({c.name: pd.Series([], dtype=dtypes[c.dtype]) for c in schema.columns})
+    return pd.DataFrame({c.name: pd.Series([], dtype=_PANDAS_DTYPES[c.dtype]) for c in schema.columns})
+
+
+def schema_frame(columns: dict[str, object], schema: Schema) -> pd.DataFrame:
+    """Frame with exactly the schema's columns, in its order and dtypes (also when empty)."""
+    frame = pd.DataFrame({name: columns[name] for name in schema.column_names})
+    return frame.astype({c.name: _PANDAS_DTYPES[c.dtype] for c in schema.columns})
