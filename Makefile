@@ -11,7 +11,7 @@ ENV_STAMP := $(VENV)/.lock-$(LOCK_HASH)
 PKG_STAMP := $(VENV)/.pkg-$(PKG_HASH)
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint format-check docs mlflow-ui clean-results
+.PHONY: setup run test lint format-check docs rulegraph mlflow-ui clean-results
 
 setup: $(PKG_STAMP)
 
@@ -26,8 +26,9 @@ $(PKG_STAMP): $(ENV_STAMP)
 	rm -f $(VENV)/.pkg-*
 	touch $@
 
+# The report is rendered in the run's working directory (its runtime statistics come from .snakemake/).
 run: setup
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html --report-after-run
 
 test: setup
 	$(BIN)/python -m pytest
@@ -38,6 +39,10 @@ lint: setup
 
 docs: setup
 	$(BIN)/python -m leukoflow.docs
+
+# docs/rulegraph.svg (embedded in README.md) needs graphviz's `dot`; tests/test_docs.py checks it lists every rule.
+rulegraph: setup
+	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///results/mlflow.db

@@ -5,6 +5,7 @@
 #   ingest/      decoded image table, box/test tables, data-quality ledger
 #   curation/    duplicate groups, repaired boxes, folds, fold balance
 #   metrics.json headline figures of the run
+#   report/      figures and tables of the Snakemake report (snakemake --report results/report.html)
 import os
 import sys
 
@@ -23,6 +24,9 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 validate_config(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/synthesize.smk"
@@ -33,6 +37,7 @@ include: "workflow/rules/detection.smk"
 include: "workflow/rules/classification.smk"
 include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -49,3 +54,12 @@ rule all:
         "results/submission.csv",
         "results/bundle",
         "results/metrics.json",
+        "results/report/dataset_overview.png",
+        "results/report/ledger_summary.html",
+        "results/report/duplicate_examples.png",
+        "results/report/detector_oof.png",
+        "results/report/per_class_f1.png",
+        "results/report/ensemble_weights.html",
+        "results/report/scores.html",
+        "results/report/software.html",
+        "results/report/runtimes.html",

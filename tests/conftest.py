@@ -27,17 +27,36 @@ NO_TRACKING_CONFIG = REPO / "tests" / "configs" / "notrack.yaml"
 
 
 def run_workflow(workdir: Path, *extra: str, configfile: Path = TINY_CONFIG, cores: int = 2,
-                 check: bool = True, overlays: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+                 check: bool = True, overlays: tuple[Path, ...] = (), env: dict[str, str] | None = None,
+                 timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run the real snakemake on the repository's Snakefile with `workdir` as working directory."""
     command = [
         str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
         "--cores", str(cores), "--configfile", str(configfile), *map(str, overlays), *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO / "workflow")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
     return result
+
+
+TRAINING_LOGS = ("history.csv", "results.csv")  # per-epoch curves with a wall-clock `time` column
+
+
+def _comparable_content(path: Path) -> bytes:
+    if path.name in TRAINING_LOGS:
+        import pandas as pd
+
+        return pd.read_csv(path).drop(columns=["time"], errors="ignore").to_csv(index=False).encode()
+    return path.read_bytes()
+
+
+def result_tables(run: Path) -> dict[str, bytes]:
+    """Every table and image under a run's results/, keyed by relative path, for run-to-run equality."""
+    files = [path for pattern in ("*.csv", "*.parquet", "*.jpg") for path in (run / "results").rglob(pattern)
+             if "mlartifacts" not in path.parts]  # MLflow's copies, absent when tracking is off
+    return {str(path.relative_to(run)): _comparable_content(path) for path in files}
 
 
 @pytest.fixture(scope="session")

@@ -331,3 +331,9 @@ def test_logits_schema_expands_the_placeholder():
     schema = tables.logits_schema(24)
     assert schema.column_names[-24:] == [f"logit_{k}" for k in range(24)]
     assert tables.LOGIT_PLACEHOLDER in tables.LOGITS.column_names
+
+
+def test_granted_threads_win_over_the_configured_count():
+    section = {"device": "cpu", "threads": 1, "amp": False}
+    assert cls.settings_from_config(section, seed=3).threads == 1
+    assert cls.settings_from_config(section, seed=3, threads=4).threads == 4

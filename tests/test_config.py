@@ -1,11 +1,13 @@
 """The schema is the single source of every parameter: configs validate, bad ones stop the run."""
 
+import re
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
+from leukoflow.config import gpu_token, job_request
 from tests.conftest import REPO, run_workflow
 
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
@@ -59,3 +61,55 @@ def test_workflow_refuses_a_bad_config_naming_the_key(tmp_path: Path, override, 
     assert result.returncode != 0
     assert named in result.stdout + result.stderr
     assert "invalid configuration" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("device, gpus", [("cpu", 0), ("mps", 0), ("cuda", 1), ("0", 1), ("0,1", 2),
+                                          ("0,1,2,3", 4)])
+def test_gpu_resource_counts_the_named_devices(device, gpus):
+    assert gpu_token(device) == gpus
+
+
+def test_job_requests_come_from_config_and_grow_with_each_attempt():
+    resources = {"retry_scale": 2.0, "default": {"mem_mb": 1000, "runtime": 10},
+                 "rules": {"train_detector": {"mem_mb": 4000, "runtime": 30}}}
+    assert job_request(resources, "train_detector", "mem_mb") == 4000
+    assert job_request(resources, "train_detector", "runtime", attempt=2) == 60
+    assert job_request(resources, "train_detector", "mem_mb", attempt=3) == 16000
+    assert job_request(resources, "collect_metrics", "mem_mb") == 1000  # not listed: the default
+
+
+def test_every_rule_declares_threads_and_its_requests():
+    rules_dir = REPO / "workflow" / "rules"
+    for path in rules_dir.glob("*.smk"):
+        for block in path.read_text().split("rule ")[1:]:
+            name = block.split(":")[0].strip()
+            if not name.isidentifier():
+                continue
+            assert "threads:" in block, f"{path.name}: rule {name} declares no threads"
+            assert f'memory_mb("{name}")' in block and f'runtime_min("{name}")' in block, \
+                f"{path.name}: rule {name} does not take mem_mb/runtime from config['resources']"
+
+
+def test_resource_entries_name_real_rules():
+    rule_names = {name for path in (REPO / "workflow" / "rules").glob("*.smk")
+                  for name in re.findall(r"^\s*rule (\w+):", path.read_text(), flags=re.M)}
+    for name in ("config.yaml", "cytologia.yaml", "bccd.yaml"):
+        listed = yaml.safe_load((REPO / "config" / name).read_text())["resources"]["rules"]
+        assert set(listed) <= rule_names, name
+
+
+def test_two_gpu_detector_training_asks_the_scheduler_for_two_gpus(tmp_path: Path):
+    overlay = tmp_path / "two_gpus.yaml"
+    overlay.write_text(yaml.safe_dump({"detectors": {"det1": {"device": "0,1"}},
+                                       "resources": {"rules": {"train_detector": {"mem_mb": 12000, "runtime": 90}}}}))
+    # the SLURM profile: locally Snakemake would cap gpu at the profile's budget of one
+    result = run_workflow(tmp_path, "-n", "--forcerun", "train_detector", "--workflow-profile",
+                          str(REPO / "profiles" / "slurm"), overlays=(overlay,))
+    plan = result.stdout + result.stderr
+    jobs = plan.split("rule train_detector:")[1:]
+    det1 = [job for job in jobs if "wildcards: detector=det1" in job.split("Shell command")[0]]
+    det2 = [job for job in jobs if "wildcards: detector=det2" in job.split("Shell command")[0]]
+    assert det1 and det2
+    assert all(", gpu=2" in job.split("Shell command")[0] for job in det1)
+    assert all("mem_mb=12000" in job.split("Shell command")[0] and "runtime=90" in job for job in det1)
+    assert all(", gpu=0" in job.split("Shell command")[0] for job in det2)  # the tiny config's CPU detector

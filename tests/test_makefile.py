@@ -40,3 +40,10 @@ def test_changed_pin_rebuilds_the_environment(tmp_path):
     lock.write_text(lock.read_text().replace("pytest==", "pytest==0.0.0+changed#"))
     rebuilt = _dry_run(project)
     assert "rm -rf .venv" in rebuilt and "-r requirements.lock" in rebuilt
+
+
+def test_run_renders_the_report_after_the_workflow(tmp_path):
+    commands = subprocess.run(["make", "-n", "run"], cwd=_project_copy(tmp_path), capture_output=True, text=True,
+                              check=True).stdout
+    run_line = next(line for line in commands.splitlines() if "snakemake --cores" in line)
+    assert "--report results/report.html --report-after-run" in run_line

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import NO_TRACKING_CONFIG, run_workflow
+from tests.conftest import NO_TRACKING_CONFIG, result_tables, run_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -106,24 +106,9 @@ def test_finished_run_has_nothing_left_to_do(tiny_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-TRAINING_LOGS = ("history.csv", "results.csv")  # per-epoch curves with a wall-clock `time` column
-
-
-def _content(path: Path) -> bytes:
-    if path.name in TRAINING_LOGS:
-        return pd.read_csv(path).drop(columns=["time"], errors="ignore").to_csv(index=False).encode()
-    return path.read_bytes()
-
-
-def _tables(run: Path) -> dict[str, bytes]:
-    files = [path for pattern in ("*.csv", "*.parquet", "*.jpg") for path in (run / "results").rglob(pattern)
-             if "mlartifacts" not in path.parts]  # MLflow's copies, absent when tracking is off
-    return {str(path.relative_to(run)): _content(path) for path in files}
-
-
 def test_two_runs_give_identical_tables(tiny_run, tmp_path):
     run_workflow(tmp_path, overlays=(NO_TRACKING_CONFIG,))
-    first, second = _tables(tiny_run), _tables(tmp_path)
+    first, second = result_tables(tiny_run), result_tables(tmp_path)
     assert first.keys() == second.keys()
     differing = [name for name in first if first[name] != second[name]]
     assert not differing

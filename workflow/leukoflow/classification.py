@@ -855,10 +855,17 @@ def run_predict(spec: ClassifierSpec, checkpoints: Sequence[str | Path], fold_oo
             "predict_seconds": round(time.perf_counter() - started, 3)}
 
 
-def settings_from_config(section: dict[str, Any], seed: int) -> TrainSettings:
-    """TrainSettings from the config's `classifiers` section (run-level keys only)."""
+def settings_from_config(section: dict[str, Any], seed: int, threads: int | None = None) -> TrainSettings:
+    """TrainSettings from the config's `classifiers` section (run-level keys only).
+
+    `threads` is what the scheduler granted the job (snakemake.threads, e.g. after --set-threads);
+    it wins over the configured count.
+    """
     names = {f.name for f in fields(TrainSettings)} - {"seed"}
-    return TrainSettings(seed=seed, **{key: section[key] for key in names if key in section})
+    settings = {key: section[key] for key in names if key in section}
+    if threads is not None:
+        settings["threads"] = threads
+    return TrainSettings(seed=seed, **settings)
 
 
 def truth_for(spec: ClassifierSpec, *, crops: pd.DataFrame | None = None, boxes: pd.DataFrame | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,27 @@ def export_package_path() -> None:
 
 
 def gpu_token(device: str) -> int:
-    """The `gpu` resource a job asks for: 'auto' takes a GPU only on a machine that has one.
+    """The `gpu` resource a job asks for: one per listed CUDA device ('0,1' -> 2), none on CPU/MPS.
 
-    Decided without importing torch (the Snakefile is parsed for every job).
+    'auto' takes a GPU only when the machine that plans the job has one, so a cluster config
+    names its devices. Decided without importing torch (the Snakefile is parsed for every job).
     """
     import os
 
     if device == "auto":
         return int(Path("/dev/nvidiactl").exists() and os.environ.get("CUDA_VISIBLE_DEVICES") != "")
-    return int(device not in ("cpu", "mps"))
+    if device in ("cpu", "mps"):
+        return 0
+    if device == "cuda":
+        return 1
+    return len([index for index in device.split(",") if index.strip()])
+
+
+def job_request(resources: dict[str, Any], rule: str, key: str, attempt: int = 1) -> int:
+    """`mem_mb` or `runtime` (minutes) of one attempt of `rule` from config['resources'].
+
+    A rule without its own entry gets `default`; attempt n asks for retry_scale**(n-1) times the
+    first request, so `--retries` re-submits a job killed for memory or time with more of both.
+    """
+    request = {**resources["default"], **resources["rules"].get(rule, {})}
+    return int(math.ceil(request[key] * resources["retry_scale"] ** (attempt - 1)))

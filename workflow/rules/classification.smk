@@ -21,7 +21,7 @@ CLASSIFIER_CROPS = (
     else f"{CLASSIFIER_DIR}/ground_truth_crops.parquet"
 )
 CLASSIFIER_BACKGROUNDS = "results/detection/backgrounds.parquet"
-CLASSIFIER_ON_GPU = int(CLASSIFIER_SETTINGS["device"] == "cuda")
+CLASSIFIER_GPUS = gpu_token(CLASSIFIER_SETTINGS["device"])
 
 
 rule ground_truth_crops:
@@ -35,6 +35,10 @@ rule ground_truth_crops:
         "logs/classification/ground_truth_crops.log",
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("ground_truth_crops"),
+        runtime=runtime_min("ground_truth_crops"),
     params:
         margin=CLASSIFIER_SETTINGS["ground_truth_margin"],
     script:
@@ -56,14 +60,19 @@ rule cache_classifier_inputs:
         summary=f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.json",
     log:
         "logs/classification/cache_{source}_{size}.log",
+    benchmark:
+        "benchmarks/cache_classifier_inputs/{source}_{size}.tsv"
     wildcard_constraints:
         source="|".join(crop_cache.SOURCES),
         size=r"\d+",
+    group:
+        "between_models"
     conda:
         ENV
     threads: CLASSIFIER_SETTINGS["threads"]
     resources:
-        mem_mb=2000,
+        mem_mb=memory_mb("cache_classifier_inputs"),
+        runtime=runtime_min("cache_classifier_inputs"),
     params:
         seed=config["seed"],
         background=CLASSIFIER_SETTINGS["background_crops"],
@@ -86,6 +95,8 @@ rule train_classifier:
         summary=f"{CLASSIFIER_DIR}/{{model}}/fold{{fold}}/summary.json",
     log:
         "logs/classification/train_{model}_fold{fold}.log",
+    benchmark:
+        "benchmarks/train_classifier/{model}/fold{fold}.tsv"
     wildcard_constraints:
         model=CLASSIFIER_MODELS,
         fold=r"\d+",
@@ -93,8 +104,9 @@ rule train_classifier:
         ENV
     threads: CLASSIFIER_SETTINGS["threads"]
     resources:
-        mem_mb=8000,
-        gpu=CLASSIFIER_ON_GPU,
+        mem_mb=memory_mb("train_classifier"),
+        runtime=runtime_min("train_classifier"),
+        gpu=CLASSIFIER_GPUS,
     params:
         # state.pt in out_dir is not an output: it must survive a killed job so the rerun resumes
         out_dir=lambda wildcards: f"{CLASSIFIER_DIR}/{wildcards.model}/fold{wildcards.fold}",
@@ -130,20 +142,27 @@ rule predict_classifier:
         summary=f"{CLASSIFIER_DIR}/{{model}}/summary.json",
     log:
         "logs/classification/predict_{model}.log",
+    benchmark:
+        "benchmarks/predict_classifier/{model}.tsv"
     wildcard_constraints:
         model=CLASSIFIER_MODELS,
     conda:
         ENV
     threads: CLASSIFIER_SETTINGS["threads"]
     resources:
-        mem_mb=8000,
-        gpu=CLASSIFIER_ON_GPU,
+        mem_mb=memory_mb("predict_classifier"),
+        runtime=runtime_min("predict_classifier"),
+        gpu=CLASSIFIER_GPUS,
     params:
         spec=lambda wildcards: CLASSIFIERS[wildcards.model],
         settings=CLASSIFIER_SETTINGS,
         seed=config["seed"],
     script:
         "../scripts/predict_classifier.py"
+
+
+localrules:
+    evaluate_classifiers,
 
 
 rule evaluate_classifiers:
@@ -157,11 +176,22 @@ rule evaluate_classifiers:
         ),
     output:
         summary=f"{CLASSIFIER_DIR}/summary.json",
-        confusion=f"{CLASSIFIER_DIR}/confusion.png",
+        confusion=report(
+            f"{CLASSIFIER_DIR}/confusion.png",
+            caption="../report/confusion.rst",
+            category=REPORT_CATEGORY["classification"],
+            labels={"item": "confusion matrices"},
+        ),
     log:
         "logs/classification/evaluate_classifiers.log",
+    benchmark:
+        "benchmarks/evaluate_classifiers.tsv"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("evaluate_classifiers"),
+        runtime=runtime_min("evaluate_classifiers"),
     params:
         names=list(CLASSIFIERS),
         specs=list(CLASSIFIERS.values()),

@@ -1,5 +1,5 @@
 from leukoflow import offline
-from leukoflow.config import export_package_path, gpu_token
+from leukoflow.config import export_package_path, gpu_token, job_request
 
 offline.enforce()
 export_package_path()
@@ -20,6 +20,20 @@ else:
     TRAIN_CSV = SOURCE_TRAIN_CSV
     TEST_CSV = os.path.join(DATA_DIR, config["data"]["test_csv"])
     TEST_TRUTH_CSV = os.path.join(DATA_DIR, "test_truth.csv")
+
+
+def memory_mb(rule_name):
+    """mem_mb of a rule's job from config['resources'], scaled up on each retry."""
+    return lambda wildcards, attempt: job_request(
+        config["resources"], rule_name, "mem_mb", attempt
+    )
+
+
+def runtime_min(rule_name):
+    """Wall-time limit (minutes) of a rule's job from config['resources'], scaled on retry."""
+    return lambda wildcards, attempt: job_request(
+        config["resources"], rule_name, "runtime", attempt
+    )
 
 
 def dataset_input(path):
@@ -61,3 +75,16 @@ def uses_gpu(detector):
 
 def fold_outputs(pattern, detector):
     return expand(pattern, detector=detector, fold=DETECTION_FOLDS)
+
+
+# Snakemake report (workflow/rules/report.smk): one category per stage, numbered in stage order
+# because the report lists its categories alphabetically.
+REPORT_CATEGORY = {
+    "dataset": "1. Dataset",
+    "curation": "2. Curation",
+    "detection": "3. Detection",
+    "classification": "4. Classification",
+    "ensemble": "5. Ensemble",
+    "scores": "6. Scores",
+    "provenance": "7. Software and runtimes",
+}

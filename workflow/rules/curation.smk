@@ -9,11 +9,16 @@ rule deduplicate:
         summary="results/curation/dedup_summary.json",
     log:
         "logs/deduplicate.log",
+    benchmark:
+        "benchmarks/deduplicate.tsv"
+    group:
+        "prepare"
     conda:
         ENV
+    threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=memory_mb("deduplicate"),
+        runtime=runtime_min("deduplicate"),
     params:
         max_distance=config["dedup"]["max_distance"],
         conflict_policy=config["dedup"]["conflict_policy"],
@@ -32,11 +37,16 @@ rule repair_boxes:
         summary="results/curation/repair_summary.json",
     log:
         "logs/repair_boxes.log",
+    benchmark:
+        "benchmarks/repair_boxes.tsv"
+    group:
+        "prepare"
     conda:
         ENV
+    threads: 1
     resources:
-        mem_mb=2000,
-        runtime=15,
+        mem_mb=memory_mb("repair_boxes"),
+        runtime=runtime_min("repair_boxes"),
     script:
         "../scripts/repair_boxes.py"
 
@@ -51,16 +61,22 @@ rule make_folds:
         plot=report(
             "results/curation/fold_balance.png",
             caption="../report/fold_balance.rst",
-            category="Curation",
+            category=REPORT_CATEGORY["curation"],
+            labels={"item": "fold balance"},
         ),
         summary="results/curation/folds_summary.json",
     log:
         "logs/make_folds.log",
+    benchmark:
+        "benchmarks/make_folds.tsv"
+    group:
+        "prepare"
     conda:
         ENV
+    threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=memory_mb("make_folds"),
+        runtime=runtime_min("make_folds"),
     params:
         n_folds=config["folds"]["n_folds"],
         seed=config["seed"],
@@ -83,7 +99,13 @@ rule summarize_curation:
         summary="results/curation/summary.json",
     log:
         "logs/summarize_curation.log",
+    group:
+        "prepare"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("summarize_curation"),
+        runtime=runtime_min("summarize_curation"),
     script:
         "../scripts/summarize_curation.py"

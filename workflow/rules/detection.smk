@@ -19,8 +19,16 @@ rule export_yolo:
         summary="results/detection/{detector}/export_summary.json",
     log:
         "logs/export_yolo/{detector}.log",
+    benchmark:
+        "benchmarks/export_yolo/{detector}.tsv"
+    group:
+        "between_models"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("export_yolo"),
+        runtime=runtime_min("export_yolo"),
     params:
         n_folds=len(DETECTION_FOLDS),
     script:
@@ -38,11 +46,14 @@ rule train_detector:
         "logs/train_detector/{detector}/fold{fold}.log",
     benchmark:
         "benchmarks/train_detector/{detector}/fold{fold}.tsv"
+    group:
+        "detector_fold"
     conda:
         ENV
     threads: lambda wc: config["detectors"][wc.detector]["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=memory_mb("train_detector"),
+        runtime=runtime_min("train_detector"),
         gpu=lambda wc: uses_gpu(wc.detector),
     params:
         # not an output: it must survive a killed job so that the rerun resumes from last.pt
@@ -68,11 +79,14 @@ rule predict_oof:
         "logs/predict_oof/{detector}/fold{fold}.log",
     benchmark:
         "benchmarks/predict_oof/{detector}/fold{fold}.tsv"
+    group:
+        "detector_fold"
     conda:
         ENV
     threads: lambda wc: config["detectors"][wc.detector]["threads"]
     resources:
-        mem_mb=2000,
+        mem_mb=memory_mb("predict_oof"),
+        runtime=runtime_min("predict_oof"),
         gpu=lambda wc: uses_gpu(wc.detector),
     params:
         predict=lambda wc: config["detectors"][wc.detector]["predict"],
@@ -95,8 +109,16 @@ rule fit_oof:
         summary="results/detection/{detector}/summary.json",
     log:
         "logs/fit_oof/{detector}.log",
+    benchmark:
+        "benchmarks/fit_oof/{detector}.tsv"
+    group:
+        "between_models"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("fit_oof"),
+        runtime=runtime_min("fit_oof"),
     script:
         "../scripts/fit_oof.py"
 
@@ -110,12 +132,26 @@ rule flag_noisy_boxes:
         defects=defects_if_synthetic,
     output:
         flags="results/detection/noisy_flags.parquet",
-        gallery=directory("results/detection/noisy_gallery"),
+        gallery=report(
+            directory("results/detection/noisy_gallery"),
+            patterns=["{reason}.png"],
+            caption="../report/noisy_gallery.rst",
+            category=REPORT_CATEGORY["detection"],
+            labels={"item": "noisy-box audit: {reason}"},
+        ),
         summary="results/detection/noisy_summary.json",
     log:
         "logs/flag_noisy_boxes.log",
+    benchmark:
+        "benchmarks/flag_noisy_boxes.tsv"
+    group:
+        "between_models"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("flag_noisy_boxes"),
+        runtime=runtime_min("flag_noisy_boxes"),
     params:
         rules={
             k: v
@@ -141,12 +177,25 @@ rule make_backgrounds:
     output:
         table="results/detection/backgrounds.parquet",
         images=directory("results/detection/backgrounds"),
-        gallery="results/detection/backgrounds_gallery.png",
+        gallery=report(
+            "results/detection/backgrounds_gallery.png",
+            caption="../report/backgrounds_gallery.rst",
+            category=REPORT_CATEGORY["detection"],
+            labels={"item": "background images"},
+        ),
         summary="results/detection/backgrounds_summary.json",
     log:
         "logs/make_backgrounds.log",
+    benchmark:
+        "benchmarks/make_backgrounds.tsv"
+    group:
+        "between_models"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("make_backgrounds"),
+        runtime=runtime_min("make_backgrounds"),
     params:
         settings=config["backgrounds"],
         n_folds=config["folds"]["n_folds"],
@@ -172,6 +221,8 @@ rule predict_test_boxes:
         ENV
     threads: config["detectors"][TEST_DETECTOR]["threads"]
     resources:
+        mem_mb=memory_mb("predict_test_boxes"),
+        runtime=runtime_min("predict_test_boxes"),
         gpu=uses_gpu(TEST_DETECTOR),
     params:
         detector=TEST_DETECTOR,
@@ -194,14 +245,26 @@ rule make_crops:
         summary="results/crops/summary.json",
     log:
         "logs/make_crops.log",
+    benchmark:
+        "benchmarks/make_crops.tsv"
+    group:
+        "between_models"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("make_crops"),
+        runtime=runtime_min("make_crops"),
     params:
         margin=config["crops"]["margin"],
         train_detector=CROP_DETECTOR,
         test_detector=TEST_DETECTOR,
     script:
         "../scripts/make_crops.py"
+
+
+localrules:
+    summarize_detection,
 
 
 rule summarize_detection:
@@ -225,6 +288,10 @@ rule summarize_detection:
         "logs/summarize_detection.log",
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("summarize_detection"),
+        runtime=runtime_min("summarize_detection"),
     params:
         detectors=DETECTORS,
         test_detector=TEST_DETECTOR,

@@ -46,12 +46,25 @@ rule search_ensemble_weights:
         oof_classes=f"{ENSEMBLE_DIR}/oof_classes.parquet",
         test_classes=f"{ENSEMBLE_DIR}/test_classes.parquet",
         trials=f"{ENSEMBLE_DIR}/trials.csv",
-        plot=f"{ENSEMBLE_DIR}/history.png",
+        plot=report(
+            f"{ENSEMBLE_DIR}/history.png",
+            caption="../report/optuna_history.rst",
+            category=REPORT_CATEGORY["ensemble"],
+            labels={"item": "Optuna history"},
+        ),
         summary=f"{ENSEMBLE_DIR}/summary.json",
     log:
         "logs/ensemble/search_ensemble_weights.log",
+    benchmark:
+        "benchmarks/search_ensemble_weights.tsv"
+    group:
+        "submit"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("search_ensemble_weights"),
+        runtime=runtime_min("search_ensemble_weights"),
     params:
         # not an output: Snakemake would delete it before a rerun, and the study must survive to resume
         storage=f"{ENSEMBLE_DIR}/study.db",
@@ -76,8 +89,16 @@ rule build_submission:
         summary="results/submission/summary.json",
     log:
         "logs/ensemble/build_submission.log",
+    benchmark:
+        "benchmarks/build_submission.tsv"
+    group:
+        "submit"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("build_submission"),
+        runtime=runtime_min("build_submission"),
     script:
         "../scripts/build_submission.py"
 
@@ -105,8 +126,16 @@ rule export_bundle:
         summary=f"{ENSEMBLE_DIR}/bundle_summary.json",
     log:
         "logs/ensemble/export_bundle.log",
+    benchmark:
+        "benchmarks/export_bundle.tsv"
+    group:
+        "submit"
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("export_bundle"),
+        runtime=runtime_min("export_bundle"),
     params:
         detector=TEST_DETECTOR,
         detector_predict=config["detectors"][TEST_DETECTOR]["predict"],

@@ -10,8 +10,14 @@ if HOLDOUT:
             summary="results/holdout/summary.json",
         log:
             "logs/hold_out_test.log",
+        group:
+            "prepare"
         conda:
             ENV
+        threads: 1
+        resources:
+            mem_mb=memory_mb("hold_out_test"),
+            runtime=runtime_min("hold_out_test"),
         params:
             fraction=config["data"]["holdout_fraction"],
             seed=config["seed"],

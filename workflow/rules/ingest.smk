@@ -14,12 +14,14 @@ rule ingest:
         "logs/ingest.log",
     benchmark:
         "benchmarks/ingest.tsv"
+    group:
+        "prepare"
     conda:
         ENV
     threads: config["ingest"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=memory_mb("ingest"),
+        runtime=runtime_min("ingest"),
     params:
         chunksize=config["ingest"]["chunksize"],
         phash_reducing_gap=config["ingest"]["phash_reducing_gap"],

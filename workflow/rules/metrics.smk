@@ -1,3 +1,7 @@
+localrules:
+    collect_metrics,
+
+
 rule collect_metrics:
     input:
         ingest=rules.ingest.output.summary,
@@ -12,5 +16,9 @@ rule collect_metrics:
         "logs/collect_metrics.log",
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("collect_metrics"),
+        runtime=runtime_min("collect_metrics"),
     script:
         "../scripts/collect_metrics.py"

@@ -12,12 +12,14 @@ if SYNTHETIC:
             "logs/synthesize.log",
         benchmark:
             "benchmarks/synthesize.tsv"
+        group:
+            "prepare"
         conda:
             ENV
-        threads: 2
+        threads: config["synthetic"]["threads"]
         resources:
-            mem_mb=2000,
-            runtime=30,
+            mem_mb=memory_mb("synthesize"),
+            runtime=runtime_min("synthesize"),
         params:
             seed=config["seed"],
             synthetic=config["synthetic"],

@@ -14,7 +14,7 @@ def run(smk):
         truth=truth,
         oof_path=smk.output.oof,
         test_path=smk.output.test,
-        settings=classification.settings_from_config(smk.params.settings, smk.params.seed),
+        settings=classification.settings_from_config(smk.params.settings, smk.params.seed, smk.threads),
     )
 
 

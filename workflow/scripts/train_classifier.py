@@ -15,7 +15,7 @@ def run(smk):
         background_cache=background,
         out_dir=smk.params.out_dir,
         oof_path=smk.output.oof,
-        settings=classification.settings_from_config(smk.params.settings, smk.params.seed),
+        settings=classification.settings_from_config(smk.params.settings, smk.params.seed, smk.threads),
     )
 
 

@@ -1,0 +1,9 @@
+from leukoflow import report
+from leukoflow.runtime import run_rule
+
+
+def run(smk):
+    return report.ensemble_report(**smk.input, **smk.output, **smk.params)
+
+
+run_rule(snakemake, run)
