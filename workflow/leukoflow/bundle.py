@@ -23,11 +23,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from leukoflow.constants import BACKGROUND_CLASS, CLASSES
+from leukoflow.tracking import installed_versions
 
 BUNDLE_FILE = "bundle.json"
 MANIFEST_FILE = "MANIFEST.sha256"
@@ -48,13 +48,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return {"python": platform.python_version(), **installed_versions(VERSIONED_PACKAGES)}
 
 
 def _classifier_entry(name: str, checkpoints: Sequence[str | Path], root: Path) -> dict[str, Any]:

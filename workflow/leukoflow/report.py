@@ -14,9 +14,7 @@ sampling takes a seed. Nothing here reads the network.
 from __future__ import annotations
 
 import html
-import importlib.metadata
 import platform
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,8 @@ from PIL import Image
 
 from leukoflow.constants import CLASSES
 from leukoflow.headline import HEADLINE_KEYS
+from leukoflow.runtime import read_json
+from leukoflow.tracking import git_state, installed_versions
 
 UNKNOWN = "unknown"
 STAGE_ORDER = tuple(HEADLINE_KEYS)  # stages of results/metrics.json in workflow order
@@ -338,26 +338,15 @@ def _scalar(value: Any) -> Any:
 # ----------------------------------------------------------------------------- software and runtimes
 
 def package_versions(names: Sequence[str]) -> pd.DataFrame:
-    """Installed version of each distribution (importlib.metadata), 'not installed' when absent."""
-    versions = []
-    for name in names:
-        try:
-            versions.append(importlib.metadata.version(name))
-        except importlib.metadata.PackageNotFoundError:
-            versions.append("not installed")
-    return pd.DataFrame({"package": list(names), "version": versions})
+    """Installed version of each distribution, 'not installed' when absent."""
+    versions = installed_versions(names)
+    return pd.DataFrame({"package": list(versions), "version": list(versions.values())})
 
 
 def git_commit(directory: str | Path = ".") -> str:
-    """`git rev-parse HEAD` of the checkout holding `directory` (+ '-dirty' with local changes), else unknown."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return UNKNOWN
-    return f"{commit}-dirty" if commit and dirty else commit or UNKNOWN
+    """HEAD of the checkout holding `directory` (+ '-dirty' with local changes, as the MLflow tags), else unknown."""
+    commit, dirty = git_state(Path(directory))
+    return f"{commit}-dirty" if dirty == "true" else commit
 
 
 def torch_build() -> dict[str, str]:
@@ -411,12 +400,6 @@ def runtime_tables(paths: Sequence[str | Path], root: str | Path = BENCHMARK_ROO
 
 # ----------------------------------------------------------------------------- rule entries (paths in, summary out)
 
-def _read_json(path: str | Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(Path(path).read_text())
-
-
 def dataset_overview(*, images: str, boxes: str, test: str, plot: str) -> dict[str, Any]:
     """Rule entry: the dataset overview figure from the ingest tables."""
     from leukoflow import tables
@@ -454,7 +437,7 @@ def detector_report(*, oof: Sequence[str], summaries: Sequence[str], boxes: str,
 
     box_table = tables.read_table(boxes, tables.CURATED_BOXES)
     gious = {name: oof_giou(tables.read_table(path, tables.OOF_BOXES), box_table) for name, path in zip(detectors, oof)}
-    folds = detector_folds({name: _read_json(path) for name, path in zip(detectors, summaries)})
+    folds = detector_folds({name: read_json(path) for name, path in zip(detectors, summaries)})
     plot_detector_oof(gious, folds, plot, bins=bins)
     write_html({"validation mAP and OOF GIoU per detector and fold": folds}, table, "Detectors per fold")
     return {f"{name}_mean_giou": float(frame["giou"].mean()) for name, frame in gious.items()}
@@ -462,20 +445,20 @@ def detector_report(*, oof: Sequence[str], summaries: Sequence[str], boxes: str,
 
 def classifier_report(*, summary: str, plot: str) -> dict[str, Any]:
     """Rule entry: per-class OOF F1 of every classifier."""
-    frame = per_class_f1(_read_json(summary))
+    frame = per_class_f1(read_json(summary))
     plot_per_class_f1(frame, plot)
     return {"models": int(frame["model"].nunique())}
 
 
 def ensemble_report(*, weights: str, summary: str, table: str) -> dict[str, Any]:
     """Rule entry: the ensemble weights and each scheme's OOF objective as an HTML page."""
-    write_html(ensemble_tables(_read_json(weights), _read_json(summary)), table, "Ensemble weights")
+    write_html(ensemble_tables(read_json(weights), read_json(summary)), table, "Ensemble weights")
     return {}
 
 
 def scores_report(*, metrics: str, table: str) -> dict[str, Any]:
     """Rule entry: the final scores (results/metrics.json) as an HTML page."""
-    write_html(final_scores(_read_json(metrics)), table, "Final scores")
+    write_html(final_scores(read_json(metrics)), table, "Final scores")
     return {}
 
 

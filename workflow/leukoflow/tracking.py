@@ -35,7 +35,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -199,6 +199,17 @@ def provenance_tags(config: Mapping[str, Any]) -> dict[str, str]:
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     return tags
+
+
+def installed_versions(names: Sequence[str], missing: str = "not installed") -> dict[str, str]:
+    """Installed version of each distribution (importlib.metadata); `missing` where it is absent."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = missing
+    return versions
 
 
 def _package_version(name: str) -> str:
