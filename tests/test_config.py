@@ -52,6 +52,8 @@ def test_every_object_is_closed_and_every_key_described():
         ({"dedup": {"max_distance": 99}}, "max_distance"),
         ({"dedup": {"conflict_policy": "merge"}}, "conflict_policy"),
         ({"data": {"source": "s3"}}, "source"),
+        ({"resources": {"rules": {"train_detektor": {"mem_mb": 1000, "runtime": 10}}}}, "train_detektor"),
+        ({"resources": {"retry_scale": 0.5}}, "resources.retry_scale"),
     ],
 )
 def test_workflow_refuses_a_bad_config_naming_the_key(tmp_path: Path, override, named):
