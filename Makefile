@@ -38,7 +38,7 @@ lint: setup
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
 docs: setup
-	$(BIN)/python -m leukoflow.docs
+	$(BIN)/python -m leukoflow.engine.docs
 
 # docs/rulegraph.svg (embedded in README.md) needs graphviz's `dot`; tests/test_docs.py checks it lists every rule.
 rulegraph: setup

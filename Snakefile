@@ -13,7 +13,7 @@ from snakemake.utils import min_version
 
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 
-from leukoflow.config import validate_config
+from leukoflow.engine.config import validate_config
 
 min_version("9.0")
 
@@ -29,14 +29,13 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tracking.smk"
-include: "workflow/rules/synthesize.smk"
-include: "workflow/rules/holdout.smk"
+include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/curation.smk"
 include: "workflow/rules/detection.smk"
 include: "workflow/rules/classification.smk"
 include: "workflow/rules/ensemble.smk"
-include: "workflow/rules/metrics.smk"
+include: "workflow/rules/inference.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukoflow import backgrounds, tables
+from leukoflow.detection import backgrounds
+
+from leukoflow import tables
 from tests.test_detection import NUCLEUS_RGB, WHITE_CELL_RGB, draw_smear
 
 REMOVE = {"expand": 16, "fill_dilation": 24, "cell_dilation": 8, "background_threshold": 150,

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukoflow.box_repair import repair_boxes
-from leukoflow.curation import curate, dedup_scores, summarize, summarize_from_files
-from leukoflow.duplicates import deduplicate
-from leukoflow.folds import DEFAULT_BINS
+from leukoflow.curation.box_repair import repair_boxes
+from leukoflow.curation.summary import curate, dedup_scores, summarize, summarize_from_files
+from leukoflow.curation.duplicates import deduplicate
+from leukoflow.curation.folds import DEFAULT_BINS
 from leukoflow.tables import CURATED_BOXES, DEFECTS, INGEST_BOXES, INGEST_IMAGES, LEDGER, validate, write_table
 from tests.test_duplicates import BASE, FAR, flip, ingest_boxes, ingest_images
 

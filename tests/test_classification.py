@@ -16,8 +16,9 @@ import torch
 import yaml
 from PIL import Image
 
-from leukoflow import classification as cls
-from leukoflow import crop_cache, tables
+from leukoflow.classification import training as cls
+from leukoflow.classification import crop_cache
+from leukoflow import tables
 from leukoflow.constants import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]

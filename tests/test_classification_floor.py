@@ -15,8 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from leukoflow import classification as cls
-from leukoflow import crop_cache, ingest, synthesize
+from leukoflow.classification import training as cls
+from leukoflow.classification import crop_cache
+from leukoflow.ingest import contract as ingest
+from leukoflow.synthetic import generator as synthesize
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e

@@ -3,7 +3,9 @@
 import pandas as pd
 from snakemake.iocontainers import InputFiles
 
-from leukoflow import classification, tables
+from leukoflow.classification import training as classification
+
+from leukoflow import tables
 
 
 def test_truth_from_tables_reads_the_declared_crop_table(tmp_path):

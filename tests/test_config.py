@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 import yaml
 
-from leukoflow.config import gpu_token, job_request
+from leukoflow.engine.config import gpu_token, job_request
 from tests.conftest import REPO, run_workflow
 
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())

@@ -18,7 +18,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from leukoflow import crops, detection, tables
+from leukoflow.detection import crops
+
+from leukoflow.detection import yolo as detection
+
+from leukoflow import tables
 from leukoflow.constants import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +182,7 @@ import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {str(REPO)!r})
 from tests.test_detection import train
-from leukoflow import detection
+from leukoflow.detection import yolo as detection
 save = detection.save_resume_state
 def save_then_die(trainer, path):
     save(trainer, path)

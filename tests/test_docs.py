@@ -5,12 +5,14 @@ import subprocess
 
 import yaml
 
-from leukoflow import docs, tables
+from leukoflow.engine import docs
+
+from leukoflow import tables
 from tests.conftest import REPO, SNAKEMAKE
 
 
 def test_generated_documents_are_up_to_date():
-    assert docs.main(["--check"]) == 0, "run `python -m leukoflow.docs` and commit the result"
+    assert docs.main(["--check"]) == 0, "run `python -m leukoflow.engine.docs` and commit the result"
 
 
 def test_conda_environment_holds_exactly_the_lock_pins():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from leukoflow import docs
+from leukoflow.engine import docs
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e

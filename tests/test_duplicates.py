@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from leukoflow.constants import CLASS_TO_INDEX
-from leukoflow.duplicates import (
+from leukoflow.curation.duplicates import (
     deduplicate, find_near_pairs, near_pairs_brute_force, near_pairs_multi_index, phash_to_uint64,
 )
 from leukoflow.tables import CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, validate

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from leukoflow import tracking
+from leukoflow.engine import tracking
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e

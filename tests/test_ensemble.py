@@ -1,4 +1,4 @@
-"""Ensemble weights search (leukoflow.ensemble) on small synthetic logits, boxes and crops."""
+"""Ensemble weights search (leukoflow.ensemble.search) on small synthetic logits, boxes and crops."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukoflow import ensemble, metric, tables
+from leukoflow.ensemble import search as ensemble
+
+from leukoflow import metric
+
+from leukoflow import tables
 from leukoflow.constants import CLASSES
 
 N_FOLDS = 3

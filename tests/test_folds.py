@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from leukoflow.constants import CLASSES
-from leukoflow.folds import (
+from leukoflow.curation.folds import (
     DEFAULT_BINS, _indicator_matrix, _per_image, folds_from_annotations, make_folds, plot_fold_balance,
 )
 from leukoflow.tables import CURATED_BOXES, CURATED_IMAGES, FOLDS, validate, write_table

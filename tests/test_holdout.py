@@ -1,6 +1,6 @@
 import pandas as pd
 
-from leukoflow.holdout import hold_out_test
+from leukoflow.ingest.holdout import hold_out_test
 
 
 def _boxes(tmp_path):

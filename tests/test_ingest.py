@@ -1,4 +1,4 @@
-"""Tests of leukoflow.ingest (and leukoflow.ledger): one tiny dataset per bad-input kind, built with PIL."""
+"""Tests of leukoflow.ingest.contract (and leukoflow.ledger): one tiny dataset per bad-input kind, built with PIL."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from PIL import Image, ImageFile
 
 from leukoflow import tables
 from leukoflow.constants import TEST_COLUMNS, TRAIN_COLUMNS
-from leukoflow.ingest import (
+from leukoflow.ingest.contract import (
     IngestError, check_test_rows, check_train_rows, ingest, parse_decimal, read_csv_table, referenced_images,
     unsafe_name_problem,
 )

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukoflow import noisy, tables
+from leukoflow.detection import noisy
+
+from leukoflow import tables
 
 RULES = {"confirm_score": 0.25, "match_iou": 0.5, "detect_score": 0.5, "unmatched_iou": 0.1}
 

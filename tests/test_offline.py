@@ -22,7 +22,7 @@ TRAIN_WITHOUT_NETWORK = textwrap.dedent(
     socket.create_connection = refuse
     socket.socket.connect = refuse
 
-    from leukoflow import offline
+    from leukoflow.engine import offline
     offline.enforce(sys.argv[2] + "/ultralytics_cfg")
     offline.disable_ultralytics_integrations()
     from ultralytics import YOLO
@@ -61,7 +61,7 @@ def test_detector_training_step_runs_with_the_network_unreachable(tmp_path):
 
 
 def test_enforce_sets_every_switch(tmp_path, monkeypatch):
-    from leukoflow import offline
+    from leukoflow.engine import offline
 
     monkeypatch.delenv("YOLO_CONFIG_DIR", raising=False)
     for key in offline.ENVIRONMENT:

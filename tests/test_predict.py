@@ -22,8 +22,15 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from leukoflow import bundle as bundle_lib
-from leukoflow import classification, crop_cache, crops, detection, ensemble, predict, submission, tables
+from leukoflow.inference import bundle as bundle_lib
+from leukoflow.classification import training as classification
+from leukoflow.classification import crop_cache
+from leukoflow.detection import crops
+from leukoflow.detection import yolo as detection
+from leukoflow.ensemble import search as ensemble
+from leukoflow.inference import predict
+from leukoflow.ensemble import submission
+from leukoflow import tables
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICT_ARGS = {"imgsz": 64, "conf": 0.001, "iou": 0.3, "max_det": 20, "batch": 8}

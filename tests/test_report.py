@@ -1,4 +1,4 @@
-"""The Snakemake report: leukoflow.report on small frames, the tiny run's report, and one headless render."""
+"""The Snakemake report: leukoflow.report.figures on small frames, the tiny run's report, and one headless render."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageStat
 
-from leukoflow import report, tables
+from leukoflow.report import figures as report
+
+from leukoflow import tables
 from leukoflow.constants import CLASSES
 from tests.conftest import REPO, run_workflow
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from leukoflow import cli, reproduce
+from leukoflow import cli
+
+from leukoflow.engine import reproduce
 from tests.conftest import REPO
 from tests.test_dvc import ReleaseRepo, build_release_repo, tool_env
 

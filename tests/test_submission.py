@@ -1,4 +1,4 @@
-"""Submission assembly (leukoflow.submission): order, validation, fallback, scoring."""
+"""Submission assembly (leukoflow.ensemble.submission): order, validation, fallback, scoring."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukoflow import metric, submission, tables
+from leukoflow import metric
+
+from leukoflow.ensemble import submission
+
+from leukoflow import tables
 from leukoflow.constants import CLASSES
 
 

@@ -1,4 +1,4 @@
-"""Tests of the synthetic mini-Cytologia generator (leukoflow.synthesize): layout, statistics,
+"""Tests of the synthetic mini-Cytologia generator (leukoflow.synthetic.generator): layout, statistics,
 determinism and every injected defect, checked in the files themselves."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from leukoflow import tables
 from leukoflow.constants import CLASSES, SUBMISSION_COLUMNS, TEST_COLUMNS, TRAIN_COLUMNS
-from leukoflow.morphology import MORPHOLOGY, TRAIN_CELLS_PER_IMAGE
-from leukoflow.synthesize import (
+from leukoflow.synthetic.morphology import MORPHOLOGY, TRAIN_CELLS_PER_IMAGE
+from leukoflow.synthetic.generator import (
     DEFECT_KINDS, draw_cell_counts, draw_image_classes, phash_distance, spread_rows, synthesize,
 )
 

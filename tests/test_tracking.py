@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from leukoflow import tracking
+from leukoflow.engine import tracking
 from tests.conftest import REPO, SNAKEMAKE
 
 PARALLEL_JOBS = 4
@@ -43,7 +43,7 @@ rule broken:
 
 FAKE_STAGE = """
 from pathlib import Path
-from leukoflow.runtime import run_rule
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

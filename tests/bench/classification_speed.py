@@ -1,4 +1,4 @@
-"""Training throughput of leukoflow.classification against a plain timm training loop.
+"""Training throughput of leukoflow.classification.training against a plain timm training loop.
 
 Both loops train the same backbone from scratch on the same uint8 crops (a seeded random array
 written as a memory-mapped cache, as the workflow's), with the same batch size, epochs, threads
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leukoflow import classification as cls
+from leukoflow.classification import training as cls
 
 DEMO_MODELS = ("resnet10t:48:multiclass", "regnetx_002:48:multiclass", "resnet10t:64:multilabel")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from leukoflow.box_repair import repair_boxes
-from leukoflow.duplicates import deduplicate, find_near_pairs, group_hashes
-from leukoflow.folds import DEFAULT_BINS, make_folds
+from leukoflow.curation.box_repair import repair_boxes
+from leukoflow.curation.duplicates import deduplicate, find_near_pairs, group_hashes
+from leukoflow.curation.folds import DEFAULT_BINS, make_folds
 from leukoflow.tables import INGEST_BOXES, INGEST_IMAGES, read_table
 
 PLANTED_SHARE = 0.01  # share of hashes overwritten by a copy of another hash

@@ -20,7 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from leukoflow import detection, offline  # noqa: E402
+from leukoflow.detection import yolo as detection
+
+from leukoflow import offline  # noqa: E402
 from tests.test_detection import make_smear_tables  # noqa: E402
 
 SETTINGS = {"epochs": 3, "batch": 8, "nbs": 8, "warmup_epochs": 1, "close_mosaic": 1, "hsv_h": 0.0, "hsv_s": 0.0,
@@ -51,7 +53,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
     train_args = {**SETTINGS, "imgsz": args.imgsz}
     ours = f"""
-from leukoflow import detection
+from leukoflow.detection import yolo as detection
 detection.train_detector(dataset_yaml={str(dataset / 'dataset.yaml')!r}, run_dir={str(root / 'ours')!r},
     weights_out={str(root / 'ours.pt')!r}, history_out={str(root / 'ours.csv')!r}, arch='yolo11n.yaml',
     train_args={ {k: v for k, v in train_args.items() if k not in ('workers', 'plots', 'deterministic', 'seed')}!r},

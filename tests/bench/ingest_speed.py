@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from leukoflow.constants import CLASSES
-from leukoflow.ingest import (
+from leukoflow.ingest.contract import (
     decode_image, ingest, list_image_folder, perceptual_hash, read_csv_table, rgb_mean_std,
 )
 

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leukoflow import predict, tables
+from leukoflow.inference import predict
+
+from leukoflow import tables
 
 
 def bench_images(workdir: Path, count: int) -> tuple[list[tuple[str, str]], pd.DataFrame]:

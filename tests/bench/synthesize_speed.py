@@ -1,4 +1,4 @@
-"""Speed benchmark of the synthetic generator (leukoflow.synthesize) at challenge scale.
+"""Speed benchmark of the synthetic generator (leukoflow.synthetic.generator) at challenge scale.
 
 Usage (from the repository root):
     PYTHONPATH=workflow nice -n 10 .venv/bin/python tests/bench/synthesize_speed.py \\
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from leukoflow.synthesize import synthesize
+from leukoflow.synthetic.generator import synthesize
 
 DEMO_DEFECTS = {"exact_duplicate": 4, "near_duplicate": 6, "conflicting_duplicate": 1, "train_test_duplicate": 2,
                 "out_of_image_box": 6, "red_cell_box": 2, "oversized_box": 2, "wrong_label": 4,

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from leukoflow import reproduce
+from leukoflow.engine import reproduce
 from leukoflow.metric import (
     MetricInputError,
     count_problems,
@@ -122,8 +122,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from leukoflow import predict
-    from leukoflow.bundle import BundleError
+    from leukoflow.inference import predict
+    from leukoflow.inference.bundle import BundleError
 
     try:
         summary = predict.run(args.images, bundle=args.bundle, out=args.out, expected_counts=args.expected_counts,

@@ -2,7 +2,7 @@
 
 A schema is an ordered list of columns, each with a pandas dtype kind and a description.
 `write_table` refuses a frame whose columns or dtypes differ from its schema, so a stage
-cannot silently change the contract its consumers rely on. `python -m leukoflow.docs`
+cannot silently change the contract its consumers rely on. `python -m leukoflow.engine.docs`
 renders these definitions into docs/tables.md.
 """
 

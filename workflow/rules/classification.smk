@@ -7,7 +7,7 @@
 #   results/classification/{model}/oof_logits.parquet          every fold's OOF logits (schema logits)
 #   results/classification/{model}/test_logits.parquet         fold- and TTA-averaged test logits
 #   results/classification/summary.json, confusion.png         OOF macro F1 per model, fold and class
-from leukoflow import crop_cache
+from leukoflow.classification import crop_cache
 
 CLASSIFIER_SETTINGS = config["classifiers"]
 CLASSIFIERS = {entry["name"]: entry for entry in CLASSIFIER_SETTINGS["models"]}

@@ -1,5 +1,5 @@
-from leukoflow import offline
-from leukoflow.config import export_package_path, gpu_token, job_request
+from leukoflow.engine import offline
+from leukoflow.engine.config import export_package_path, gpu_token, job_request
 
 offline.enforce()
 export_package_path()

@@ -1,5 +1,5 @@
-from leukoflow import submission
-from leukoflow.runtime import run_rule
+from leukoflow.ensemble import submission
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

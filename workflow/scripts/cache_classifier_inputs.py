@@ -1,5 +1,6 @@
-from leukoflow import crop_cache, tables
-from leukoflow.runtime import run_rule
+from leukoflow.classification import crop_cache
+from leukoflow import tables
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -1,5 +1,5 @@
-from leukoflow.headline import headline_metrics
-from leukoflow.runtime import read_json, run_rule, write_json
+from leukoflow.report.headline import headline_metrics
+from leukoflow.engine.runtime import read_json, run_rule, write_json
 
 
 def run(smk):

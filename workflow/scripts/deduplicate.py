@@ -1,5 +1,6 @@
-from leukoflow import duplicates, tables
-from leukoflow.runtime import run_rule
+from leukoflow.curation import duplicates
+from leukoflow import tables
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -1,5 +1,5 @@
-from leukoflow import classification
-from leukoflow.runtime import read_json, run_rule
+from leukoflow.classification import training as classification
+from leukoflow.engine.runtime import read_json, run_rule
 
 
 def run(smk):

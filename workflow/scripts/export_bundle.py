@@ -1,5 +1,5 @@
-from leukoflow import bundle
-from leukoflow.runtime import run_rule
+from leukoflow.inference import bundle
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -1,5 +1,5 @@
-from leukoflow import detection
-from leukoflow.runtime import run_rule
+from leukoflow.detection import yolo as detection
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -1,5 +1,5 @@
-from leukoflow import noisy
-from leukoflow.runtime import run_rule
+from leukoflow.detection import noisy
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -1,5 +1,6 @@
-from leukoflow import classification, tables
-from leukoflow.runtime import run_rule
+from leukoflow.classification import training as classification
+from leukoflow import tables
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from leukoflow.holdout import hold_out_test
-from leukoflow.runtime import run_rule
+from leukoflow.ingest.holdout import hold_out_test
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

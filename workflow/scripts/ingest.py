@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from leukoflow import ingest
-from leukoflow.runtime import run_rule
+from leukoflow.ingest import contract as ingest
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -1,5 +1,5 @@
-from leukoflow import backgrounds
-from leukoflow.runtime import run_rule
+from leukoflow.detection import backgrounds
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -1,5 +1,5 @@
-from leukoflow import crops
-from leukoflow.runtime import run_rule
+from leukoflow.detection import crops
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

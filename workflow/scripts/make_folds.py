@@ -1,5 +1,6 @@
-from leukoflow import folds, tables
-from leukoflow.runtime import run_rule
+from leukoflow.curation import folds
+from leukoflow import tables
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

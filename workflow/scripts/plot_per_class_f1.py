@@ -1,5 +1,5 @@
-from leukoflow import report
-from leukoflow.runtime import run_rule
+from leukoflow.report import figures as report
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

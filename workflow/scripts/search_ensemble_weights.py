@@ -1,5 +1,5 @@
-from leukoflow import ensemble
-from leukoflow.runtime import run_rule
+from leukoflow.ensemble import search as ensemble
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -1,5 +1,5 @@
-from leukoflow import curation
-from leukoflow.runtime import run_rule
+from leukoflow.curation import summary as curation
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -1,5 +1,5 @@
-from leukoflow import synthesize
-from leukoflow.runtime import run_rule
+from leukoflow.synthetic import generator as synthesize
+from leukoflow.engine.runtime import run_rule
 
 
 def run(smk):

@@ -33,7 +33,8 @@ import pandas as pd
 import torch
 
 from leukoflow import boxes as boxes_lib
-from leukoflow import offline, tables
+from leukoflow.engine import offline
+from leukoflow import tables
 
 LOGGER = logging.getLogger(__name__)
 CLASS_NAME = "WBC"  # one class: the detector finds white cells, the classifiers name them
@@ -540,7 +541,7 @@ def export_yolo(*, images: str, boxes: str, folds: str, n_folds: int, datasets: 
                 backgrounds: str | None = None) -> dict[str, Any]:
     """Rule entry: every fold's dataset under `datasets/fold{k}`; with `noisy`/`backgrounds` (detector 2)
     the cleaned variant."""
-    from leukoflow import noisy as noisy_lib
+    from leukoflow.detection import noisy as noisy_lib
 
     exclude = noisy_lib.excluded_images(read(noisy, tables.NOISY_FLAGS)) if noisy else []
     inputs = {"images": read(images, tables.CURATED_IMAGES), "boxes": read(boxes, tables.CURATED_BOXES),
@@ -568,7 +569,7 @@ def predict_oof(*, weights: str, images: str, folds: str, fold: int, detector: s
 def fit_oof(*, raw: list[str], training: list[str], images: str, boxes: str, folds: str, detector: str,
             oof: str) -> dict[str, Any]:
     """Rule entry: OOF boxes fitted to the cell counts, scored against the full-image baseline."""
-    from leukoflow.runtime import read_json
+    from leukoflow.engine.runtime import read_json
 
     box_table, image_table = read(boxes, tables.CURATED_BOXES), read(images, tables.CURATED_IMAGES)
     detections = pd.concat([read(path, tables.DETECTIONS) for path in raw], ignore_index=True)
@@ -611,7 +612,7 @@ def summarize_detection(*, detectors: list[str], exports: list[str], predictions
                         backgrounds: str, test: str, crops: str, detector_names: list[str],
                         test_detector: str) -> dict[str, Any]:
     """Rule entry: the stage's headline figures in one JSON (read by acceptance checks and tracking)."""
-    from leukoflow.runtime import read_json
+    from leukoflow.engine.runtime import read_json
 
     per_detector = {name: read_json(path) for name, path in zip(detector_names, detectors)}
     for summary in per_detector.values():
@@ -641,7 +642,7 @@ def summarize_detection(*, detectors: list[str], exports: list[str], predictions
 
 def _stage_timings(summaries: list[str]) -> dict[str, float]:
     """Seconds per job, keyed by its summary path below results/ (e.g. 'detection/det1/fold0/oof_summary')."""
-    from leukoflow.runtime import read_json
+    from leukoflow.engine.runtime import read_json
 
     return {str(Path(path).with_suffix("")).split("results/", 1)[-1]: read_json(path).get("seconds")
             for path in summaries}

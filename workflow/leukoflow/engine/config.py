@@ -34,7 +34,7 @@ def export_package_path() -> None:
     """Let rule scripts (also in conda envs and cluster jobs) import this checkout's package."""
     import os
 
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])
     paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 

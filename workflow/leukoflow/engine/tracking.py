@@ -43,10 +43,10 @@ from typing import Any, TypeVar
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ENV_PARENT_RUN = "LEUKOFLOW_PARENT_RUN_ID"
 PARENT_RUN_FILE = Path("results/tracking/parent_run.json")
-SYNTHETIC_GENERATOR = REPO / "workflow" / "leukoflow" / "synthesize.py"
+SYNTHETIC_GENERATOR = REPO / "workflow" / "leukoflow" / "synthetic"
 # Files worth keeping beside a run: plots, small tables, summaries, logs.
 SMALL_ARTIFACT_SUFFIXES = frozenset({".png", ".svg", ".pdf", ".html", ".csv", ".tsv", ".json", ".txt", ".md", ".yaml"})
 BUNDLE_OUTPUT = "bundle"  # a rule output with this name is logged as an MLflow model
@@ -58,7 +58,7 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_TAGS_PER_BATCH = 100
 LOCK_MESSAGE = "database is locked"
 
-logger = logging.getLogger("leukoflow.tracking")
+logger = logging.getLogger("leukoflow.engine.tracking")
 T = TypeVar("T")
 
 
@@ -141,13 +141,13 @@ def _git(repo: Path, *args: str) -> str:
 def data_version(config: Mapping[str, Any]) -> str:
     """Which data a run saw: the DVC hash of the dataset, or the synthetic generator's seed+version.
 
-    - synthetic: `synthetic:seed=<seed>:generator=<sha of synthesize.py>:settings=<sha of synthetic:>`
+    - synthetic: `synthetic:seed=<seed>:generator=<sha of the synthetic package>:settings=<sha of synthetic:>`
     - folder tracked by DVC (`<images>.dvc` or `<data dir>.dvc`): `dvc:<md5 of the .dir manifest>`
     - folder not tracked: `manifest:<sha of CSV bytes + image names and sizes>`
     """
     data = config.get("data") or {}
     if data.get("source") == "synthetic":
-        generator = _file_digest(SYNTHETIC_GENERATOR)[:12] if SYNTHETIC_GENERATOR.exists() else "unknown"
+        generator = _folder_digest(SYNTHETIC_GENERATOR)[:12] if SYNTHETIC_GENERATOR.exists() else "unknown"
         return f"synthetic:seed={config.get('seed')}:generator={generator}:settings={config_hash(config.get('synthetic') or {})[:8]}"
     data_dir = Path(data.get("dir", "."))
     images_dir = data_dir / data.get("images_subdir", "images")
@@ -181,6 +181,14 @@ def _folder_manifest_digest(data_dir: Path, images_dir: Path, data: Mapping[str,
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _folder_digest(folder: Path) -> str:
+    """One digest over a package's Python sources, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def provenance_tags(config: Mapping[str, Any]) -> dict[str, str]:

@@ -29,9 +29,9 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from leukoflow.box_repair import repair_boxes
-from leukoflow.duplicates import deduplicate
-from leukoflow.folds import make_folds, plot_fold_balance
+from leukoflow.curation.box_repair import repair_boxes
+from leukoflow.curation.duplicates import deduplicate
+from leukoflow.curation.folds import make_folds, plot_fold_balance
 from leukoflow.tables import (
     CURATED_BOXES, CURATED_IMAGES, DEFECTS, DUPLICATE_GROUPS, FOLDS, INGEST_BOXES, INGEST_IMAGES, LEDGER,
     empty_frame, read_table, write_table,

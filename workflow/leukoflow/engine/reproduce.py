@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from leukoflow.tracking import ENV_PARENT_RUN, flatten
+from leukoflow.engine.tracking import ENV_PARENT_RUN, flatten
 
 EXIT_REPRODUCED = 0
 EXIT_OUTSIDE_TOLERANCE = 1

@@ -28,7 +28,7 @@ FONTS_WANTED = ("Arial.ttf", "Arial.Unicode.ttf")
 
 def default_config_dir() -> Path:
     """Project-local ultralytics settings folder (ignored by git)."""
-    return Path(__file__).resolve().parents[2] / ".ultralytics"
+    return Path(__file__).resolve().parents[3] / ".ultralytics"
 
 
 def enforce(config_dir: str | Path | None = None) -> Path:

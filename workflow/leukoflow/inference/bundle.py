@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from leukoflow.constants import BACKGROUND_CLASS, CLASSES
-from leukoflow.tracking import installed_versions
+from leukoflow.engine.tracking import installed_versions
 
 BUNDLE_FILE = "bundle.json"
 MANIFEST_FILE = "MANIFEST.sha256"
@@ -138,7 +138,9 @@ def predict_defaults(settings: Mapping[str, Any], *, wbf_iou: float, wbf_skip: f
         raise BundleError("bundle: calibrate_min_score needs the detector's OOF raw boxes, the images and the boxes")
     import pandas as pd
 
-    from leukoflow import predict, tables
+    from leukoflow.inference import predict
+
+    from leukoflow import tables
 
     raw = pd.concat([tables.read_table(path, tables.DETECTIONS) for path in oof_raw], ignore_index=True)
     counts = tables.read_table(boxes, tables.CURATED_BOXES).groupby("name").size()

@@ -25,9 +25,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from leukoflow.constants import CLASSES
-from leukoflow.headline import HEADLINE_KEYS
-from leukoflow.runtime import read_json
-from leukoflow.tracking import git_state, installed_versions
+from leukoflow.report.headline import HEADLINE_KEYS
+from leukoflow.engine.runtime import read_json
+from leukoflow.engine.tracking import git_state, installed_versions
 
 UNKNOWN = "unknown"
 STAGE_ORDER = tuple(HEADLINE_KEYS)  # stages of results/metrics.json in workflow order
@@ -207,7 +207,7 @@ def oof_giou(oof: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
     oof: OOF_BOXES of one detector; boxes: CURATED_BOXES. Returns columns fold, giou.
     """
     from leukoflow import metric
-    from leukoflow.detection import as_submission, truth_table
+    from leukoflow.detection.yolo import as_submission, truth_table
 
     truth = truth_table(boxes[boxes["name"].isin(set(oof["name"]))])
     if not len(truth):

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from leukoflow.duplicates import ledger_frame, usable
+from leukoflow.curation.duplicates import ledger_frame, usable
 from leukoflow.tables import CURATED_BOXES, schema_frame
 
 COORDINATES = ("x1", "y1", "x2", "y2")

@@ -273,7 +273,7 @@ def official_metric(inputs: EnsembleInputs, oof_boxes: pd.DataFrame, crops: pd.D
     takes the crop (of the same image) whose window has the highest IoU with it; the k-th box of an
     image answers the image's k-th truth row (pairing does not change the score, METHOD §10.3).
     """
-    from leukoflow import detection
+    from leukoflow.detection import yolo as detection
 
     row_of_crop = pd.Series(np.arange(len(inputs)), index=inputs.ids)
     windows = crops[crops["crop_id"].isin(row_of_crop.index)].set_index("crop_id")

@@ -1,6 +1,6 @@
 """Appearance table of the synthetic smears: one row of data per white-cell class (METHOD.md §1.2).
 
-The synthetic generator (`leukoflow.synthesize`) draws every white cell from the row of its class
+The synthetic generator (`leukoflow.synthetic.generator`) draws every white cell from the row of its class
 code, so what makes a class learnable, and which classes are confusable, is visible here and
 nowhere else. Counts, median box sizes and multi-box shares are the **[computed]** columns of
 METHOD.md §1.2 (raw challenge train.csv, 52,748 boxes). The morphology columns paraphrase the

@@ -34,8 +34,12 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from leukoflow import boxes as boxes_lib
-from leukoflow import classification, crop_cache, detection, ensemble, tables
-from leukoflow.bundle import Bundle, load_bundle
+from leukoflow.classification import training as classification
+from leukoflow.classification import crop_cache
+from leukoflow.detection import yolo as detection
+from leukoflow.ensemble import search as ensemble
+from leukoflow import tables
+from leukoflow.inference.bundle import Bundle, load_bundle
 
 LOGGER = logging.getLogger(__name__)
 PROFILES = ("full", "fast")
@@ -98,7 +102,7 @@ def prepare_images(paths: Mapping[str, str], work_dir: str | Path) -> pd.DataFra
     `work_dir` (the workflow's ingest repair), which every later step reads; a file that cannot be
     decoded at all is kept out (keep False, 0 x 0) with the decoder's message as reason.
     """
-    from leukoflow import ingest
+    from leukoflow.ingest import contract as ingest
 
     rows = []
     for name, source in paths.items():
@@ -390,7 +394,7 @@ def annotate(predictions: pd.DataFrame, out_dir: str | Path) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = 0
     for (name, path), rows in predictions[predictions["source"] != "unreadable"].groupby(["NAME", "path"], sort=False):
-        from leukoflow import ingest
+        from leukoflow.ingest import contract as ingest
 
         image = ingest.decode_image(Path(path).read_bytes())[0].convert("RGB")
         draw = ImageDraw.Draw(image)

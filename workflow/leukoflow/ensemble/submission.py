@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leukoflow import metric, tables
+from leukoflow import metric
+
+from leukoflow import tables
 from leukoflow.constants import CLASSES
 
 LOGGER = logging.getLogger(__name__)

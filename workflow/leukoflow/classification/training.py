@@ -797,7 +797,7 @@ def load_items(spec: ClassifierSpec, main_cache: tuple[str | Path, str | Path], 
                background_cache: tuple[str | Path, str | Path] | None = None, *, with_background: bool = True
                ) -> tuple[list[np.ndarray], ItemSet, ItemSet | None, dict[str, int]]:
     """Cache arrays, main items, background items (when the spec uses them) and skip counts."""
-    from leukoflow import crop_cache
+    from leukoflow.classification import crop_cache
 
     pixels, index = crop_cache.read_cache(*main_cache)
     if pixels.shape[1] != spec.img_size:

@@ -7,7 +7,7 @@ scoring the demo) and `defects.parquet` (schema `tables.DEFECTS`, every injected
 
 Images imitate CellaVision crops: a pale pinkish background, overlapping red cells with central
 pallor, and one or more white cells of the 23 challenge classes drawn from the per-class table
-in `leukoflow.morphology`. Everything is composed in optical density (absorbances add where
+in `leukoflow.synthetic.morphology`. Everything is composed in optical density (absorbances add where
 objects overlap) with vectorised numpy and OpenCV drawing on small local grids, then JPEG-encoded
 with Pillow. Class frequencies, cells per image and image sizes follow the **[computed]**
 statistics of METHOD.md §1.2-1.3.
@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from leukoflow import tables
 from leukoflow.constants import CLASSES
-from leukoflow.morphology import (
+from leukoflow.synthetic.morphology import (
     CHROMATIN_TEXTURES, CONFUSABLE, GRANULE_STYLES, IMAGE_ASPECT_JITTER, IMAGE_SIDES, LARGE_SIDES,
     MORPHOLOGY, OTHER_CLASS_IN_MULTI_CELL_IMAGE, SMEAR_STYLE, TEST_CELLS_PER_IMAGE,
     TRAIN_CELLS_PER_IMAGE, Morphology, SmearStyle,
@@ -1022,7 +1022,7 @@ def synthesize(out_dir: str | Path, *, n_images: int, test_fraction: float, seed
         progress: show a tqdm progress bar.
         near_duplicate_max_distance: largest pHash Hamming distance a near duplicate may have from its
             source; a variant that lands further away is replaced by a JPEG re-encode.
-        style: smear colours and drawing constants (see leukoflow.morphology.SmearStyle).
+        style: smear colours and drawing constants (see leukoflow.synthetic.morphology.SmearStyle).
 
     Returns:
         JSON-serialisable summary: counts of images, boxes, rows and defects, timing.

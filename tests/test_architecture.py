@@ -1,0 +1,93 @@
+"""The house plan holds: imports only go down the layers, no circles, modules stay readable."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from leukoflow.engine import architecture
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_MODULE_LINES = 500
+LONG_BY_DESIGN = "long by design:"
+
+
+def test_every_unit_is_in_a_layer():
+    for module in architecture.modules():
+        if module != "leukoflow":
+            architecture.layer_of(architecture.unit_of(module))
+
+
+def test_no_upward_import():
+    upward = []
+    for module, targets in architecture.import_graph().items():
+        if module == "leukoflow":
+            continue
+        here = architecture.layer_of(architecture.unit_of(module))
+        for target in targets:
+            there = architecture.layer_of(architecture.unit_of(target))
+            if there > here:
+                upward.append(f"{module} -> {target}")
+    assert not upward, "imports that go up the layers:\n" + "\n".join(upward)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_circle():
+    graph = {module: {t for t in targets if not t.endswith("__init__")} for module, targets in architecture.import_graph().items()}
+    # a package's __init__ re-exports its modules: an edge package -> own module is not a circle
+    for module in graph:
+        graph[module] = {t for t in graph[module] if not t.startswith(module + ".")}
+    cycle = _cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_cycle_finder_finds_a_circle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("module", sorted(architecture.modules()))
+def test_module_is_short_or_says_why(module):
+    path = architecture.modules()[module]
+    lines = path.read_text().splitlines()
+    if len(lines) > MAX_MODULE_LINES:
+        head = "\n".join(lines[:5]).lower()
+        assert LONG_BY_DESIGN in head, f"{path.relative_to(REPO)} has {len(lines)} lines (> {MAX_MODULE_LINES})"
+
+
+SCRIPT_SHAPE = ("from leukoflow.{stage} import {rule}", "from leukoflow.engine.runtime import run_rule", "run_rule(snakemake, {rule})")
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "workflow" / "scripts").glob("*.py")), ids=lambda p: p.name)
+def test_script_is_the_three_line_binding(script):
+    rule = script.stem
+    lines = [line for line in script.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert len(lines) == 3, f"{script.name}: {len(lines)} statements, the convention is three lines"
+    first = ast.parse(lines[0]).body[0]
+    assert isinstance(first, ast.ImportFrom) and first.module.startswith("leukoflow.")
+    assert [alias.name for alias in first.names] == [rule], f"{script.name} must import the entry {rule}"
+    assert lines[1] == SCRIPT_SHAPE[1]
+    assert lines[2] == SCRIPT_SHAPE[2].format(rule=rule)
