@@ -220,7 +220,7 @@ def test_changed_settings_start_over(dataset, tmp_path):
 
 def test_resolve_device():
     assert detection.resolve_device("cpu") == "cpu"
-    assert detection.resolve_device("auto") == ("0" if torch.cuda.is_available() else "cpu")
+    assert detection.resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- fitting and scoring

@@ -6,7 +6,6 @@ import os
 import re
 import sqlite3
 import subprocess
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -185,35 +184,21 @@ def test_relative_store_and_artifact_paths_are_resolved_against_the_working_dire
     assert server.uri == "http://127.0.0.1:5000" and server.artifact_location == "s3://b/x"
 
 
-def test_config_hash_ignores_key_order_and_sees_values():
-    assert tracking.config_hash({"a": 1, "b": {"c": 2}}) == tracking.config_hash({"b": {"c": 2}, "a": 1})
-    assert tracking.config_hash({"a": 1}) != tracking.config_hash({"a": 2})
-
-
-def test_data_version_reads_the_dvc_hash_of_a_folder_dataset(tmp_path):
-    images = tmp_path / "data" / "images"
-    images.mkdir(parents=True)
-    (images / "a.jpg").write_bytes(b"x")
-    config = {"data": {"source": "folder", "dir": str(tmp_path / "data"), "images_subdir": "images",
-                       "train_csv": "train.csv", "test_csv": "test.csv"}}
-    untracked = tracking.data_version(config)
-    assert untracked.startswith("manifest:")
-    (images / "b.jpg").write_bytes(b"y")
-    assert tracking.data_version(config) != untracked, "a new image changes the manifest"
-    (tmp_path / "data" / "images.dvc").write_text(textwrap.dedent("""\
-        outs:
-        - md5: 0123456789abcdef0123456789abcdef.dir
-          size: 2
-          nfiles: 2
-          path: images
-        """))
-    assert tracking.data_version(config) == "dvc:0123456789abcdef0123456789abcdef.dir"
-
-
 def test_metric_values_flatten_summaries_and_turn_lists_into_curves():
     values = tracking.metric_values({"a": 1, "b": {"c": 2.5}, "curve": [3, 2], "name": "x", "flag": False,
                                      "mixed": [1, "x"]})
     assert values == [("a", 1.0, 0), ("b.c", 2.5, 0), ("curve", 3.0, 0), ("curve", 2.0, 1), ("flag", 0.0, 0)]
+
+
+def test_metric_keys_are_cleaned_for_mlflow():
+    assert tracking.metric_values({"f1": {"PNN+LY": 0.5}}) == [("f1.PNN_LY", 0.5, 0)]
+
+
+def test_requested_targets_come_from_the_dag_settings():
+    workflow = SimpleNamespace(dag_settings=SimpleNamespace(targets={"results/b.json", "all"}))
+    assert tracking.requested_targets(workflow) == ["all", "results/b.json"]
+    assert tracking.requested_targets(SimpleNamespace(dag_settings=SimpleNamespace(targets=frozenset()))) == []
+    assert tracking.requested_targets(SimpleNamespace()) == []
 
 
 def test_lock_errors_are_retried_then_raised(tmp_path):
