@@ -102,6 +102,7 @@ def parallel_workflow(tmp_path_factory) -> tuple[Path, subprocess.CompletedProce
     return directory, _snakemake(directory, "--cores", "4")
 
 
+@pytest.mark.e2e
 def test_parallel_jobs_each_leave_one_finished_child_run(parallel_workflow):
     directory, result = parallel_workflow
     assert result.returncode == 0, result.stderr[-4000:]
@@ -120,6 +121,7 @@ def test_parallel_jobs_each_leave_one_finished_child_run(parallel_workflow):
     assert not (directory / tracking.PARENT_RUN_FILE).exists(), "the run-id file is removed at the end"
 
 
+@pytest.mark.e2e
 def test_child_runs_hold_params_curves_and_artifacts(parallel_workflow):
     directory, _ = parallel_workflow
     from mlflow.tracking import MlflowClient
@@ -136,6 +138,7 @@ def test_child_runs_hold_params_curves_and_artifacts(parallel_workflow):
     assert {"outputs/job_0.json", "outputs/job_0.csv", "logs/work_0.log"} <= artifacts
 
 
+@pytest.mark.e2e
 def test_a_failing_rule_leaves_its_run_and_the_parent_failed(parallel_workflow):
     directory, first = parallel_workflow
     assert first.returncode == 0
@@ -148,6 +151,7 @@ def test_a_failing_rule_leaves_its_run_and_the_parent_failed(parallel_workflow):
     assert parent["status"] == "FAILED"
 
 
+@pytest.mark.e2e
 def test_tiny_run_store_has_one_finished_run_per_job_and_a_parent(tiny_run):
     db = tiny_run / "results" / "mlflow.db"
     runs = _runs(db)
