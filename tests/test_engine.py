@@ -126,3 +126,14 @@ def test_bind_names_unknown_and_missing_arguments():
         runtime.bind(_job(input={"table": "t", "extra": "x"}), entry)
     with pytest.raises(runtime.RuleBindingError, match="named in both input and output"):
         runtime.bind(_job(input={"table": "t"}, output={"table": "u"}), entry)
+
+
+def test_the_engine_and_the_report_import_without_mlflow_or_torch():
+    """Only tracked jobs pay for MLflow; a report or data job never imports it (nor torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, leukoflow.engine.runtime, leukoflow.engine.tracking, leukoflow.report; "
+            "print(sorted(m for m in ('mlflow', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -222,6 +222,7 @@ def test_lock_errors_are_retried_then_raised(tmp_path):
         tracking.with_lock_retries(lambda: (_ for _ in ()).throw(ValueError("other")), settings, "t")
 
 
+@pytest.mark.slow
 def test_a_bundle_is_logged_as_a_model(tmp_path):
     settings = tracking.settings_from_config(_tracking_config(), tmp_path)
     client, experiment_id = tracking.open_store(settings)
