@@ -199,9 +199,10 @@ def test_metric_keys_are_cleaned_for_mlflow():
 
 
 def test_requested_targets_come_from_the_dag_settings():
-    workflow = SimpleNamespace(dag_settings=SimpleNamespace(targets={"results/b.json", "all"}))
+    workflow = SimpleNamespace(dag_settings=SimpleNamespace(targets={"results/b.json", "all"}), default_target="all")
     assert tracking.requested_targets(workflow) == ["all", "results/b.json"]
-    assert tracking.requested_targets(SimpleNamespace(dag_settings=SimpleNamespace(targets=frozenset()))) == []
+    default = SimpleNamespace(dag_settings=SimpleNamespace(targets=frozenset()), default_target="all")
+    assert tracking.requested_targets(default) == ["all"]
     assert tracking.requested_targets(SimpleNamespace()) == []
 
 

@@ -189,13 +189,15 @@ def _experiment_id(client: Any, settings: TrackingSettings) -> str:
 # ----------------------------------------------------------------------------- parent run
 
 def requested_targets(workflow: Any) -> list[str]:
-    """The targets named on the command line (empty: the default target), for the parent run's tags.
+    """The targets named on the command line, else the workflow's default target, for the parent run's tags.
 
-    Read from `workflow.dag_settings` (Snakemake's DAGSettings of its settings API), not from the
-    DAG's internals.
+    Read from `workflow.dag_settings` (Snakemake's DAGSettings of its settings API) and
+    `workflow.default_target`, not from the DAG's internals.
     """
     settings = getattr(workflow, "dag_settings", None)
-    return sorted(str(target) for target in getattr(settings, "targets", ()) or ())
+    named = sorted(str(target) for target in getattr(settings, "targets", ()) or ())
+    default = getattr(workflow, "default_target", None)
+    return named or ([str(default)] if default else [])
 
 
 def on_start(config: Mapping[str, Any], workdir: str | Path | None = None, *, targets: list[str] | None = None) -> str | None:
