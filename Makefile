@@ -11,7 +11,7 @@ ENV_STAMP := $(VENV)/.lock-$(LOCK_HASH)
 PKG_STAMP := $(VENV)/.pkg-$(PKG_HASH)
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint format-check docs rulegraph mlflow-ui clean-results
+.PHONY: setup run test test-fast lint format-check docs rulegraph mlflow-ui clean-results
 
 setup: $(PKG_STAMP)
 
@@ -30,8 +30,13 @@ $(PKG_STAMP): $(ENV_STAMP)
 run: setup
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html --report-after-run
 
+# `make test` is the whole suite (CI); `make test-fast` the unit tier: no snakemake run, no
+# training beyond a few steps (markers e2e and slow, see tests/conftest.py), under 2 minutes.
 test: setup
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not e2e and not slow"
 
 lint: setup
 	$(BIN)/snakemake --lint

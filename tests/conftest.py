@@ -1,4 +1,9 @@
-"""Shared test helpers: repository paths, the read-only reference folder, the tiny workflow run."""
+"""Shared test helpers: repository paths, the read-only reference folder, the tiny workflow run.
+
+Test tiers: `make test` runs everything (CI); `make test-fast` (UNIT_TIER) leaves out the tests
+marked `e2e` (they run snakemake) and `slow` (training/prediction beyond a few steps). A test that
+uses the shared `tiny_run` fixture is marked `e2e` here, so it cannot slip into the unit tier.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,14 @@ def shared_path(*parts: str) -> Path:
 
 
 NO_TRACKING_CONFIG = REPO / "tests" / "configs" / "notrack.yaml"
+UNIT_TIER = "not e2e and not slow"  # `make test-fast`
+E2E_FIXTURES = ("tiny_run",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in E2E_FIXTURES):
+            item.add_marker(pytest.mark.e2e)
 
 
 def run_workflow(workdir: Path, *extra: str, configfile: Path = TINY_CONFIG, cores: int = 2,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,43 @@ def test_script_is_the_three_line_binding(script):
     assert [alias.name for alias in first.names] == [rule], f"{script.name} must import the entry {rule}"
     assert lines[1] == SCRIPT_SHAPE[1]
     assert lines[2] == SCRIPT_SHAPE[2].format(rule=rule)
+
+
+# ----------------------------------------------------------------------------- rule -> entry -> results (docs/architecture.md)
+
+def test_every_rule_is_on_the_architecture_page_with_its_results():
+    links = architecture.rule_links()
+    defined = {m.group(1) for path in (REPO / "workflow" / "rules").glob("*.smk")
+               for m in re.finditer(r"^\s*rule (\w+):", path.read_text(), flags=re.M)}
+    assert {link.rule for link in links} == defined
+    page = architecture.architecture_page()
+    for link in links:
+        assert f"| `{link.rule}` |" in page
+        assert link.outputs, f"rule {link.rule}: no output read from its rule file"
+    metrics = next(link for link in links if link.rule == "collect_metrics")
+    assert metrics.entry == "leukoflow.report.collect_metrics" and metrics.outputs == ("metrics: results/metrics.json",)
+
+
+def test_a_converted_entry_is_exposed_by_its_stage_package():
+    import importlib
+    import inspect
+
+    for link in architecture.rule_links():
+        if not link.entry.startswith("leukoflow."):
+            continue
+        package, _, rule = link.entry.rpartition(".")
+        entry = getattr(importlib.import_module(package), rule, None)
+        assert callable(entry), f"{package} does not expose the entry {rule} (add it to its __init__)"
+        parameters = inspect.signature(entry).parameters.values()
+        assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in parameters), f"{link.entry} takes positional arguments"
+
+
+def test_entry_of_script_tells_the_convention_from_older_shapes(tmp_path):
+    good = tmp_path / "make_folds.py"
+    good.write_text("from leukoflow.curation import make_folds\nfrom leukoflow.engine.runtime import run_rule\n"
+                    "run_rule(snakemake, make_folds)\n")
+    assert architecture.entry_of_script(good) == "leukoflow.curation.make_folds"
+    old = tmp_path / "deduplicate.py"
+    old.write_text("from leukoflow.curation import duplicates\nfrom leukoflow.engine.runtime import run_rule\n\n\n"
+                   "def run(smk):\n    return duplicates.run(**smk.input)\n\n\nrun_rule(snakemake, run)\n")
+    assert architecture.entry_of_script(old) == architecture.NOT_CONVERTED

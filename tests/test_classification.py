@@ -206,6 +206,7 @@ def test_augmentation_is_seeded_and_can_be_turned_off():
 
 # ----------------------------------------------------------------------------- training
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_learns_the_colours(tmp_path, dataset):
     spec = _spec(epochs=4, mix_prob=0.0, augment_strength=0.0)
     arrays, train, valid = _fold_data(dataset, spec)
@@ -216,6 +217,7 @@ def test_training_lowers_the_loss_and_learns_the_colours(tmp_path, dataset):
     assert (tmp_path / cls.BEST_FILE).exists() and (tmp_path / cls.STATE_FILE).exists()
 
 
+@pytest.mark.slow
 def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
     spec = _spec(epochs=1)
     schema = tables.logits_schema(len(CLASSES))
@@ -246,6 +248,7 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
     assert set(evaluation["fold_macro_f1"]) == set(range(N_FOLDS)) and evaluation["per_class_f1"]["PNN"]["support"] == 12
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, dataset):
     spec = _spec(epochs=3)
     arrays, train, valid = _fold_data(dataset, spec, fold=1)
@@ -268,6 +271,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, dataset):
     assert len(resumed["train_losses"]) == 3
 
 
+@pytest.mark.slow
 def test_two_runs_give_identical_logits_on_cpu(tmp_path, dataset):
     spec = _spec(epochs=1)
     arrays, train, valid = _fold_data(dataset, spec, fold=2)

@@ -7,10 +7,11 @@ import jsonschema
 import pytest
 import yaml
 
-from leukoflow.engine.config import gpu_token, job_request
+from leukoflow.engine.config import ConfigError, gpu_token, job_request, validate_config
 from tests.conftest import REPO, run_workflow
 
-SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+SCHEMA_PATH = REPO / "config" / "schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
@@ -45,18 +46,31 @@ def test_every_object_is_closed_and_every_key_described():
             assert child.get("description"), f"{path}.{key} has no description"
 
 
-@pytest.mark.parametrize(
-    ("override", "named"),
-    [
-        ({"folds": {"n_fold": 4}}, "n_fold"),
-        ({"dedup": {"max_distance": 99}}, "max_distance"),
-        ({"dedup": {"conflict_policy": "merge"}}, "conflict_policy"),
-        ({"data": {"source": "s3"}}, "source"),
-        ({"resources": {"rules": {"train_detektor": {"mem_mb": 1000, "runtime": 10}}}}, "train_detektor"),
-        ({"resources": {"retry_scale": 0.5}}, "resources.retry_scale"),
-    ],
-)
-def test_workflow_refuses_a_bad_config_naming_the_key(tmp_path: Path, override, named):
+BAD_OVERRIDES = [
+    ({"folds": {"n_fold": 4}}, "n_fold"),
+    ({"dedup": {"max_distance": 99}}, "max_distance"),
+    ({"dedup": {"conflict_policy": "merge"}}, "conflict_policy"),
+    ({"data": {"source": "s3"}}, "source"),
+    ({"resources": {"rules": {"train_detektor": {"mem_mb": 1000, "runtime": 10}}}}, "train_detektor"),
+    ({"resources": {"retry_scale": 0.5}}, "resources.retry_scale"),
+]
+
+
+@pytest.mark.parametrize(("override", "named"), BAD_OVERRIDES)
+def test_a_bad_config_is_refused_naming_the_key(override, named):
+    with pytest.raises(ConfigError, match="invalid configuration") as refused:
+        validate_config(_deep_merge(DEFAULT, override), SCHEMA_PATH)
+    assert named in str(refused.value)
+
+
+def test_the_default_config_passes_validation():
+    validate_config(DEFAULT, SCHEMA_PATH)
+
+
+@pytest.mark.e2e
+def test_workflow_stops_before_any_job_on_a_bad_config(tmp_path: Path):
+    """One `snakemake -n` case: the Snakefile validates the merged config (the rest test the function)."""
+    override, named = BAD_OVERRIDES[0]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(override))
     result = run_workflow(tmp_path, "-n", configfile=bad, check=False)
@@ -100,6 +114,7 @@ def test_resource_entries_name_real_rules():
         assert set(listed) <= rule_names, name
 
 
+@pytest.mark.e2e
 def test_two_gpu_detector_training_asks_the_scheduler_for_two_gpus(tmp_path: Path):
     overlay = tmp_path / "two_gpus.yaml"
     overlay.write_text(yaml.safe_dump({"detectors": {"det1": {"device": "0,1"}},

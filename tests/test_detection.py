@@ -173,6 +173,7 @@ def test_dataset_without_training_images_is_an_error(smears, tmp_path):
 # ----------------------------------------------------------------------------- training, resume, prediction
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_epoch_with_identical_weights(dataset, tmp_path, smears):
     full = train(dataset, tmp_path / "full")
     assert full["run"] == "fresh" and full["epochs"] == 2
@@ -211,6 +212,7 @@ train(Path({str(dataset)!r}), Path({str(tmp_path / "killed")!r}))
     assert set(predicted["name"]) <= set(paths) and list(predicted.columns) == detection.DETECTION_COLUMNS
 
 
+@pytest.mark.slow
 def test_changed_settings_start_over(dataset, tmp_path):
     first = train(dataset, tmp_path / "run", epochs=1)
     again = train(dataset, tmp_path / "run", epochs=1, lr0=0.02)
@@ -220,7 +222,7 @@ def test_changed_settings_start_over(dataset, tmp_path):
 
 def test_resolve_device():
     assert detection.resolve_device("cpu") == "cpu"
-    assert detection.resolve_device("auto") == ("0" if torch.cuda.is_available() else "cpu")
+    assert detection.resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- fitting and scoring

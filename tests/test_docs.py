@@ -8,6 +8,8 @@ import yaml
 from leukoflow.engine import docs
 
 from leukoflow import tables
+import pytest
+
 from tests.conftest import REPO, SNAKEMAKE
 
 
@@ -88,6 +90,7 @@ def test_documented_summary_keys_are_parsed_per_file():
 
 # ----------------------------------------------------------------------------- rule graph
 
+@pytest.mark.e2e
 def test_rulegraph_image_shows_exactly_the_workflow_rules():
     """docs/rulegraph.svg (`make rulegraph`, needs graphviz) is compared with `snakemake --rulegraph`
     (no graphviz needed): a rule added or removed without re-rendering the image fails here."""

@@ -47,3 +47,13 @@ def test_run_renders_the_report_after_the_workflow(tmp_path):
                               check=True).stdout
     run_line = next(line for line in commands.splitlines() if "snakemake --cores" in line)
     assert "--report results/report.html --report-after-run" in run_line
+
+
+def test_fast_tier_leaves_out_the_e2e_and_slow_markers(tmp_path):
+    from tests.conftest import UNIT_TIER
+
+    commands = subprocess.run(["make", "-n", "test-fast"], cwd=_project_copy(tmp_path), capture_output=True, text=True,
+                              check=True).stdout
+    assert f'-m pytest -m "{UNIT_TIER}"' in commands
+    full = subprocess.run(["make", "-n", "test"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert "-m pytest" in full and " -m \"" not in full.split("-m pytest", 1)[1]  # CI runs every tier

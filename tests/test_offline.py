@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import REPO
 
 TRAIN_WITHOUT_NETWORK = textwrap.dedent(
@@ -49,6 +51,7 @@ TRAIN_WITHOUT_NETWORK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_detector_training_step_runs_with_the_network_unreachable(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(TRAIN_WITHOUT_NETWORK)

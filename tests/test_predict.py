@@ -169,6 +169,7 @@ def test_bundle_lists_every_file_in_its_manifest_and_refuses_a_changed_one(world
         bundle_lib.load_bundle(copy)
 
 
+@pytest.mark.slow
 def test_predict_in_a_fresh_process_reproduces_the_workflow(world, tmp_path):
     test_images = world["smear"]["images"].query("split == 'test'")
     chosen = test_images["path"].tolist()[1:]  # 3 of the 4 test images, one with two cells

@@ -1,4 +1,4 @@
-"""The Snakemake report: leukoflow.report.figures on small frames, the tiny run's report, and one headless render."""
+"""The Snakemake report: the leukoflow.report items on small frames, the tiny run's report, and one headless render."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageStat
 
-from leukoflow.report import figures as report
+from leukoflow.report import dataset, models, pages, run_tables
 
 from leukoflow import tables
 from leukoflow.constants import CLASSES
@@ -29,7 +29,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def test_class_distribution_skips_quarantined_rows_and_keeps_class_order():
     boxes = pd.DataFrame({"label": ["LY", "PNN", "LY", "XX"], "status": ["ok", "repaired", "ok", "quarantined"]})
-    counts = report.class_distribution(boxes)
+    counts = dataset.class_distribution(boxes)
     assert list(counts.index) == list(CLASSES)
     assert counts["LY"] == 2 and counts["PNN"] == 1 and counts.sum() == 3
 
@@ -43,7 +43,7 @@ def test_class_distribution_skips_quarantined_rows_and_keeps_class_order():
     ],
 )
 def test_cells_per_image(names, expected):
-    assert report.cells_per_image(pd.Series(names, dtype=str)).to_dict() == expected
+    assert dataset.cells_per_image(pd.Series(names, dtype=str)).to_dict() == expected
 
 
 def _ledger(rows: list[tuple]) -> pd.DataFrame:
@@ -56,7 +56,7 @@ def test_ledger_summary_counts_entries_and_images_per_reason_in_stage_order():
                       ("ingest", "train.csv", 2, "a.jpg", "NAME", "quarantined", "image_unreadable", ""),
                       ("ingest", "train.csv", 3, "b.jpg", "x1", "repaired", "box_clipped", "")])
     curation = _ledger([("deduplicate", "images", -1, "c.jpg", "phash", "removed", "exact_duplicate", "")])
-    summary = report.ledger_summary([ingest, curation])
+    summary = dataset.ledger_summary([ingest, curation])
     assert list(summary["stage"]) == ["ingest", "ingest", "deduplicate"]
     first = summary.iloc[0]
     assert (first["reason"], first["entries"], first["images"]) == ("image_unreadable", 2, 1)
@@ -64,7 +64,7 @@ def test_ledger_summary_counts_entries_and_images_per_reason_in_stage_order():
 
 
 def test_ledger_summary_of_empty_ledgers_is_an_empty_table():
-    summary = report.ledger_summary([tables.empty_frame(tables.LEDGER)])
+    summary = dataset.ledger_summary([tables.empty_frame(tables.LEDGER)])
     assert summary.empty and {"stage", "reason", "entries", "images"} <= set(summary.columns)
 
 
@@ -83,27 +83,27 @@ def _groups() -> pd.DataFrame:
 
 def test_duplicate_examples_are_seeded_capped_and_show_every_kind():
     groups = _groups()
-    first = report.duplicate_examples(groups, n_groups=3, seed=7)
-    assert first.equals(report.duplicate_examples(groups, n_groups=3, seed=7))
+    first = dataset.duplicate_examples(groups, n_groups=3, seed=7)
+    assert first.equals(dataset.duplicate_examples(groups, n_groups=3, seed=7))
     chosen = first.groupby("group_id").first()
     assert len(chosen) == 3
     assert {"exact", "near"} <= set(chosen["kind"])
     assert (first["split"] == "test").any()  # the train/test group is shown
-    assert len(report.duplicate_examples(groups, n_groups=50, seed=7)) == len(groups)
+    assert len(dataset.duplicate_examples(groups, n_groups=50, seed=7)) == len(groups)
 
 
 def test_duplicate_examples_of_no_groups_is_empty():
-    assert report.duplicate_examples(_groups().iloc[:0], n_groups=5, seed=0).empty
+    assert dataset.duplicate_examples(_groups().iloc[:0], n_groups=5, seed=0).empty
 
 
 def test_duplicate_montage_draws_missing_files_as_grey_tiles(tmp_path):
     image = tmp_path / "g0a.jpg"
     Image.new("RGB", (120, 90), (200, 30, 30)).save(image)
-    examples = report.duplicate_examples(_groups(), n_groups=2, seed=0)
+    examples = dataset.duplicate_examples(_groups(), n_groups=2, seed=0)
     target = tmp_path / "montage.png"
-    report.plot_duplicate_examples(examples, {"g0a.jpg": str(image)}, target, tile_px=48)
+    dataset.draw_duplicate_examples(examples, {"g0a.jpg": str(image)}, target, tile_px=48)
     assert target.read_bytes().startswith(PNG_SIGNATURE)
-    report.plot_duplicate_examples(examples.iloc[:0], {}, tmp_path / "none.png", tile_px=48)
+    dataset.draw_duplicate_examples(examples.iloc[:0], {}, tmp_path / "none.png", tile_px=48)
     assert (tmp_path / "none.png").exists()
 
 
@@ -123,10 +123,10 @@ def _boxes_and_oof(shift: float) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_oof_giou_is_one_for_exact_boxes_and_carries_the_fold():
     boxes, oof = _boxes_and_oof(0.0)
-    gious = report.oof_giou(oof, boxes)
+    gious = models.oof_giou(oof, boxes)
     assert np.allclose(gious["giou"], 1.0)
     assert sorted(gious["fold"]) == [0, 0, 1]
-    shifted = report.oof_giou(*reversed(_boxes_and_oof(5.0)))
+    shifted = models.oof_giou(*reversed(_boxes_and_oof(5.0)))
     assert (shifted["giou"] < 1.0).all() and (shifted["giou"] > 0.0).all()
 
 
@@ -135,11 +135,11 @@ def test_detector_folds_and_figure(tmp_path):
                                              "train_seconds": 3.0},
                                        "0": {"map50": 0.4, "map50_95": 0.1, "mean_rescaled_giou": 0.7,
                                              "train_seconds": 2.0}}}}
-    folds = report.detector_folds(summaries)
+    folds = models.detector_folds(summaries)
     assert list(folds["fold"]) == [0, 1] and list(folds["map50"]) == [0.4, 0.5]
     boxes, oof = _boxes_and_oof(2.0)
     target = tmp_path / "detector.png"
-    report.plot_detector_oof({"det1": report.oof_giou(oof, boxes)}, folds, target, bins=10)
+    models.draw_detector_oof({"det1": models.oof_giou(oof, boxes)}, folds, target, bins=10)
     assert target.read_bytes().startswith(PNG_SIGNATURE)
 
 
@@ -149,10 +149,10 @@ def test_per_class_f1_long_table_and_figure(tmp_path):
     summary = {"models": {"mc": {"per_class_f1": {"PNN": {"f1": 0.5, "support": 4}, "LY": {"f1": 1.0, "support": 2}}},
                           "ml": {"per_class_f1": {"PNN": {"f1": 0.25, "support": 4},
                                                   "Background": {"f1": 0.0, "support": 0}}}}}
-    frame = report.per_class_f1(summary)
+    frame = models.per_class_f1(summary)
     assert len(frame) == 4 and set(frame["model"]) == {"mc", "ml"}
     assert frame.set_index(["model", "class"]).loc[("mc", "LY"), "f1"] == 1.0
-    report.plot_per_class_f1(frame, tmp_path / "f1.png")
+    models.draw_per_class_f1(frame, tmp_path / "f1.png")
     assert (tmp_path / "f1.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
@@ -161,7 +161,7 @@ def test_ensemble_tables_list_weights_alpha_and_scheme_scores():
                "winner_weights": {"weights": {"mc_a": 0.5, "mc_b": 0.5}, "alpha": 0.457},
                "best_oof": 0.61, "equal_weights_oof": 0.6, "winner_scheme_oof": 0.59, "best_single_model": "mc_a",
                "best_single_model_oof": 0.58, "nested_estimate": None, "objective": "metric", "n_trials": 10}
-    sections = report.ensemble_tables({"scheme": "best", "study": "ensemble-abc"}, summary)
+    sections = models.ensemble_tables({"scheme": "best", "study": "ensemble-abc"}, summary)
     weights = sections["weights"].set_index("model")
     assert weights.loc["mc_a", "searched"] == 0.7 and weights.loc["mc_b", "winner scheme"] == 0.5
     assert weights.iloc[-1]["searched"] == 0.4  # alpha
@@ -172,7 +172,7 @@ def test_ensemble_tables_list_weights_alpha_and_scheme_scores():
 def test_final_scores_put_the_official_score_first():
     metrics = {"classification": {"oof_macro_f1": {"mc": 0.3, "ml": 0.2}}, "curation": {"dedup_recall": 1.0,
                "flag": True}, "ingest": {"rows_in": 10}, "macro_f1": 0.4, "mean_rescaled_giou": 0.9, "score": 0.5}
-    sections = report.final_scores(metrics)
+    sections = run_tables.final_scores(metrics)
     headline = sections["official score of the submission"]
     assert list(headline["figure"]) == ["score", "mean_rescaled_giou", "macro_f1"]
     stages = sections["headline figures per stage"]
@@ -184,22 +184,22 @@ def test_final_scores_put_the_official_score_first():
 # ----------------------------------------------------------------------------- software and runtimes
 
 def test_package_versions_report_missing_packages():
-    versions = report.package_versions(["pandas", "no-such-package-xyz"]).set_index("package")["version"]
+    versions = run_tables.package_versions(["pandas", "no-such-package-xyz"]).set_index("package")["version"]
     assert versions["pandas"] == pd.__version__
     assert versions["no-such-package-xyz"] == "not installed"
 
 
 def test_git_commit_outside_a_checkout_is_unknown(tmp_path):
-    assert report.git_commit(tmp_path) == report.UNKNOWN
-    inside = report.git_commit(REPO)
-    assert inside == report.UNKNOWN or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", inside)
+    assert run_tables.git_commit(tmp_path) == run_tables.UNKNOWN
+    inside = run_tables.git_commit(REPO)
+    assert inside == run_tables.UNKNOWN or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", inside)
 
 
 def test_software_tables_name_python_torch_cuda_and_the_commit(tmp_path):
-    sections = report.software_tables(["numpy"], repository=tmp_path)
+    sections = run_tables.software_tables(["numpy"], repository=tmp_path)
     environment = sections["environment"].set_index("component")["version"]
     assert {"python", "torch", "torch CUDA build", "git commit"} <= set(environment.index)
-    assert environment["git commit"] == report.UNKNOWN
+    assert environment["git commit"] == run_tables.UNKNOWN
     assert sections["python packages"]["version"].iloc[0] == np.__version__
 
 
@@ -216,7 +216,7 @@ def test_runtime_tables_per_rule_and_per_job(tmp_path):
     root = tmp_path / "benchmarks"
     paths = [_benchmark(root / "ingest.tsv", 4.0), _benchmark(root / "train_detector/det1/fold0.tsv", 10.0),
              _benchmark(root / "train_detector/det1/fold1.tsv", 12.0, rss="-")]
-    sections = report.runtime_tables(paths, root)
+    sections = run_tables.runtime_tables(paths, root)
     per_rule = sections["per rule"].set_index("rule")
     assert list(per_rule.index) == ["train_detector", "ingest", "all benchmarked jobs"]
     assert per_rule.loc["train_detector", "jobs"] == 2 and per_rule.loc["train_detector", "total_seconds"] == 22.0
@@ -227,12 +227,12 @@ def test_runtime_tables_per_rule_and_per_job(tmp_path):
 
 
 def test_runtime_tables_without_benchmarks():
-    sections = report.runtime_tables([])
+    sections = run_tables.runtime_tables([])
     assert sections["per job"].empty and sections["per rule"]["jobs"].iloc[-1] == 0
 
 
 def test_html_tables_escape_text_and_mark_numbers():
-    page = report.html_tables({"a <b>": pd.DataFrame({"name": ["<x>"], "value": [0.25]}), "empty": pd.DataFrame()},
+    page = pages.html_tables({"a <b>": pd.DataFrame({"name": ["<x>"], "value": [0.25]}), "empty": pd.DataFrame()},
                               "T & T")
     assert "<title>T &amp; T</title>" in page and "&lt;x&gt;" in page and "<x>" not in page
     assert '<td class="num">0.25</td>' in page and "<em>none</em>" in page
@@ -243,7 +243,7 @@ def test_dataset_overview_figure(tmp_path):
                            "height": [90, 100, 95, 0]})
     boxes = pd.DataFrame({"name": ["a", "a", "b"], "label": ["LY", "PNN", "LY"], "status": ["ok", "ok", "ok"]})
     test = pd.DataFrame({"name": ["c", "c"], "status": ["ok", "ok"]})
-    report.plot_dataset_overview(images, boxes, test, tmp_path / "overview.png")
+    dataset.draw_dataset_overview(images, boxes, test, tmp_path / "overview.png")
     with Image.open(tmp_path / "overview.png") as image:
         assert image.width > 800 and ImageStat.Stat(image.convert("L")).stddev[0] > 5
 
@@ -431,3 +431,73 @@ def _visible_text(page: str) -> str:
     parser = _TextParser()
     parser.feed(page)
     return " ".join(" ".join(parser.parts).split())
+
+
+# ----------------------------------------------------------------------------- rule entries (called as functions)
+
+def test_collect_metrics_writes_the_headline_of_each_stage(tmp_path):
+    from leukoflow.engine.runtime import read_json, write_json
+    from leukoflow.report import collect_metrics
+
+    write_json(tmp_path / "ingest.json", {"rows_in": 10, "rows_kept": 9, "seconds": 1.0})
+    write_json(tmp_path / "submission.json", {"rows": 5, "score": 0.5, "macro_f1": 0.4})
+    target = tmp_path / "metrics.json"
+    returned = collect_metrics(ingest=str(tmp_path / "ingest.json"), submission=str(tmp_path / "submission.json"),
+                               metrics=str(target))
+    assert read_json(target) == returned == {"ingest": {"rows_in": 10, "rows_kept": 9},
+                                             "submission": {"rows": 5, "score": 0.5, "macro_f1": 0.4},
+                                             "score": 0.5, "macro_f1": 0.4}
+    with pytest.raises(ValueError, match="name no stage"):
+        collect_metrics(ingestion=str(tmp_path / "ingest.json"), metrics=str(target))
+
+
+def test_tabulate_runtimes_and_scores_entries_write_pages(tmp_path, monkeypatch):
+    from leukoflow.report import tabulate_runtimes, tabulate_scores
+
+    monkeypatch.chdir(tmp_path)
+    paths = [str(_benchmark(Path("benchmarks") / "ingest.tsv", 3.0))]
+    assert tabulate_runtimes(benchmarks=paths, table="runtimes.html") == {"benchmarked_jobs": 1}
+    assert "<td>ingest</td>" in Path("runtimes.html").read_text()
+    Path("metrics.json").write_text(json.dumps({"score": 0.25, "ingest": {"rows_in": 3}}))
+    assert tabulate_scores(metrics="metrics.json", table="scores.html") == {}
+    assert "rows_in" in Path("scores.html").read_text()
+
+
+def test_tabulate_software_entry_reads_the_commit_beside_the_lock(tmp_path):
+    from leukoflow.report import tabulate_software
+
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("pandas==2\n")
+    tabulate_software(run_metrics="unused.json", lock=str(lock), table=str(tmp_path / "software.html"),
+                      packages=["pandas", "no-such-package-xyz"])
+    page = (tmp_path / "software.html").read_text()
+    assert "not installed" in page and run_tables.UNKNOWN in page  # tmp_path is no git checkout
+
+
+def test_report_entries_from_stage_tables(tmp_path):
+    from leukoflow.report import plot_detector_oof, plot_per_class_f1, tabulate_ensemble_weights, tabulate_ledger
+
+    boxes, oof = _boxes_and_oof(1.0)
+    tables.write_table(boxes, tmp_path / "boxes.parquet", tables.CURATED_BOXES)
+    tables.write_table(oof, tmp_path / "oof.parquet", tables.OOF_BOXES)
+    (tmp_path / "fit.json").write_text(json.dumps({"per_fold": {"0": {"map50": 0.5, "map50_95": 0.2}}}))
+    summary = plot_detector_oof(oof=[str(tmp_path / "oof.parquet")], summaries=[str(tmp_path / "fit.json")],
+                                boxes=str(tmp_path / "boxes.parquet"), plot=str(tmp_path / "det.png"),
+                                table=str(tmp_path / "det.html"), detectors=["det1"], bins=8)
+    assert 0 < summary["det1_mean_giou"] < 1 and (tmp_path / "det.png").read_bytes().startswith(PNG_SIGNATURE)
+    with pytest.raises(ValueError, match="2 detectors"):
+        plot_detector_oof(oof=[str(tmp_path / "oof.parquet")], summaries=[str(tmp_path / "fit.json")],
+                          boxes=str(tmp_path / "boxes.parquet"), plot="x.png", table="x.html",
+                          detectors=["det1", "det2"], bins=8)
+    (tmp_path / "cls.json").write_text(json.dumps({"models": {"mc": {"per_class_f1": {"LY": {"f1": 1, "support": 2}}}}}))
+    assert plot_per_class_f1(classification_summary=str(tmp_path / "cls.json"), plot=str(tmp_path / "f1.png")) == {
+        "models": 1}
+    (tmp_path / "w.json").write_text(json.dumps({"scheme": "best"}))
+    (tmp_path / "e.json").write_text(json.dumps({"weights": {"weights": {"mc": 1.0}, "alpha": 0.5}, "best_oof": 0.5}))
+    tabulate_ensemble_weights(weights=str(tmp_path / "w.json"), ensemble_summary=str(tmp_path / "e.json"),
+                              table=str(tmp_path / "e.html"))
+    assert "alpha" in (tmp_path / "e.html").read_text()
+    ledger = _ledger([("ingest", "train.csv", 1, "a.jpg", "NAME", "quarantined", "image_unreadable", "")])
+    tables.write_table(ledger, tmp_path / "ledger.csv", tables.LEDGER)
+    assert tabulate_ledger(ledgers=[str(tmp_path / "ledger.csv")], table=str(tmp_path / "l.html")) == {
+        "ledger_entries": 1}

@@ -99,6 +99,7 @@ def test_reproduce_a_doi_end_to_end(release_repo, zenodo, tmp_path):
     assert "steps (100%) done" in (workdir / "workflow.log").read_text(), "--forceall re-ran every job"
 
 
+@pytest.mark.slow
 def test_a_tag_that_does_not_exist_exits_2(release_repo, tmp_path):
     result = _leukoflow("reproduce", "v9.9.9", "--repo", str(release_repo.project), "--workdir", str(tmp_path / "w"),
                         cwd=tmp_path)

@@ -130,6 +130,7 @@ def test_multi_class_images_exist_but_are_rare():
 
 
 # ---------------------------------------------------------------------------- determinism
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_files_for_any_worker_count(tmp_path):
     runs = {}
     for workers in (1, 2):

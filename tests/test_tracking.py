@@ -6,7 +6,6 @@ import os
 import re
 import sqlite3
 import subprocess
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -103,6 +102,7 @@ def parallel_workflow(tmp_path_factory) -> tuple[Path, subprocess.CompletedProce
     return directory, _snakemake(directory, "--cores", "4")
 
 
+@pytest.mark.e2e
 def test_parallel_jobs_each_leave_one_finished_child_run(parallel_workflow):
     directory, result = parallel_workflow
     assert result.returncode == 0, result.stderr[-4000:]
@@ -121,6 +121,7 @@ def test_parallel_jobs_each_leave_one_finished_child_run(parallel_workflow):
     assert not (directory / tracking.PARENT_RUN_FILE).exists(), "the run-id file is removed at the end"
 
 
+@pytest.mark.e2e
 def test_child_runs_hold_params_curves_and_artifacts(parallel_workflow):
     directory, _ = parallel_workflow
     from mlflow.tracking import MlflowClient
@@ -137,6 +138,7 @@ def test_child_runs_hold_params_curves_and_artifacts(parallel_workflow):
     assert {"outputs/job_0.json", "outputs/job_0.csv", "logs/work_0.log"} <= artifacts
 
 
+@pytest.mark.e2e
 def test_a_failing_rule_leaves_its_run_and_the_parent_failed(parallel_workflow):
     directory, first = parallel_workflow
     assert first.returncode == 0
@@ -149,6 +151,7 @@ def test_a_failing_rule_leaves_its_run_and_the_parent_failed(parallel_workflow):
     assert parent["status"] == "FAILED"
 
 
+@pytest.mark.e2e
 def test_tiny_run_store_has_one_finished_run_per_job_and_a_parent(tiny_run):
     db = tiny_run / "results" / "mlflow.db"
     runs = _runs(db)
@@ -185,35 +188,22 @@ def test_relative_store_and_artifact_paths_are_resolved_against_the_working_dire
     assert server.uri == "http://127.0.0.1:5000" and server.artifact_location == "s3://b/x"
 
 
-def test_config_hash_ignores_key_order_and_sees_values():
-    assert tracking.config_hash({"a": 1, "b": {"c": 2}}) == tracking.config_hash({"b": {"c": 2}, "a": 1})
-    assert tracking.config_hash({"a": 1}) != tracking.config_hash({"a": 2})
-
-
-def test_data_version_reads_the_dvc_hash_of_a_folder_dataset(tmp_path):
-    images = tmp_path / "data" / "images"
-    images.mkdir(parents=True)
-    (images / "a.jpg").write_bytes(b"x")
-    config = {"data": {"source": "folder", "dir": str(tmp_path / "data"), "images_subdir": "images",
-                       "train_csv": "train.csv", "test_csv": "test.csv"}}
-    untracked = tracking.data_version(config)
-    assert untracked.startswith("manifest:")
-    (images / "b.jpg").write_bytes(b"y")
-    assert tracking.data_version(config) != untracked, "a new image changes the manifest"
-    (tmp_path / "data" / "images.dvc").write_text(textwrap.dedent("""\
-        outs:
-        - md5: 0123456789abcdef0123456789abcdef.dir
-          size: 2
-          nfiles: 2
-          path: images
-        """))
-    assert tracking.data_version(config) == "dvc:0123456789abcdef0123456789abcdef.dir"
-
-
 def test_metric_values_flatten_summaries_and_turn_lists_into_curves():
     values = tracking.metric_values({"a": 1, "b": {"c": 2.5}, "curve": [3, 2], "name": "x", "flag": False,
                                      "mixed": [1, "x"]})
     assert values == [("a", 1.0, 0), ("b.c", 2.5, 0), ("curve", 3.0, 0), ("curve", 2.0, 1), ("flag", 0.0, 0)]
+
+
+def test_metric_keys_are_cleaned_for_mlflow():
+    assert tracking.metric_values({"f1": {"PNN+LY": 0.5}}) == [("f1.PNN_LY", 0.5, 0)]
+
+
+def test_requested_targets_come_from_the_dag_settings():
+    workflow = SimpleNamespace(dag_settings=SimpleNamespace(targets={"results/b.json", "all"}), default_target="all")
+    assert tracking.requested_targets(workflow) == ["all", "results/b.json"]
+    default = SimpleNamespace(dag_settings=SimpleNamespace(targets=frozenset()), default_target="all")
+    assert tracking.requested_targets(default) == ["all"]
+    assert tracking.requested_targets(SimpleNamespace()) == []
 
 
 def test_lock_errors_are_retried_then_raised(tmp_path):
@@ -233,6 +223,7 @@ def test_lock_errors_are_retried_then_raised(tmp_path):
         tracking.with_lock_retries(lambda: (_ for _ in ()).throw(ValueError("other")), settings, "t")
 
 
+@pytest.mark.slow
 def test_a_bundle_is_logged_as_a_model(tmp_path):
     settings = tracking.settings_from_config(_tracking_config(), tmp_path)
     client, experiment_id = tracking.open_store(settings)

@@ -1,6 +1,7 @@
 """Every table passed between stages, defined in one place and validated on write and read.
 
-A schema is an ordered list of columns, each with a pandas dtype kind and a description.
+A schema is an ordered list of columns, each with a pandas dtype kind and a description; only
+float columns may hold a missing value (NaN = not measured), text columns use "" for none.
 `write_table` refuses a frame whose columns or dtypes differ from its schema, so a stage
 cannot silently change the contract its consumers rely on. `python -m leukoflow.engine.docs`
 renders these definitions into docs/tables.md.
@@ -414,6 +415,11 @@ def validate(frame: pd.DataFrame, schema: Schema, source: str = "") -> pd.DataFr
                 f"table {schema.name}{where}: column {column.name!r} has dtype {series.dtype}, "
                 f"schema says {column.dtype}"
             )
+        if column.dtype != "float" and series.isna().any():
+            # only float columns may hold a missing value (NaN = not measured); text uses ""
+            rows = list(series.index[series.isna().to_numpy()][:5])
+            raise SchemaError(f"table {schema.name}{where}: column {column.name!r} ({column.dtype}) "
+                              f"has missing values, first at rows {rows}")
     return frame
 
 
@@ -431,7 +437,9 @@ def write_table(frame: pd.DataFrame, path: str | Path, schema: Schema) -> None:
 def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
     path = Path(path)
     if path.suffix == ".csv":
-        frame = pd.read_csv(path, keep_default_na=False, dtype={c.name: _CSV_DTYPES[c.dtype] for c in schema.columns})
+        # "" is a missing float (as written for NaN) but an empty text, never a missing one
+        frame = pd.read_csv(path, keep_default_na=False, dtype={c.name: _CSV_DTYPES[c.dtype] for c in schema.columns},
+                            na_values={c.name: [""] for c in schema.columns if c.dtype == "float"})
     else:
         frame = pd.read_parquet(path)
     return validate(frame, schema, str(path))
@@ -440,14 +448,22 @@ def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
 _CSV_DTYPES = {"str": str, "int": "int64", "float": "float64", "bool": bool}
 
 
-_PANDAS_DTYPES = {"str": "str", "int": "int64", "float": "float64", "bool": "bool"}
+PANDAS_DTYPES = {"str": "str", "int": "int64", "float": "float64", "bool": "bool"}
 
 
 def empty_frame(schema: Schema) -> pd.DataFrame:
-    return pd.DataFrame({c.name: pd.Series([], dtype=_PANDAS_DTYPES[c.dtype]) for c in schema.columns})
+    return pd.DataFrame({c.name: pd.Series([], dtype=PANDAS_DTYPES[c.dtype]) for c in schema.columns})
+
+
+def cast(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """The schema's columns of `frame`, in the schema's order, cast to its dtypes (the one cast of
+    the package; a column the frame lacks raises SchemaError naming it)."""
+    missing = [c for c in schema.column_names if c not in frame.columns]
+    if missing:
+        raise SchemaError(f"table {schema.name}: cannot cast, missing columns {missing}")
+    return frame[schema.column_names].astype({c.name: PANDAS_DTYPES[c.dtype] for c in schema.columns})
 
 
 def schema_frame(columns: dict[str, object], schema: Schema) -> pd.DataFrame:
     """Frame with exactly the schema's columns, in its order and dtypes (also when empty)."""
-    frame = pd.DataFrame({name: columns[name] for name in schema.column_names})
-    return frame.astype({c.name: _PANDAS_DTYPES[c.dtype] for c in schema.columns})
+    return cast(pd.DataFrame({name: columns[name] for name in schema.column_names}), schema)

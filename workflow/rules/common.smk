@@ -1,4 +1,5 @@
 from leukoflow.engine import offline
+from leukoflow.engine.benchmarks import benchmark_files
 from leukoflow.engine.config import export_package_path, gpu_token, job_request
 
 offline.enforce()
@@ -88,3 +89,10 @@ REPORT_CATEGORY = {
     "scores": "6. Scores",
     "provenance": "7. Software and runtimes",
 }
+
+
+def report_benchmarks(wildcards):
+    """The benchmark file of every job of every benchmarked rule, wildcard values from
+    REPORT_WILDCARDS in report.smk. Read once the whole workflow is parsed, so a new benchmarked
+    rule joins the runtime table without a change here."""
+    return benchmark_files(workflow.rules, REPORT_WILDCARDS)

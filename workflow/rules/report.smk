@@ -5,47 +5,27 @@
 #                     detector_oof.png, detector_folds.html, per_class_f1.png, ensemble_weights.html,
 #                     scores.html, software.html, runtimes.html
 REPORT_DIR = "results/report"
-REPORT_SETTINGS = config["report"]
-# (source, size) of every pixel cache the classifiers read ("{source}_{size}.npy")
-REPORT_CACHES = sorted(
-    {
-        tuple(os.path.basename(path)[: -len(".npy")].rsplit("_", 1))
+# (source, size) of every pixel cache the classifiers read, matched by the cache rule's own pattern
+REPORT_CACHES = glob_wildcards(
+    rules.cache_classifier_inputs.output.pixels,
+    files=[
+        path
         for entry in CLASSIFIERS.values()
         for path in crop_cache.model_inputs(
             entry, cache_dir=CLASSIFIER_CACHE, crops_table=CLASSIFIER_CROPS
         ).values()
-        if path.endswith(".npy")
-    }
+    ],
 )
-
-
-# the benchmark TSV of every heavy job this configuration runs
-REPORT_BENCHMARKS = [
-    *([rules.synthesize.benchmark] if SYNTHETIC else []),
-    rules.ingest.benchmark,
-    rules.deduplicate.benchmark,
-    rules.repair_boxes.benchmark,
-    rules.make_folds.benchmark,
-    *expand(rules.export_yolo.benchmark, detector=DETECTORS),
-    *expand(rules.train_detector.benchmark, detector=DETECTORS, fold=DETECTION_FOLDS),
-    *expand(rules.predict_oof.benchmark, detector=DETECTORS, fold=DETECTION_FOLDS),
-    *expand(rules.fit_oof.benchmark, detector=DETECTORS),
-    rules.flag_noisy_boxes.benchmark,
-    rules.make_backgrounds.benchmark,
-    rules.predict_test_boxes.benchmark,
-    rules.make_crops.benchmark,
-    *expand(
-        rules.cache_classifier_inputs.benchmark,
-        zip,
-        source=[source for source, _ in REPORT_CACHES],
-        size=[size for _, size in REPORT_CACHES],
-    ),
-    *expand(rules.train_classifier.benchmark, model=CLASSIFIERS, fold=CLASSIFIER_FOLDS),
-    *expand(rules.predict_classifier.benchmark, model=CLASSIFIERS),
-    rules.evaluate_classifiers.benchmark,
-    rules.search_ensemble_weights.benchmark,
-    rules.build_submission.benchmark,
-    rules.export_bundle.benchmark,
+# The values of every wildcard of a benchmarked rule: the runtime table's jobs are the product of
+# the tables a rule's benchmark wildcards name (leukoflow.engine.benchmarks states the convention).
+REPORT_WILDCARDS = [
+    [{"detector": detector} for detector in DETECTORS],
+    [{"fold": fold} for fold in DETECTION_FOLDS],
+    [{"model": model} for model in CLASSIFIERS],
+    [
+        {"source": source, "size": size}
+        for source, size in sorted(set(zip(REPORT_CACHES.source, REPORT_CACHES.size)))
+    ],
 ]
 
 
@@ -154,9 +134,9 @@ rule plot_duplicate_examples:
         mem_mb=memory_mb("plot_duplicate_examples"),
         runtime=runtime_min("plot_duplicate_examples"),
     params:
-        n_groups=REPORT_SETTINGS["duplicate_groups"],
-        tile_px=REPORT_SETTINGS["tile_px"],
-        seed=config["seed"],
+        n_groups=lookup(dpath="report/duplicate_groups", within=config),
+        tile_px=lookup(dpath="report/tile_px", within=config),
+        seed=lookup(dpath="seed", within=config),
     script:
         "../scripts/plot_duplicate_examples.py"
 
@@ -189,14 +169,14 @@ rule plot_detector_oof:
         runtime=runtime_min("plot_detector_oof"),
     params:
         detectors=DETECTORS,
-        bins=REPORT_SETTINGS["giou_bins"],
+        bins=lookup(dpath="report/giou_bins", within=config),
     script:
         "../scripts/plot_detector_oof.py"
 
 
 rule plot_per_class_f1:
     input:
-        summary=rules.evaluate_classifiers.output.summary,
+        classification_summary=rules.evaluate_classifiers.output.summary,
     output:
         plot=report(
             f"{REPORT_DIR}/per_class_f1.png",
@@ -219,7 +199,7 @@ rule plot_per_class_f1:
 rule tabulate_ensemble_weights:
     input:
         weights=rules.search_ensemble_weights.output.weights,
-        summary=rules.search_ensemble_weights.output.summary,
+        ensemble_summary=rules.search_ensemble_weights.output.summary,
     output:
         table=report(
             f"{REPORT_DIR}/ensemble_weights.html",
@@ -264,7 +244,7 @@ rule tabulate_scores:
 rule tabulate_software:
     input:
         # not read: the table is rebuilt after each run and when a pin changes
-        metrics=rules.collect_metrics.output.metrics,
+        run_metrics=rules.collect_metrics.output.metrics,
         lock=os.path.join(workflow.basedir, "requirements.lock"),
     output:
         table=report(
@@ -282,15 +262,14 @@ rule tabulate_software:
         mem_mb=memory_mb("tabulate_software"),
         runtime=runtime_min("tabulate_software"),
     params:
-        packages=REPORT_SETTINGS["packages"],
-        repository=lambda wildcards, input: os.path.dirname(input.lock),
+        packages=lookup(dpath="report/packages", within=config),
     script:
         "../scripts/tabulate_software.py"
 
 
 rule tabulate_runtimes:
     input:
-        benchmarks=REPORT_BENCHMARKS,
+        benchmarks=report_benchmarks,
     output:
         table=report(
             f"{REPORT_DIR}/runtimes.html",

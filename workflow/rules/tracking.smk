@@ -5,12 +5,8 @@
 from leukoflow.engine import tracking
 
 
-def tracking_targets():
-    return sorted(str(job) for job in getattr(workflow.dag, "targetjobs", ()))
-
-
 onstart:
-    tracking.on_start(config, targets=tracking_targets())
+    tracking.on_start(config, targets=tracking.requested_targets(workflow))
 
 
 onsuccess:

@@ -1,9 +1,3 @@
-from leukoflow.report import figures as report
+from leukoflow.report import plot_dataset_overview
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return report.dataset_overview(**smk.input, **smk.output, **smk.params)
-
-
-run_rule(snakemake, run)
+run_rule(snakemake, plot_dataset_overview)

@@ -1,9 +1,3 @@
-from leukoflow.report import figures as report
+from leukoflow.report import plot_detector_oof
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return report.detector_report(**smk.input, **smk.output, **smk.params)
-
-
-run_rule(snakemake, run)
+run_rule(snakemake, plot_detector_oof)

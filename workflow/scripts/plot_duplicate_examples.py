@@ -1,9 +1,3 @@
-from leukoflow.report import figures as report
+from leukoflow.report import plot_duplicate_examples
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return report.duplicates_report(**smk.input, **smk.output, **smk.params)
-
-
-run_rule(snakemake, run)
+run_rule(snakemake, plot_duplicate_examples)

@@ -1,9 +1,3 @@
-from leukoflow.report import figures as report
+from leukoflow.report import plot_per_class_f1
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return report.classifier_report(**smk.input, **smk.output, **smk.params)
-
-
-run_rule(snakemake, run)
+run_rule(snakemake, plot_per_class_f1)

@@ -1,9 +1,3 @@
-from leukoflow.report import figures as report
+from leukoflow.report import tabulate_scores
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return report.scores_report(**smk.input, **smk.output, **smk.params)
-
-
-run_rule(snakemake, run)
+run_rule(snakemake, tabulate_scores)

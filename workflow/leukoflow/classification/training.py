@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leukoflow import tables
+from leukoflow.engine.devices import torch_device as resolve_device
 from leukoflow.constants import BACKGROUND_CLASS, CLASSES
 
 LOGGER = logging.getLogger(__name__)
@@ -528,12 +529,6 @@ class TrainSettings:
     deterministic: bool = True
     channels_last: bool = True
     prefetch: bool = True
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _fingerprint(spec: ClassifierSpec, settings: TrainSettings, fold: int, train: ItemSet, valid: ItemSet) -> str:

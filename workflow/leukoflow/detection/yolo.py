@@ -34,6 +34,7 @@ import torch
 
 from leukoflow import boxes as boxes_lib
 from leukoflow.engine import offline
+from leukoflow.engine.devices import resolve_device
 from leukoflow import tables
 
 LOGGER = logging.getLogger(__name__)
@@ -128,13 +129,6 @@ def _write_dataset_yaml(out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- train_detector
-
-def resolve_device(device: str) -> str:
-    """'auto' -> first visible GPU ('0', honouring CUDA_VISIBLE_DEVICES) or 'cpu'; else unchanged."""
-    if device != "auto":
-        return device
-    return "0" if torch.cuda.is_available() else "cpu"
-
 
 def import_yolo():
     """ultralytics' YOLO class, imported only after the offline switches (STACK-FACTS.md §1)."""

@@ -1,7 +1,8 @@
 """Generate the documents that must never drift from their sources.
 
 `python -m leukoflow.engine.docs` rewrites config/README.md (every config key, from the schema's
-descriptions), docs/tables.md (every inter-stage table, from `leukoflow.tables`),
+descriptions), docs/architecture.md (layers, rule -> entry -> results, package tree, from the
+code by `leukoflow.engine.architecture`), docs/tables.md (every inter-stage table, from `leukoflow.tables`),
 envs/leukoflow.yaml (the conda form of requirements.lock) and the generated part of each stage
 page docs/stages/<stage>.md (its rules, the tables it reads and writes with their schemas, its
 configuration keys), between the page's GENERATED markers; the prose around them (what the stage
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from leukoflow import tables
+from leukoflow.engine import architecture
 
 REPO = Path(__file__).resolve().parents[3]
 PYTHON_VERSION = "3.11"
@@ -257,6 +259,7 @@ def generated_documents(repo: Path = REPO) -> dict[Path, str]:
         repo / "docs" / "tables.md": tables_reference(),
         repo / "envs" / "leukoflow.yaml": conda_environment((repo / "requirements.lock").read_text()),
         repo / "docs" / "stages" / "README.md": stages_index(),
+        repo / "docs" / "architecture.md": architecture.architecture_page(),
     }
     for stage in STAGES:
         path = repo / "docs" / "stages" / f"{stage.slug}.md"

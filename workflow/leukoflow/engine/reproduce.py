@@ -29,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from leukoflow.engine.tracking import ENV_PARENT_RUN, flatten
+from leukoflow.engine.summaries import flatten
+from leukoflow.engine.tracking import ENV_PARENT_RUN
 
 EXIT_REPRODUCED = 0
 EXIT_OUTSIDE_TOLERANCE = 1

@@ -1,15 +1,15 @@
-"""What every rule script shares: logging to the rule's log file, timing, and the summary JSON.
+"""What every rule script shares: binding, logging to the rule's log file, timing, the summary JSON.
 
-Scripts stay three lines: import the stage, call `run_rule(snakemake, stage.run)`. The stage's
-`run(smk)` reads the rule's input/params/output and returns its summary figures.
-With tracking on, each job is also one MLflow run (`leukoflow.engine.tracking`): FINISHED with the
-summary as metrics, or FAILED when the stage raises.
+Scripts are three lines: import the rule's entry, import `run_rule`, call `run_rule(snakemake, entry)`.
+The entry is a keyword-only function named after the rule; `bind` passes it the job's named
+input/output/params (and `threads`/`log` when it takes them) and `run_rule` writes the summary it
+returns to `output.summary`. Entries decorated `@tracked` are also one MLflow run each
+(`leukoflow.engine.tracking`): FINISHED with the summary as metrics, or FAILED when the entry raises.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import multiprocessing
 import sys
@@ -18,28 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from leukoflow.engine import offline
+from leukoflow.engine import offline, tracking
+from leukoflow.engine.summaries import read_json, write_json
 
-from leukoflow.engine import tracking
+__all__ = ["RuleBindingError", "bind", "read_json", "run_rule", "tracked", "write_json"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_plain) + "\n")
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and paths in summaries become plain JSON values."""
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 SUMMARY_OUTPUT = "summary"

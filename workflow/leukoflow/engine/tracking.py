@@ -26,27 +26,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import random
 import re
 import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+from leukoflow.engine.provenance import config_hash, provenance_tags
+from leukoflow.engine.summaries import flatten
 
-REPO = Path(__file__).resolve().parents[3]
 ENV_PARENT_RUN = "LEUKOFLOW_PARENT_RUN_ID"
 PARENT_RUN_FILE = Path("results/tracking/parent_run.json")
-SYNTHETIC_GENERATOR = REPO / "workflow" / "leukoflow" / "synthetic"
 # Files worth keeping beside a run: plots, small tables, summaries, logs.
 SMALL_ARTIFACT_SUFFIXES = frozenset({".png", ".svg", ".pdf", ".html", ".csv", ".tsv", ".json", ".txt", ".md", ".yaml"})
 BUNDLE_OUTPUT = "bundle"  # a rule output with this name is logged as an MLflow model
@@ -114,121 +110,6 @@ def resolve_artifact_location(location: str, workdir: Path) -> str:
         return location
     path = Path(location)
     return (path if path.is_absolute() else workdir / path).as_uri()
-
-
-# ----------------------------------------------------------------------------- provenance
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """Stable 16-hex digest of a whole configuration (key order does not matter)."""
-    canonical = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def git_state(repo: Path = REPO) -> tuple[str, str]:
-    """(commit, dirty flag) of the code that runs; 'unknown' outside a git checkout (e.g. a Zenodo zip)."""
-    try:
-        commit = _git(repo, "rev-parse", "HEAD")
-        dirty = "true" if _git(repo, "status", "--porcelain") else "false"
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", "unknown"
-    return commit, dirty
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def data_version(config: Mapping[str, Any]) -> str:
-    """Which data a run saw: the DVC hash of the dataset, or the synthetic generator's seed+version.
-
-    - synthetic: `synthetic:seed=<seed>:generator=<sha of the synthetic package>:settings=<sha of synthetic:>`
-    - folder tracked by DVC (`<images>.dvc` or `<data dir>.dvc`): `dvc:<md5 of the .dir manifest>`
-    - folder not tracked: `manifest:<sha of CSV bytes + image names and sizes>`
-    """
-    data = config.get("data") or {}
-    if data.get("source") == "synthetic":
-        generator = _folder_digest(SYNTHETIC_GENERATOR)[:12] if SYNTHETIC_GENERATOR.exists() else "unknown"
-        return f"synthetic:seed={config.get('seed')}:generator={generator}:settings={config_hash(config.get('synthetic') or {})[:8]}"
-    data_dir = Path(data.get("dir", "."))
-    images_dir = data_dir / data.get("images_subdir", "images")
-    for tracked in (images_dir, data_dir):
-        md5 = dvc_hash(tracked)
-        if md5:
-            return f"dvc:{md5}"
-    return f"manifest:{_folder_manifest_digest(data_dir, images_dir, data)}"
-
-
-def dvc_hash(path: Path) -> str | None:
-    """md5 of the single output recorded in `<path>.dvc`, or None when there is no such file."""
-    dvc_file = path.with_name(path.name + ".dvc")
-    if not dvc_file.is_file():
-        return None
-    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
-    return outs[0].get("md5")
-
-
-def _folder_manifest_digest(data_dir: Path, images_dir: Path, data: Mapping[str, Any]) -> str:
-    digest = hashlib.sha256()
-    for key in ("train_csv", "test_csv"):
-        csv = data_dir / data.get(key, "")
-        if csv.is_file():
-            digest.update(csv.read_bytes())
-    if images_dir.is_dir():
-        for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
-            digest.update(f"{entry.name}:{entry.stat().st_size}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _folder_digest(folder: Path) -> str:
-    """One digest over a package's Python sources, in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def provenance_tags(config: Mapping[str, Any]) -> dict[str, str]:
-    """Tags every run carries: code, configuration and data versions, and where it ran."""
-    commit, dirty = git_state()
-    tags = {
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "config_hash": config_hash(config),
-        "data_version": data_version(config),
-        "snakemake_version": _package_version("snakemake"),
-        "leukoflow_version": _package_version("leukoflow"),
-        "host": socket.gethostname(),
-        "mlflow.source.git.commit": commit,
-    }
-    if os.environ.get("SLURM_JOB_ID"):
-        tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-    return tags
-
-
-def installed_versions(names: Sequence[str], missing: str = "not installed") -> dict[str, str]:
-    """Installed version of each distribution (importlib.metadata); `missing` where it is absent."""
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = missing
-    return versions
-
-
-def _package_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        if name == "leukoflow":
-            from leukoflow import __version__
-
-            return __version__
-        return "unknown"
 
 
 # ----------------------------------------------------------------------------- store access
@@ -305,15 +186,19 @@ def _experiment_id(client: Any, settings: TrackingSettings) -> str:
         return experiment.experiment_id
 
 
-def initialise_store(config: Mapping[str, Any], workdir: str | Path | None = None) -> str | None:
-    """Create/upgrade the store and the experiment before any job starts; its id, or None when off."""
-    settings = settings_from_config(config, workdir)
-    if settings is None:
-        return None
-    return open_store(settings)[1]
-
-
 # ----------------------------------------------------------------------------- parent run
+
+def requested_targets(workflow: Any) -> list[str]:
+    """The targets named on the command line, else the workflow's default target, for the parent run's tags.
+
+    Read from `workflow.dag_settings` (Snakemake's DAGSettings of its settings API) and
+    `workflow.default_target`, not from the DAG's internals.
+    """
+    settings = getattr(workflow, "dag_settings", None)
+    named = sorted(str(target) for target in getattr(settings, "targets", ()) or ())
+    default = getattr(workflow, "default_target", None)
+    return named or ([str(default)] if default else [])
+
 
 def on_start(config: Mapping[str, Any], workdir: str | Path | None = None, *, targets: list[str] | None = None) -> str | None:
     """Snakemake `onstart`: initialise the store, open (or reuse) the invocation's parent run."""
@@ -502,7 +387,7 @@ def rule_params(smk: Any) -> dict[str, Any]:
     section = (smk.config or {}).get(smk.rule)
     if isinstance(section, Mapping):
         params.update(flatten(dict(section), prefix=f"config.{smk.rule}."))
-    return params
+    return {_clean_key(key): value for key, value in params.items()}
 
 
 def _wildcards(smk: Any) -> dict[str, str]:
@@ -549,22 +434,11 @@ def log_bundle(client: Any, settings: TrackingSettings, experiment_id: str, run_
 
 # ----------------------------------------------------------------------------- values
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings become dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[_clean_key(f"{prefix}{key}")] = value
-    return flat
-
-
 def metric_values(summary: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     """(key, value, step) of every number in a summary; a list of numbers is a curve over steps."""
     values = []
     for key, value in flatten(summary).items():
-        value = _plain_number(value)
+        key, value = _clean_key(key), _plain_number(value)
         if isinstance(value, (int, float)):
             values.append((key, float(value), 0))
         elif isinstance(value, (list, tuple)) and value and all(isinstance(_plain_number(v), (int, float)) for v in value):

@@ -15,7 +15,6 @@ refused with its name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from leukoflow.constants import BACKGROUND_CLASS, CLASSES
-from leukoflow.engine.tracking import installed_versions
+from leukoflow.engine.provenance import file_sha256 as sha256_of, installed_versions
 
 BUNDLE_FILE = "bundle.json"
 MANIFEST_FILE = "MANIFEST.sha256"
@@ -37,14 +36,6 @@ VERSIONED_PACKAGES = ("leukoflow", "torch", "torchvision", "ultralytics", "timm"
 
 class BundleError(ValueError):
     """A bundle that is incomplete, altered or of an unknown format; the message names the file."""
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

@@ -1,8 +1,13 @@
-"""The run's headline figures: results/metrics.json, read by DVC (`dvc metrics`) and releases."""
+"""The run's headline figures: results/metrics.json, read by DVC (`dvc metrics`) and releases.
+
+Rule entry: `collect_metrics`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from leukoflow.engine.summaries import read_json, write_json
 
 HEADLINE_KEYS = {
     "ingest": ("rows_in", "rows_kept", "rows_repaired", "rows_quarantined", "images_in", "images_quarantined"),
@@ -34,3 +39,13 @@ def headline_metrics(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     submission = summaries.get("submission", {})
     metrics.update({key: submission[key] for key in SCORE_KEYS if key in submission})
     return metrics
+
+
+def collect_metrics(*, metrics: str, **summaries: str) -> dict[str, Any]:
+    """Rule entry: results/metrics.json from the stage summaries, one input per stage named after it."""
+    unknown = sorted(set(summaries) - set(HEADLINE_KEYS))
+    if unknown:
+        raise ValueError(f"collect_metrics: inputs {unknown} name no stage of HEADLINE_KEYS {list(HEADLINE_KEYS)}")
+    headline = headline_metrics({stage: read_json(path) for stage, path in summaries.items()})
+    write_json(metrics, headline)
+    return headline
