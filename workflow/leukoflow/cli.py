@@ -133,6 +133,9 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from leukoflow.engine import offline
+
+    offline.enforce()  # before ultralytics is imported: its settings go to the user's cache, no network
     from leukoflow.inference import predict
     from leukoflow.inference.bundle import BundleError
 
