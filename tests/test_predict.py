@@ -429,3 +429,34 @@ def test_cli_about_and_bad_numbers(world, tmp_path):
         done = _cli(image, "--bundle", str(world["bundle"]), "--out", str(tmp_path / "p.csv"), flag, value)
         assert done.returncode == 2 and flag in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "p.csv").exists()
+
+
+_PEAK_RSS = """
+import json, resource, sys
+from leukoflow.inference import predict
+summary = predict.run([sys.argv[1]], bundle=sys.argv[2], out=sys.argv[3], profile="fast", min_score=0.01,
+                      chunk_size=64, progress=False)
+print(json.dumps({**summary, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+@pytest.mark.e2e
+def test_peak_memory_stays_flat_from_200_to_2000_images(world, tmp_path):
+    """Streaming in chunks: ten times the images, same peak RSS (within 40 MiB), every image in the CSV."""
+    sources = world["smear"]["images"]["path"].tolist()
+    peaks = {}
+    for count in (200, 2000):
+        folder = tmp_path / f"images{count}"
+        folder.mkdir()
+        for k in range(count):
+            shutil.copyfile(sources[k % len(sources)], folder / f"{k:05d}.jpg")
+        out = tmp_path / f"p{count}.csv"
+        env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+        done = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(folder), str(world["bundle"]), str(out)],
+                              capture_output=True, text=True, env=env, timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert summary["images"] == count
+        assert predict.outputs.read_rows(out)["NAME"].nunique() == count  # each smear here has a cell found
+        peaks[count] = summary["peak_kib"] / 1024
+    assert peaks[2000] - peaks[200] < 40, peaks
