@@ -19,12 +19,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     HF_HUB_OFFLINE=1 \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=true \
-    XDG_CACHE_HOME=/tmp/leukoflow-cache
+    XDG_CACHE_HOME=/tmp/leukoflow-cache \
+    PATH=/opt/venv/bin:$PATH
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/*
 
+# A venv, so the same steps work on the python image and on a plain Debian base with python3-venv.
+RUN python3 -m venv /opt/venv
 WORKDIR /opt/leukoflow
 COPY requirements.lock pyproject.toml README.md LICENSE ./
 COPY workflow/leukoflow workflow/leukoflow

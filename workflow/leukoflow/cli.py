@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from leukoflow.engine import reproduce
+from leukoflow.engine import mlflow_export, reproduce
 from leukoflow.metric import (
     MetricInputError,
     count_problems,
@@ -100,6 +100,10 @@ SUBCOMMANDS: list[Subcommand] = [
 # ----------------------------------------------------------------------------- reproduce
 
 SUBCOMMANDS.append(Subcommand("reproduce", reproduce.HELP, reproduce.add_arguments, reproduce.run_command))
+SUBCOMMANDS.append(Subcommand("mlflow-export", mlflow_export.EXPORT_HELP, mlflow_export.add_export_arguments,
+                              mlflow_export.run_export))
+SUBCOMMANDS.append(Subcommand("mlflow-import", mlflow_export.IMPORT_HELP, mlflow_export.add_import_arguments,
+                              mlflow_export.run_import))
 
 
 # ----------------------------------------------------------------------------- predict
