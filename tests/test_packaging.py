@@ -68,7 +68,7 @@ def test_predict_extra_installs_into_a_fresh_venv_and_predicts(tmp_path):
                                                    "multiclass": ["mc"], "multilabel": ["ml"], "fallback_class": "PNN"}))
     helpers.export_world_bundle(root, root / "bundle", detectors, classifiers, smear)
 
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV", "YOLO_CONFIG_DIR")}
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     command = environment / "bin" / "leukoflow"
     out = tmp_path / "predictions.csv"
