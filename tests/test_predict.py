@@ -460,3 +460,43 @@ def test_peak_memory_stays_flat_from_200_to_2000_images(world, tmp_path):
         assert predict.outputs.read_rows(out)["NAME"].nunique() == count  # each smear here has a cell found
         peaks[count] = summary["peak_kib"] / 1024
     assert peaks[2000] - peaks[200] < 40, peaks
+
+
+@pytest.mark.e2e
+def test_the_bundle_served_by_mlflow_answers_a_prediction_request(world, tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    from leukoflow.inference import serving
+
+    model = serving.save_model(world["bundle"], tmp_path / "model")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model), "--env-manager",
+                               "local", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"), start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).status == 200:
+                    break
+            except OSError:
+                time.sleep(2)
+        image = world["smear"]["images"]["path"].iloc[3]
+        body = json.dumps({"dataframe_split": {"columns": ["path"], "data": [[image]]},
+                           "params": {"profile": "fast"}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=300).read())
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+    rows = pd.DataFrame(answer["predictions"])
+    direct = predict.Predictor(world["bundle"], profile="fast").predict({Path(image).name: image})
+    assert rows["NAME"].tolist() == direct["NAME"].tolist() and len(rows) > 0
+    assert rows["class"].tolist() == direct["class"].tolist()
+    assert rows[["x1", "y1", "x2", "y2"]].values.tolist() == direct[["x1", "y1", "x2", "y2"]].values.tolist()
