@@ -27,6 +27,12 @@ validate_config(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
 report: "workflow/report/workflow.rst"
 
 
+# Software environment of every job with `--sdm apptainer` (docs/hpc.md, "Containers"): the image
+# built from Dockerfile / leukoflow.def, both installing requirements.lock. A site points this at
+# its own copy, e.g. LEUKOFLOW_CONTAINER=/shared/images/leukoflow-0.1.0.sif.
+container: os.environ.get("LEUKOFLOW_CONTAINER", "docker://ghcr.io/leukoflow/leukoflow:0.1.0")
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/synthetic.smk"

@@ -96,3 +96,17 @@ def test_validate_unreadable_test_table(files, tmp_path):
     empty.write_text("")
     done = run_cli("validate", "--test", str(empty), "--submission", str(files["good"]))
     assert done.returncode == 2 and "empty.csv" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_tool_state_goes_to_the_user_cache_not_the_checkout(tmp_path, monkeypatch):
+    from leukoflow.engine import offline
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert offline.default_config_dir() == tmp_path / "cache" / "leukoflow" / "ultralytics"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert REPO not in offline.default_config_dir().parents
+
+
+def test_predict_without_images_says_what_to_give(tmp_path):
+    done = run_cli("predict", "--bundle", str(tmp_path))
+    assert done.returncode == 2 and "at least one image" in done.stderr and "Traceback" not in done.stderr

@@ -31,6 +31,7 @@ from leukoflow.ensemble import search as ensemble
 from leukoflow.inference import predict
 from leukoflow.ensemble import submission
 from leukoflow import tables
+from leukoflow.constants import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICT_ARGS = {"imgsz": 64, "conf": 0.001, "iou": 0.3, "max_det": 20, "batch": 8}
@@ -132,6 +133,25 @@ def _workflow_test_predictions(smear: dict, root: Path, detectors: list[Path], c
     return test_boxes, frame.merge(classes[["trustii_id", "probability"]], on="trustii_id", how="left")
 
 
+def export_world_bundle(root: Path, bundle_dir: Path, detectors: list[Path], classifiers: dict, smear: dict) -> dict:
+    """The rule entry `export_bundle` called directly, with small stand-ins for the run's tables."""
+    oof = pd.DataFrame({"id": ["a#0", "b#0", "c#0", "d#0"], "name": ["a", "b", "c", "d"], "fold": [0, 0, 1, 1],
+                        "trustii_id": -1, "truth": [0, 1, 1, 2], "class_idx": [0, 1, 2, 2], "label": "PNN",
+                        "probability": 0.5, "single_cell": True, "blended": False})
+    tables.write_table(oof.astype({"id": "str", "name": "str", "label": "str"}), root / "oof_classes.parquet",
+                       tables.ENSEMBLE_CLASSES)
+    tables.write_table(smear["images"], root / "curated_images.parquet", tables.CURATED_IMAGES)
+    tables.write_table(tables.empty_frame(tables.CURATED_BOXES), root / "curated_boxes.parquet", tables.CURATED_BOXES)
+    return bundle_lib.export_bundle(
+        bundle=bundle_dir, detector_weights=detectors,
+        classifier_checkpoints=[p for name in ("mc", "ml") for p in classifiers[name][1]],
+        ensemble_weights=root / "weights.json", oof_raw=[], oof_classes=root / "oof_classes.parquet",
+        images=root / "curated_images.parquet", boxes=root / "curated_boxes.parquet", detector_name="det1",
+        detector_predict=PREDICT_ARGS, **WBF, margin=MARGIN, classifier_models=["mc", "ml"],
+        classifier_settings={"amp": SETTINGS.amp, "channels_last": SETTINGS.channels_last},
+        predict_settings={"min_score": 0.5, "nms_iou": 0.5, "device": "cpu", "threads": 1}, dataset="test smears")
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("predict")
@@ -145,11 +165,7 @@ def world(tmp_path_factory) -> dict:
     weights.write_text(json.dumps({"scheme": "best", **scheme.as_dict(), "multiclass": ["mc"], "multilabel": ["ml"],
                                    "fallback_class": "PNN"}))
     bundle_dir = root / "bundle"
-    bundle_lib.export_bundle(
-        out_dir=bundle_dir, detector_name="det1", detector_weights=detectors, detector_predict=PREDICT_ARGS, **WBF,
-        margin=MARGIN, classifiers={n: c for n, (_, c) in classifiers.items()},
-        classifier_settings={"amp": SETTINGS.amp, "channels_last": SETTINGS.channels_last},
-        ensemble_weights=weights, predict_settings={"min_score": 0.5, "nms_iou": 0.5, "device": "cpu", "threads": 1})
+    export_world_bundle(root, bundle_dir, detectors, classifiers, smear)
     test_csv = root / "test.csv"
     smear["test"].rename(columns={"name": "NAME"})[["trustii_id", "NAME"]].to_csv(test_csv, index=False)
     return {"root": root, "smear": smear, "bundle": bundle_dir, "test_csv": test_csv, "expected": expected,
@@ -159,14 +175,66 @@ def world(tmp_path_factory) -> dict:
 def test_bundle_lists_every_file_in_its_manifest_and_refuses_a_changed_one(world, tmp_path):
     loaded = bundle_lib.load_bundle(world["bundle"])
     assert len(loaded.spec["detector"]["folds"]) == N_FOLDS and set(loaded.classifiers) == {"mc", "ml"}
-    assert bundle_lib.verify_manifest(world["bundle"]) == N_FOLDS + 2 * N_FOLDS + 1  # + bundle.json
-    assert {"python", "torch", "ultralytics", "timm", "leukoflow"} <= set(loaded.spec["versions"])
+    # detector folds + its YAML + classifier folds + bundle.json + MODEL_CARD.md
+    assert bundle_lib.verify_manifest(world["bundle"]) == N_FOLDS + 1 + 2 * N_FOLDS + 2
+    assert {"python", "torch", "ultralytics", "timm", "leukoflow", "safetensors"} <= set(loaded.spec["versions"])
+    weight_files = [p for p in world["bundle"].rglob("*") if p.is_file() and p.suffix not in (".json", ".md", ".sha256")]
+    assert {p.suffix for p in weight_files} == {".safetensors", ".yaml"}  # no pickle travels in a bundle
     copy = tmp_path / "bundle"
     shutil.copytree(world["bundle"], copy)
-    with open(copy / "classifiers" / "ml" / "fold1.pt", "ab") as handle:
+    with open(copy / "classifiers" / "ml" / "fold1.safetensors", "ab") as handle:
         handle.write(b"\0")
-    with pytest.raises(bundle_lib.BundleError, match="classifiers/ml/fold1.pt"):
+    with pytest.raises(bundle_lib.BundleError, match="classifiers/ml/fold1.safetensors"):
         bundle_lib.load_bundle(copy)
+
+
+class _Payload:
+    """Unpickling this runs `touch <marker>`: the crafted checkpoint of a hostile bundle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _hostile_copy(world, tmp_path: Path) -> tuple[Path, Path]:
+    copy = tmp_path / "hostile"
+    shutil.copytree(world["bundle"], copy)
+    return copy, tmp_path / "PWNED"
+
+
+def test_a_crafted_pickle_in_place_of_weights_never_runs(world, tmp_path):
+    copy, marker = _hostile_copy(world, tmp_path)
+    torch.save({"model": _Payload(marker)}, copy / "classifiers" / "mc" / "fold0.safetensors")
+    bundle_lib.write_manifest(copy)  # the manifest proves integrity, not origin
+    with pytest.raises(bundle_lib.BundleError, match="pickle.*not loaded|not loaded.*pickle"):
+        predict.Predictor(copy, profile="fast")
+    assert not marker.exists()
+
+
+def test_a_bundle_naming_a_pickled_checkpoint_is_refused_before_loading(world, tmp_path):
+    copy, marker = _hostile_copy(world, tmp_path)
+    torch.save({"model": _Payload(marker)}, copy / "detector" / "fold0.pt")
+    spec = json.loads((copy / "bundle.json").read_text())
+    spec["detector"]["folds"][0] = "detector/fold0.pt"
+    (copy / "bundle.json").write_text(json.dumps(spec))
+    bundle_lib.write_manifest(copy)
+    with pytest.raises(bundle_lib.BundleError, match=r"detector/fold0.pt; only .safetensors files are loaded"):
+        bundle_lib.load_bundle(copy)
+    spec["format_version"] = 1  # an old-format bundle (pickled .pt files) is refused as such
+    (copy / "bundle.json").write_text(json.dumps(spec))
+    bundle_lib.write_manifest(copy)
+    with pytest.raises(bundle_lib.BundleError, match="pickled checkpoints"):
+        bundle_lib.load_bundle(copy)
+    assert not marker.exists()
+
+
+def test_the_manifest_digest_identifies_the_bundle(world, tmp_path):
+    digest = bundle_lib.load_bundle(world["bundle"]).manifest_sha256
+    assert bundle_lib.load_bundle(world["bundle"], expected_sha256=digest.upper()).manifest_sha256 == digest
+    with pytest.raises(bundle_lib.BundleError, match="not the published bundle"):
+        bundle_lib.load_bundle(world["bundle"], expected_sha256="0" * 64)
 
 
 @pytest.mark.slow
@@ -180,7 +248,7 @@ def test_predict_in_a_fresh_process_reproduces_the_workflow(world, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    predicted = tables.read_table(out, tables.PREDICTIONS)
+    predicted = predict.outputs.read_rows(out)
     names = {Path(p).name for p in chosen}
     expected = world["expected"][world["expected"]["NAME"].isin(names)]
     assert summary["cells"] == len(expected) == 4 and summary["annotated_images"] == 3
@@ -190,6 +258,111 @@ def test_predict_in_a_fresh_process_reproduces_the_workflow(world, tmp_path):
         assert merged[f"{column}_workflow"].tolist() == merged[f"{column}_predict"].tolist(), column
     assert np.allclose(merged["probability_workflow"], merged["probability_predict"], atol=1e-5)
     assert (world["test_boxes"]["source"] == "detected").any()  # the comparison covers fused boxes, not only padding
+    probabilities = predicted[predict.outputs.PROBABILITY_COLUMNS].to_numpy()
+    assert np.array_equal(np.array(CLASSES)[probabilities.argmax(1)], predicted["class"].to_numpy(str))
+    assert np.allclose(probabilities.max(1), predicted["probability"])
+    assert list(predicted.columns[:7]) == ["trustii_id", "NAME", "x1", "y1", "x2", "y2", "class"]
+    assert not (tmp_path / "predictions.csv.progress").exists()
+
+
+def test_coco_output_loads_in_pycocotools_and_matches_the_csv(world, tmp_path):
+    from pycocotools.coco import COCO
+
+    folder = Path(world["smear"]["images"]["path"].iloc[0]).parent
+    out = tmp_path / "p.csv"
+    summary = predict.run([folder], bundle=world["bundle"], out=out, profile="fast", min_score=0.01)
+    coco = COCO(str(tmp_path / "p.coco.json"))
+    rows = predict.outputs.read_rows(out)
+    assert len(coco.getImgIds()) == summary["images"] == 4
+    assert len(coco.getAnnIds()) == len(rows) == summary["coco_annotations"] > 0
+    first = coco.loadAnns(coco.getAnnIds(imgIds=[1]))[0]
+    row = rows[rows["NAME"] == coco.loadImgs([1])[0]["file_name"]].iloc[0]
+    assert first["bbox"] == [row.x1, row.y1, row.x2 - row.x1, row.y2 - row.y1]
+    assert coco.loadCats([first["category_id"]])[0]["name"] == row["class"]
+    results = coco.loadRes([{**a, "score": a["score"]} for a in coco.loadAnns(coco.getAnnIds())])
+    assert len(results.getAnnIds()) == len(rows)
+
+
+def test_ids_are_relative_paths_so_same_named_files_in_subfolders_stay_apart(world, tmp_path):
+    sources = world["smear"]["images"]["path"].tolist()
+    tree = tmp_path / "smears"
+    for patient, source in (("p1", sources[0]), ("p2", sources[3]), ("p2/deeper", sources[1])):
+        (tree / patient).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, tree / patient / "0001.jpg")
+    (tree / "p2" / "0002.jpg").write_bytes(b"")  # a zero-byte file among them
+    paths = predict.image_inputs.collect_images([tree])
+    assert list(paths) == ["p1/0001.jpg", "p2/0001.jpg", "p2/0002.jpg", "p2/deeper/0001.jpg"]
+    assert list(predict.image_inputs.collect_images([str(tree / "*" / "0001.jpg")])) == ["p1/0001.jpg", "p2/0001.jpg"]
+    with pytest.raises(ValueError, match="same id|the id"):
+        predict.image_inputs.collect_images([tree / "p1", tree / "p2"])
+    out = tmp_path / "p.csv"
+    summary = predict.run([tree], bundle=world["bundle"], out=out, profile="fast", min_score=0.01, chunk_size=1)
+    rows = predict.outputs.read_rows(out)
+    assert summary["unreadable_images"] == 1
+    assert rows.loc[rows["NAME"] == "p2/0002.jpg", "source"].tolist() == ["unreadable"]
+    alone = {}
+    for name, source in (("p1/0001.jpg", sources[0]), ("p2/0001.jpg", sources[3])):
+        single = tmp_path / f"single_{name.replace('/', '_')}.csv"
+        predict.run([source], bundle=world["bundle"], out=single, profile="fast", min_score=0.01)
+        alone[name] = predict.outputs.read_rows(single)[["x1", "y1", "x2", "y2", "class"]].values.tolist()
+        assert rows.loc[rows["NAME"] == name, ["x1", "y1", "x2", "y2", "class"]].values.tolist() == alone[name]
+    assert alone["p1/0001.jpg"] != alone["p2/0001.jpg"]
+
+
+def test_a_zero_byte_file_is_an_unreadable_image(tmp_path):
+    empty, junk = tmp_path / "empty.jpg", tmp_path / "junk.png"
+    empty.write_bytes(b"")
+    junk.write_bytes(b"not an image at all")
+    images = predict.image_inputs.prepare_images({"empty.jpg": str(empty), "junk.png": str(junk)}, tmp_path)
+    assert not images["keep"].any()
+    assert images["reason"].str.startswith("unreadable image: ").all()
+    assert "0 bytes" in images["reason"].iloc[0] and "pi_heif" not in " ".join(images["reason"])
+
+
+def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(world, tmp_path, monkeypatch):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for copy in range(20):  # three chunks of 8 (the detector batch)
+        shutil.copyfile(world["smear"]["images"]["path"].iloc[copy % 4], folder / f"{copy:02d}.jpg")
+    arguments = {"bundle": world["bundle"], "profile": "fast", "min_score": 0.01, "chunk_size": 8}
+    whole = tmp_path / "whole.csv"
+    predict.run([folder], out=whole, **arguments)
+    out = tmp_path / "cut.csv"
+    real_record = predict._record
+    calls = {"n": 0}
+
+    def cut_after_rows(path, record):  # chunk 2's rows reach the CSV, its record never does
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_record(path, record)
+
+    monkeypatch.setattr(predict, "_record", cut_after_rows)
+    with pytest.raises(KeyboardInterrupt):
+        predict.run([folder], out=out, **arguments)
+    monkeypatch.setattr(predict, "_record", real_record)
+    with pytest.raises(ValueError, match="other settings"):
+        predict.run([folder], out=out, **{**arguments, "min_score": 0.2})
+    summary = predict.run([folder], out=out, **arguments)
+    assert summary["resumed_images"] == 8
+    pd.testing.assert_frame_equal(predict.outputs.read_rows(out), predict.outputs.read_rows(whole))
+    assert (tmp_path / "cut.coco.json").read_text() == (tmp_path / "whole.coco.json").read_text()
+
+
+@pytest.mark.parametrize("flag, value", [("min_score", float("nan")), ("nms_iou", -3.0), ("min_score", 1.5),
+                                         ("nms_iou", float("inf")), ("threads", 0), ("chunk_size", 0)])
+def test_numeric_flags_out_of_range_are_refused_naming_the_flag(world, tmp_path, flag, value):
+    arguments = {"bundle": world["bundle"], "out": tmp_path / "p.csv", flag: value}
+    with pytest.raises(ValueError, match="--" + flag.replace("_", "-")):
+        predict.run([world["smear"]["images"]["path"].iloc[0]], **arguments)
+
+
+def test_about_prints_the_model_card_with_per_class_f1(world):
+    text = predict.about(world["bundle"])
+    assert text.startswith("# Model card") and "## Intended use" in text and "## Limits" in text
+    assert "| PNN | neutrophil | 0 | 1.0000 |" in text and "| MO | monocyte | 0 | 0.6667 |" in text
+    assert "| SS | Sézary cell | 0 | - |" in text
+    assert bundle_lib.load_bundle(world["bundle"]).manifest_sha256 in text
 
 
 def test_predict_without_counts_finds_the_cells(world, monkeypatch):
@@ -241,3 +414,90 @@ def test_min_score_calibration_picks_the_threshold_that_counts_right():
                                         wbf_iou=0.25, wbf_skip=0.0001)
     assert found["min_score"] == 0.25 and found["exact_count_share"][0.25] == 1.0
     assert found["exact_count_share"][0.05] < 1.0 and found["exact_count_share"][0.7] < 1.0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    return subprocess.run([sys.executable, "-m", "leukoflow.cli", "predict", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_about_and_bad_numbers(world, tmp_path):
+    about = _cli("--bundle", str(world["bundle"]), "--about")
+    assert about.returncode == 0 and about.stdout.startswith("# Model card") and "MANIFEST.sha256 SHA-256" in about.stdout
+    image = world["smear"]["images"]["path"].iloc[0]
+    for flag, value in (("--min-score", "nan"), ("--nms-iou", "-3")):
+        done = _cli(image, "--bundle", str(world["bundle"]), "--out", str(tmp_path / "p.csv"), flag, value)
+        assert done.returncode == 2 and flag in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
+_PEAK_RSS = """
+import json, resource, sys
+from leukoflow.inference import predict
+summary = predict.run([sys.argv[1]], bundle=sys.argv[2], out=sys.argv[3], profile="fast", min_score=0.01,
+                      chunk_size=64, progress=False)
+print(json.dumps({**summary, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+@pytest.mark.e2e
+def test_peak_memory_stays_flat_from_200_to_2000_images(world, tmp_path):
+    """Streaming in chunks: ten times the images, same peak RSS (within 40 MiB), every image in the CSV."""
+    sources = world["smear"]["images"]["path"].tolist()
+    peaks = {}
+    for count in (200, 2000):
+        folder = tmp_path / f"images{count}"
+        folder.mkdir()
+        for k in range(count):
+            shutil.copyfile(sources[k % len(sources)], folder / f"{k:05d}.jpg")
+        out = tmp_path / f"p{count}.csv"
+        env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+        done = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(folder), str(world["bundle"]), str(out)],
+                              capture_output=True, text=True, env=env, timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert summary["images"] == count
+        assert predict.outputs.read_rows(out)["NAME"].nunique() == count  # each smear here has a cell found
+        peaks[count] = summary["peak_kib"] / 1024
+    assert peaks[2000] - peaks[200] < 40, peaks
+
+
+@pytest.mark.e2e
+def test_the_bundle_served_by_mlflow_answers_a_prediction_request(world, tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    from leukoflow.inference import serving
+
+    model = serving.save_model(world["bundle"], tmp_path / "model")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model), "--env-manager",
+                               "local", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"), start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).status == 200:
+                    break
+            except OSError:
+                time.sleep(2)
+        image = world["smear"]["images"]["path"].iloc[3]
+        body = json.dumps({"dataframe_split": {"columns": ["path"], "data": [[image]]},
+                           "params": {"profile": "fast"}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=300).read())
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+    rows = pd.DataFrame(answer["predictions"])
+    direct = predict.Predictor(world["bundle"], profile="fast").predict({Path(image).name: image})
+    assert rows["NAME"].tolist() == direct["NAME"].tolist() and len(rows) > 0
+    assert rows["class"].tolist() == direct["class"].tolist()
+    assert rows[["x1", "y1", "x2", "y2"]].values.tolist() == direct[["x1", "y1", "x2", "y2"]].values.tolist()

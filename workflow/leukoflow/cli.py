@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from leukoflow.engine import reproduce
+from leukoflow.engine import mlflow_export, reproduce
 from leukoflow.metric import (
     MetricInputError,
     count_problems,
@@ -100,35 +100,60 @@ SUBCOMMANDS: list[Subcommand] = [
 # ----------------------------------------------------------------------------- reproduce
 
 SUBCOMMANDS.append(Subcommand("reproduce", reproduce.HELP, reproduce.add_arguments, reproduce.run_command))
+SUBCOMMANDS.append(Subcommand("mlflow-export", mlflow_export.EXPORT_HELP, mlflow_export.add_export_arguments,
+                              mlflow_export.run_export))
+SUBCOMMANDS.append(Subcommand("mlflow-import", mlflow_export.IMPORT_HELP, mlflow_export.add_import_arguments,
+                              mlflow_export.run_import))
 
 
 # ----------------------------------------------------------------------------- predict
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGES_OR_FOLDER",
-                        help="image files and/or folders of images (not recursive)")
+    parser.add_argument("images", nargs="*", metavar="IMAGES",
+                        help="image files, folders (searched recursively) and/or quoted globs ('smears/**/*.jpg'); "
+                             "an image's id is its path relative to the folder or glob root")
     parser.add_argument("--bundle", required=True, help="model bundle directory (results/bundle)")
+    parser.add_argument("--about", action="store_true",
+                        help="print the bundle's model card (intended use, classes, per-class F1, data, limits) "
+                             "and its SHA-256, then exit")
     parser.add_argument("--expected-counts", metavar="CSV",
                         help="test.csv (trustii_id, NAME): keep exactly that many boxes per image; "
                              "without it, boxes above a confidence threshold after NMS")
     parser.add_argument("--profile", choices=("full", "fast"), default="full",
                         help="full: every fold and model of the bundle; fast: one detector fold + one classifier")
-    parser.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    parser.add_argument("--out", default="predictions.csv",
+                        help="CSV to write, appended chunk by chunk; an interrupted run resumes (default predictions.csv)")
+    parser.add_argument("--coco", metavar="JSON", help="COCO JSON to write (default <out stem>.coco.json)")
     parser.add_argument("--annotate", metavar="DIR", help="also write annotated PNGs into DIR")
-    parser.add_argument("--device", help="torch/ultralytics device (default: the bundle's, cpu)")
+    parser.add_argument("--chunk-size", type=int, default=256,
+                        help="images per chunk: memory grows with it, not with the number of images (default 256)")
+    parser.add_argument("--device", help="torch/ultralytics device (default: the bundle's)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the bundle's)")
-    parser.add_argument("--min-score", type=float, help="threshold mode: minimum fused confidence")
-    parser.add_argument("--nms-iou", type=float, help="threshold mode: NMS IoU")
+    parser.add_argument("--min-score", type=float, help="threshold mode: minimum fused confidence, 0 to 1")
+    parser.add_argument("--nms-iou", type=float, help="threshold mode: NMS IoU, above 0 and at most 1")
+    parser.add_argument("--expect-sha256", metavar="HEX",
+                        help="refuse the bundle unless its MANIFEST.sha256 has this SHA-256 (its published identity)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from leukoflow.engine import offline
+
+    offline.enforce()  # before ultralytics is imported: its settings go to the user's cache, no network
     from leukoflow.inference import predict
     from leukoflow.inference.bundle import BundleError
 
     try:
+        if args.about:
+            print(predict.about(args.bundle), end="")
+            return EXIT_OK
+        if not args.images:
+            raise ValueError("give at least one image, folder or glob (or --about)")
         summary = predict.run(args.images, bundle=args.bundle, out=args.out, expected_counts=args.expected_counts,
                               profile=args.profile, device=args.device, threads=args.threads,
-                              min_score=args.min_score, nms_iou=args.nms_iou, annotate_dir=args.annotate)
+                              min_score=args.min_score, nms_iou=args.nms_iou, annotate_dir=args.annotate,
+                              coco=args.coco, chunk_size=args.chunk_size, expected_sha256=args.expect_sha256,
+                              progress=False if args.no_progress else None)
     except (BundleError, FileNotFoundError, ValueError) as error:
         print(f"leukoflow predict: error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR

@@ -369,20 +369,25 @@ SUBMISSION = _register(Schema(
 
 PREDICTIONS = _register(Schema(
     "predictions", "<out>.csv of `leukoflow predict`",
-    "Cells found by `leukoflow predict` on new images: one row per box, images in input order.",
+    "Cells found by `leukoflow predict` on new images: one row per box, images in input order; the "
+    "challenge's submission columns first. The CSV adds one `prob_<class>` column per class "
+    "(`leukoflow.inference.outputs.PREDICTIONS_CSV`).",
     (
-        Column("NAME", "str", "image file name"),
-        Column("path", "str", "image file read"),
         Column("trustii_id", "int", "expected-cell id (with --expected-counts); -1 otherwise"),
-        Column("rank", "int", "0-based rank of the box in its image"),
+        Column("NAME", "str", "image id: its path relative to the folder or glob root given (the file name "
+                              "for a file given directly)"),
         Column("x1", "int", "left, px"),
         Column("y1", "int", "top, px"),
         Column("x2", "int", "right, px"),
         Column("y2", "int", "bottom, px"),
-        Column("score", "float", "fused detector confidence (0 for a padding box)"),
-        Column("source", "str", "detected | padded (fewer boxes than expected: full image) | unreadable"),
         Column("class", "str", "class code (the bundle's fallback class when the image is unreadable)"),
         Column("probability", "float", "probability of the class (NaN when unreadable)"),
+        Column("score", "float", "fused detector confidence of the box (0 for a padding box)"),
+        Column("rank", "int", "0-based rank of the box in its image"),
+        Column("source", "str", "detected | padded (fewer boxes than expected: full image) | unreadable"),
+        Column("path", "str", "image file read"),
+        Column("width", "int", "image width, px (0 when unreadable)"),
+        Column("height", "int", "image height, px (0 when unreadable)"),
     ),
 ))
 

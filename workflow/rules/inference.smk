@@ -1,19 +1,21 @@
-# Inference: the model bundle that `leukoflow predict` loads (results/bundle/, with a checksum manifest).
+# Inference: the model bundle that `leukoflow predict` loads (results/bundle/: safetensors weights,
+# a model card and a checksum manifest).
 
 
 rule export_bundle:
     input:
-        detector=expand(
+        detector_weights=expand(
             rules.train_detector.output.weights,
             detector=TEST_DETECTOR,
             fold=DETECTION_FOLDS,
         ),
-        classifiers=expand(
+        classifier_checkpoints=expand(
             rules.train_classifier.output.best,
             model=CLASSIFIERS,
             fold=CLASSIFIER_FOLDS,
         ),
-        weights=rules.search_ensemble_weights.output.weights,
+        ensemble_weights=rules.search_ensemble_weights.output.weights,
+        oof_classes=rules.search_ensemble_weights.output.oof_classes,
         oof_raw=expand(
             rules.predict_oof.output.raw, detector=TEST_DETECTOR, fold=DETECTION_FOLDS
         ),
@@ -35,21 +37,23 @@ rule export_bundle:
         mem_mb=memory_mb("export_bundle"),
         runtime=runtime_min("export_bundle"),
     params:
-        detector=TEST_DETECTOR,
-        detector_predict=config["detectors"][TEST_DETECTOR]["predict"],
-        wbf_iou=config["detection"]["wbf_iou"],
-        wbf_skip=config["detection"]["wbf_skip"],
-        margin=config["crops"]["margin"],
-        checkpoints={
-            name: expand(
-                rules.train_classifier.output.best, model=name, fold=CLASSIFIER_FOLDS
-            )
-            for name in CLASSIFIERS
-        },
+        detector_name=TEST_DETECTOR,
+        detector_predict=lookup(
+            dpath=f"detectors/{TEST_DETECTOR}/predict", within=config
+        ),
+        wbf_iou=lookup(dpath="detection/wbf_iou", within=config),
+        wbf_skip=lookup(dpath="detection/wbf_skip", within=config),
+        margin=lookup(dpath="crops/margin", within=config),
+        classifier_models=CLASSIFIERS,
         classifier_settings={
             "amp": CLASSIFIER_SETTINGS["amp"],
             "channels_last": CLASSIFIER_SETTINGS["channels_last"],
         },
-        predict_settings=config["predict"],
+        predict_settings=lookup(dpath="predict", within=config),
+        dataset=(
+            "synthetic smears from leukoflow's generator"
+            if SYNTHETIC
+            else f"the images and annotations under {DATA_DIR}"
+        ),
     script:
         "../scripts/export_bundle.py"

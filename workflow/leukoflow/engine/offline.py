@@ -2,8 +2,9 @@
 
 ultralytics, MLflow and the Hugging Face hub all try the network on their own: a font download
 on every detector training, telemetry threads, hub lookups. `enforce()` sets the switches that
-STACK-FACTS.md §1 measured to give zero network lookups, keeps ultralytics' settings inside the
-project instead of the home directory, and ships the font it wants from matplotlib's copy.
+STACK-FACTS.md §1 measured to give zero network lookups, keeps ultralytics' settings in one
+leukoflow folder of the user's cache (never inside the checkout, never ultralytics' own default),
+and ships the font it wants from matplotlib's copy.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ FONTS_WANTED = ("Arial.ttf", "Arial.Unicode.ttf")
 
 
 def default_config_dir() -> Path:
-    """Project-local ultralytics settings folder (ignored by git)."""
-    return Path(__file__).resolve().parents[3] / ".ultralytics"
+    """ultralytics' settings and font folder: `$XDG_CACHE_HOME/leukoflow/ultralytics` (default ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leukoflow" / "ultralytics"
 
 
 def enforce(config_dir: str | Path | None = None) -> Path:

@@ -90,7 +90,11 @@ class Report:
 
 def resolve_release(reference: str, *, repo: Path, zenodo_api: str,
                     http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> Release:
-    """A tag as given, or the tag of a Zenodo DOI (releases.csv first, then the records API)."""
+    """A tag as given, or the tag of a version or DOI (releases.csv first, then the records API)."""
+    row = release_row(repo / RELEASES_CSV, reference)  # issue 18: version/DOI -> commit, tag re-created
+    if row is not None:
+        doi = DOI_PATTERN.match(row.get("doi", "").strip())  # "pending deposit" until Zenodo mints one
+        return Release(ensure_release_tag(repo, row), doi.group(1).lower() if doi else None, RELEASES_CSV)
     match = DOI_PATTERN.match(reference.strip())
     if not match:
         _require_tag(repo, reference)
@@ -111,6 +115,43 @@ def _releases_table(path: Path) -> dict[str, str]:
         return {}
     with path.open(newline="") as handle:
         return {row["doi"].strip().lower(): row["tag"].strip() for row in csv.DictReader(handle) if row.get("doi")}
+
+
+# --- releases.csv rows (issue 18): tag, version, commit, doi, date, config, notes -------------------
+# Tags do not travel with every clone; the row's commit does, so a missing tag is re-created there.
+
+def release_row(path: Path, reference: str) -> dict[str, str] | None:
+    """The releases.csv row whose tag, version (with or without a leading 'v') or DOI is `reference`."""
+    if not path.is_file():
+        return None
+    wanted = reference.strip().lower().removeprefix("https://doi.org/")
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            keys = {row.get("tag", ""), row.get("version", ""), "v" + row.get("version", ""), row.get("doi", "")}
+            if wanted in {key.strip().lower() for key in keys if key and key.strip() and key.strip() != "v"}:
+                return {key: (value or "") for key, value in row.items()}
+    return None
+
+
+def ensure_release_tag(repo: Path, row: dict[str, str]) -> str:
+    """The row's tag, created at the row's commit when the clone lacks it; refused when it points elsewhere."""
+    tag, commit = row.get("tag", "").strip(), row.get("commit", "").strip()
+    found = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}"],
+                           capture_output=True, text=True)
+    if not commit:
+        _require_tag(repo, tag)
+        return tag
+    exists = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True)
+    if exists.returncode != 0:
+        raise ReproduceError(f"releases.csv: commit {commit} of {tag} is not in {repo} (fetch it first)")
+    if found.returncode == 0:
+        if not found.stdout.strip().startswith(commit) and not commit.startswith(found.stdout.strip()):
+            raise ReproduceError(f"tag {tag} points at {found.stdout.strip()}, but releases.csv records {commit}")
+        return tag
+    _run(["git", "-C", str(repo), "tag", tag, commit], f"git tag {tag}")  # lightweight: needs no git identity
+    return tag
+
+# --- end of releases.csv rows -----------------------------------------------------------------------
 
 
 def zenodo_tag(record_id: str, *, api: str, http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> str:

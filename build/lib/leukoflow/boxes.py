@@ -1,0 +1,145 @@
+"""Box operations shared by detection, noisy-box flagging, backgrounds and crops (METHOD.md §4.1-§4.3, §7.2).
+
+Boxes are `(N, 4)` arrays in `xyxy` pixel coordinates unless a name says `xyxy_norm`. GIoU, IoU and
+NMS come from `torchvision.ops`. Weighted boxes fusion follows `ensemble_boxes.weighted_boxes_fusion`
+(ZFTurbo) for the single case the winner used, every fold's boxes as one list with weight 1 and
+`conf_type="avg"` (METHOD §4.3 step 2); that package is not a dependency because it imports numba.
+Top-N fitting with full-image padding is the winner's `fit_format` (METHOD §4.2, §10.3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision import ops
+
+FULL_IMAGE_SCORE = 0.0  # score of a padding box (METHOD §4.2: "full" padding, score 0)
+
+
+def as_tensor(boxes: np.ndarray) -> torch.Tensor:
+    """(N, 4) float64 tensor; float64 so GIoU ties and rounding match the numpy metric."""
+    return torch.from_numpy(np.array(boxes, dtype=np.float64).reshape(-1, 4))
+
+
+def giou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Pairwise generalized IoU, shape (len(a), len(b)), for valid xyxy boxes."""
+    if len(boxes_a) == 0 or len(boxes_b) == 0:
+        return np.zeros((len(boxes_a), len(boxes_b)))
+    return ops.generalized_box_iou(as_tensor(boxes_a), as_tensor(boxes_b)).numpy()
+
+
+def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU, shape (len(a), len(b))."""
+    if len(boxes_a) == 0 or len(boxes_b) == 0:
+        return np.zeros((len(boxes_a), len(boxes_b)))
+    return ops.box_iou(as_tensor(boxes_a), as_tensor(boxes_b)).numpy()
+
+
+def best_giou_match(truth: np.ndarray, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every truth box, the prediction of highest GIoU (the challenge's matching rule, METRIC.md).
+
+    Returns:
+        (index, giou): index into `predictions` (-1 where there is none) and its GIoU (-1 there).
+        Ties go to the first prediction, as numpy argmax does in the official scorer.
+    """
+    if len(predictions) == 0:
+        return np.full(len(truth), -1, dtype=np.int64), np.full(len(truth), -1.0)
+    giou = giou_matrix(truth, predictions)
+    index = giou.argmax(axis=1) if len(truth) else np.zeros(0, dtype=np.int64)
+    return index.astype(np.int64), giou[np.arange(len(truth)), index]
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices kept by class-agnostic NMS, highest score first."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    keep = ops.nms(as_tensor(boxes), torch.as_tensor(np.asarray(scores, dtype=np.float64)), iou_threshold)
+    return keep.numpy()
+
+
+def normalise(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """xyxy px -> xyxy_norm clipped to [0, 1] (WBF clips out-of-range values the same way)."""
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    return np.clip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale, 0.0, 1.0)
+
+
+def denormalise(boxes_norm: np.ndarray, width: int, height: int) -> np.ndarray:
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    return np.asarray(boxes_norm, dtype=np.float64).reshape(-1, 4) * scale
+
+
+def weighted_boxes_fusion(boxes_norm: np.ndarray, scores: np.ndarray, *, iou_threshold: float,
+                          skip_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse one list of boxes (all folds together) by weighted boxes fusion, single model, conf "avg".
+
+    Boxes are visited by descending score; each joins the fused box it overlaps most if that IoU is
+    above `iou_threshold`, else starts a new cluster. A fused box is the score-weighted mean of its
+    members and its score the mean member score (with one model, WBF's rescaling factor is 1).
+
+    Args:
+        boxes_norm: (N, 4) xyxy_norm, already clipped to [0, 1].
+        scores: (N,) confidences; boxes below `skip_threshold` and zero-area boxes are dropped.
+
+    Returns:
+        (fused_boxes_norm (M, 4), fused_scores (M,)), by descending score.
+    """
+    boxes_norm = np.asarray(boxes_norm, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64)
+    area = (boxes_norm[:, 2] - boxes_norm[:, 0]) * (boxes_norm[:, 3] - boxes_norm[:, 1])
+    usable = (scores >= skip_threshold) & (area > 0)
+    boxes_norm, scores = boxes_norm[usable], scores[usable]
+    order = np.argsort(-scores, kind="stable")
+    members: list[list[int]] = []
+    fused = np.zeros((0, 4))
+    for index in order:
+        overlap = iou_matrix(fused, boxes_norm[index:index + 1])[:, 0] if len(fused) else np.zeros(0)
+        if len(overlap) and overlap.max() > iou_threshold:
+            cluster = int(overlap.argmax())
+            members[cluster].append(index)
+            weights = scores[members[cluster]]
+            fused[cluster] = weights @ boxes_norm[members[cluster]] / weights.sum()
+        else:
+            members.append([index])
+            fused = np.vstack([fused, boxes_norm[index]])
+    fused_scores = np.array([scores[m].mean() for m in members])
+    order = np.argsort(-fused_scores, kind="stable")
+    return fused[order].reshape(-1, 4), fused_scores[order]
+
+
+def full_image_box(width: int, height: int) -> np.ndarray:
+    """The padding box (0, 0, W-1, H-1) of METHOD §12.9; never degenerate, even for a 1-px image."""
+    return np.array([0.0, 0.0, max(width - 1, 1), max(height - 1, 1)])
+
+
+def round_and_clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """np.round (half to even) then clip to [0, W-1] x [0, H-1], as the winner (METHOD §4.2, §12.10)."""
+    boxes = np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    upper = np.array([width - 1, height - 1, width - 1, height - 1], dtype=np.float64)
+    return np.clip(boxes, 0.0, upper)
+
+
+def top_n_with_padding(boxes: np.ndarray, scores: np.ndarray, n: int, width: int,
+                       height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the n best boxes of one image; pad with full-image boxes when there are fewer.
+
+    Order: score descending, then box/image area ratio descending (METHOD §4.3 step 3).
+
+    Returns:
+        (boxes (n, 4), scores (n,), padded (n,) bool).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    order = np.lexsort((-area, -scores))[:n]
+    missing = n - len(order)
+    kept = np.vstack([boxes[order], np.tile(full_image_box(width, height), (missing, 1))])
+    kept_scores = np.concatenate([scores[order], np.full(missing, FULL_IMAGE_SCORE)])
+    padded = np.concatenate([np.zeros(len(order), dtype=bool), np.ones(missing, dtype=bool)])
+    return kept, kept_scores, padded
+
+
+def expand_and_clip(boxes: np.ndarray, margin: float, width: int, height: int) -> np.ndarray:
+    """Grow boxes by `margin` px per side and clip to the image: the crop window (METHOD §4.3 step 5)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.array([-margin, -margin, margin, margin])
+    upper = np.array([width, height, width, height], dtype=np.float64)
+    return np.clip(boxes, 0.0, upper)

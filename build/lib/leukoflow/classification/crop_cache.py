@@ -1,0 +1,277 @@
+"""Decode, cut and square-resize the classifier inputs once per input size (METHOD.md §8.1).
+
+Every classifier reads its pixels from a cache built here, so a training epoch only indexes a
+uint8 array and stays compute-bound. A cache is two files:
+
+* `<stem>.npy`: uint8 array `[N, size, size, 3]` (RGB), opened memory-mapped by the trainers;
+* `<stem>.parquet`: the index, one row per array row in the same order, columns
+  `id` (crop_id, image NAME or background item id), `name` (source image NAME),
+  `fold` (validation fold, -1 for test) and `role` (`train` | `valid` | `test`).
+
+Resizing follows the winner: the (crop or whole) image is squashed to a square, aspect not kept,
+with Lanczos (`cv2.INTER_LANCZOS4` there, `PIL.Image.LANCZOS` here). Four sources are cached:
+
+* `crops`: one row per crop-table row (the box is already the crop box, margin included);
+* `images`: one row per kept curated image (the multi-label model sees whole images);
+* `background_crops`: per background image, `n_train_crops` random square crops of side
+  U[min_side, max_side] px (training) and one fixed `valid_side` crop at a relative position
+  (validation), as the winner's ViT-L 1.2.5. The winner drew a fresh random crop every epoch; we
+  draw a fixed set once (seeded), so the cache stays a plain array; the training augmentation
+  adds the per-epoch variety;
+* `background_images`: whole background images (multi-label background class).
+
+Decoding runs in a thread pool: Pillow releases the GIL while decoding and resizing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+LOGGER = logging.getLogger(__name__)
+INDEX_COLUMNS = ["id", "name", "fold", "role"]
+SOURCES = ("crops", "images", "background_crops", "background_images")
+
+
+def square_resize(image: Image.Image, size: int) -> np.ndarray:
+    """RGB uint8 `[size, size, 3]`: the image squashed to a square with Lanczos."""
+    return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def _open_rgb(path: str | Path) -> Image.Image:
+    try:
+        with Image.open(path) as handle:
+            return handle.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"crop cache: cannot decode image {path}: {error}") from error
+
+
+def _crop_boxes(image: Image.Image, boxes: np.ndarray, size: int, where: str) -> list[np.ndarray]:
+    """Cut every xyxy box (clipped to the image, at least 1 px) and squash-resize it."""
+    width, height = image.size
+    out = []
+    for x1, y1, x2, y2 in boxes:
+        if not (np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1):
+            raise ValueError(f"crop cache: {where}: box {(x1, y1, x2, y2)} is empty or not finite")
+        left, top = int(np.clip(np.floor(x1), 0, width - 1)), int(np.clip(np.floor(y1), 0, height - 1))
+        right = int(np.clip(np.ceil(x2), left + 1, width))
+        bottom = int(np.clip(np.ceil(y2), top + 1, height))
+        out.append(square_resize(image.crop((left, top, right, bottom)), size))
+    return out
+
+
+def _write_cache(groups: Sequence[tuple[str, Any]], render: Callable[[Any], list[np.ndarray]],
+                 n_rows: int, size: int, pixels_path: Path, threads: int) -> None:
+    """Render each group (one decoded image -> its rows) in a thread pool into a uint8 memmap."""
+    pixels_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = pixels_path.with_suffix(".partial.npy")
+    array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n_rows, size, size, 3))
+    row = 0
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for rendered in pool.map(render, [payload for _, payload in groups]):
+            for tile in rendered:
+                array[row] = tile
+                row += 1
+    if row != n_rows:
+        raise RuntimeError(f"crop cache: wrote {row} rows, expected {n_rows} ({pixels_path})")
+    array.flush()
+    del array
+    partial.replace(pixels_path)
+
+
+def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int,
+                     pixels_path: str | Path, *, threads: int = 2) -> pd.DataFrame:
+    """Cache every crop-table row (CROPS schema) at `size`; returns the index (crop-table order)."""
+    missing = sorted(set(crops["name"]) - set(image_paths))
+    if missing:
+        raise ValueError(f"crop cache: {len(missing)} crop image(s) have no path in the image table, "
+                         f"e.g. {missing[:3]}")
+    order = crops.assign(_row=np.arange(len(crops))).sort_values(["name", "_row"], kind="stable")
+    groups = [(name, (image_paths[name], frame[["x1", "y1", "x2", "y2"]].to_numpy(float), name))
+              for name, frame in order.groupby("name", sort=False)]
+
+    def render(payload: tuple[str, np.ndarray, str]) -> list[np.ndarray]:
+        path, boxes, name = payload
+        return _crop_boxes(_open_rgb(path), boxes, size, f"image {name}")
+
+    started = time.perf_counter()
+    _write_cache(groups, render, len(crops), size, Path(pixels_path), threads)
+    index = pd.DataFrame({
+        "id": order["crop_id"].astype(str).to_numpy(),
+        "name": order["name"].astype(str).to_numpy(),
+        "fold": order["fold"].astype("int64").to_numpy(),
+        "role": np.where(order["split"].to_numpy() == "test", "test", "train"),
+    })
+    LOGGER.info("cached %d crops at %d px in %.1f s", len(index), size, time.perf_counter() - started)
+    return index
+
+
+def build_image_cache(images: pd.DataFrame, size: int, pixels_path: str | Path, *,
+                      threads: int = 2) -> pd.DataFrame:
+    """Cache whole images (columns name, path, fold, role) at `size`; returns the index."""
+    groups = [(name, path) for name, path in zip(images["name"], images["path"])]
+    _write_cache(groups, lambda path: [square_resize(_open_rgb(path), size)], len(images), size,
+                 Path(pixels_path), threads)
+    return pd.DataFrame({
+        "id": images["name"].astype(str).to_numpy(),
+        "name": images["name"].astype(str).to_numpy(),
+        "fold": images["fold"].astype("int64").to_numpy(),
+        "role": images["role"].astype(str).to_numpy(),
+    })
+
+
+def background_crop_boxes(width: int, height: int, rng: np.random.Generator, *, n_train_crops: int,
+                          min_side: int, max_side: int, valid_side: int,
+                          valid_position: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Random training squares (side U[min_side, max_side], clipped to the image) and the fixed
+    validation square of one background image, as xyxy arrays."""
+    limit = min(width, height)
+    sides = np.minimum(rng.integers(min_side, max_side + 1, size=n_train_crops), limit)
+    lefts = np.floor(rng.random(n_train_crops) * (width - sides + 1))
+    tops = np.floor(rng.random(n_train_crops) * (height - sides + 1))
+    train = np.stack([lefts, tops, lefts + sides, tops + sides], axis=1).astype(float)
+    side = min(valid_side, limit)
+    left = min(int(valid_position[0] * width), width - side)
+    top = min(int(valid_position[1] * height), height - side)
+    valid = np.array([[left, top, left + side, top + side]], dtype=float)
+    return train, valid
+
+
+def build_background_crop_cache(backgrounds: pd.DataFrame, size: int, pixels_path: str | Path, *,
+                                seed: int, n_train_crops: int = 4, min_side: int = 88,
+                                max_side: int = 224, valid_side: int = 146,
+                                valid_position: tuple[float, float] = (0.05, 0.05),
+                                threads: int = 2) -> pd.DataFrame:
+    """Cache background crops (columns name, path, fold of the backgrounds table) at `size`.
+
+    Each background gives `n_train_crops` rows with role `train` and one row with role `valid`;
+    a trainer uses the `train` rows of the other folds and the `valid` row of its own fold.
+    """
+    if min_side < 1 or max_side < min_side:
+        raise ValueError(f"background crops: need 1 <= min_side <= max_side, got {min_side}, {max_side}")
+    rows: list[dict[str, Any]] = []
+    groups = []
+    for position, item in enumerate(backgrounds.itertuples(index=False)):
+        with Image.open(item.path) as handle:
+            width, height = handle.size
+        rng = np.random.default_rng([seed, position])
+        train, valid = background_crop_boxes(width, height, rng, n_train_crops=n_train_crops,
+                                             min_side=min_side, max_side=max_side,
+                                             valid_side=valid_side, valid_position=valid_position)
+        groups.append((item.name, (item.path, np.vstack([train, valid]), item.name)))
+        rows += [{"id": f"{item.name}@{k}", "name": item.name, "fold": int(item.fold),
+                  "role": "train" if k < n_train_crops else "valid"} for k in range(n_train_crops + 1)]
+
+    def render(payload: tuple[str, np.ndarray, str]) -> list[np.ndarray]:
+        path, boxes, name = payload
+        return _crop_boxes(_open_rgb(path), boxes, size, f"background {name}")
+
+    _write_cache(groups, render, len(rows), size, Path(pixels_path), threads)
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
+
+
+def write_index(index: pd.DataFrame, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    index[INDEX_COLUMNS].to_parquet(path, index=False)
+
+
+def read_cache(pixels_path: str | Path, index_path: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """The memory-mapped pixels and their index; refuses a pair that does not match."""
+    pixels = np.load(pixels_path, mmap_mode="r")
+    index = pd.read_parquet(index_path)
+    if list(index.columns) != INDEX_COLUMNS or len(index) != len(pixels):
+        raise ValueError(f"crop cache {pixels_path}: index {index_path} has columns {list(index.columns)} "
+                         f"and {len(index)} rows for {len(pixels)} pixel rows")
+    return pixels, index
+
+
+def image_cache_rows(images: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the whole-image cache: every training image with a fold, then every kept test image."""
+    paths = images.set_index("name")["path"]
+    train = folds[["name", "fold"]].assign(role="train")
+    test_names = images.loc[(images["split"] == "test") & images["keep"], "name"]
+    test = pd.DataFrame({"name": test_names, "fold": -1, "role": "test"})
+    rows = pd.concat([train, test], ignore_index=True)
+    rows["path"] = paths.loc[rows["name"]].to_numpy()
+    return rows
+
+
+def build_cache(source: str, size: int, pixels_path: str | Path, index_path: str | Path, *,
+                images: pd.DataFrame, crops: pd.DataFrame | None = None, folds: pd.DataFrame | None = None,
+                backgrounds: pd.DataFrame | None = None, seed: int = 42, threads: int = 2,
+                background_crops_per_image: int = 4, background_min_side: int = 88,
+                background_max_side: int = 224, background_valid_side: int = 146,
+                background_valid_position: tuple[float, float] = (0.05, 0.05)) -> dict[str, Any]:
+    """Build one pixel cache (`crop_cache` module docstring) for a source and size.
+
+    `images`: CURATED_IMAGES; `crops`: CROPS (source crops); `folds`: FOLDS (source images);
+    `backgrounds`: the background table (name, path, fold; sources background_*).
+    """
+    started = time.perf_counter()
+    paths = dict(zip(images["name"], images["path"]))
+    if source == "crops":
+        index = build_crop_cache(crops, paths, size, pixels_path, threads=threads)
+    elif source == "images":
+        index = build_image_cache(image_cache_rows(images, folds), size, pixels_path, threads=threads)
+    elif source == "background_crops":
+        index = build_background_crop_cache(
+            backgrounds, size, pixels_path, seed=seed, n_train_crops=background_crops_per_image,
+            min_side=background_min_side, max_side=background_max_side, valid_side=background_valid_side,
+            valid_position=tuple(background_valid_position), threads=threads)
+    elif source == "background_images":
+        index = build_image_cache(backgrounds.assign(role="train"), size, pixels_path, threads=threads)
+    else:
+        raise ValueError(f"unknown cache source {source!r}; expected one of {SOURCES}")
+    write_index(index, index_path)
+    return {"source": source, "size": size, "rows": len(index),
+            "roles": {str(k): int(v) for k, v in index["role"].value_counts().items()},
+            "megabytes": round(Path(pixels_path).stat().st_size / 2**20, 2),
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+# ----------------------------------------------------------------------------- Snakemake inputs
+# Plain functions (no torch import) so the rule file stays declarative and the DAG builds fast.
+
+CURATED_IMAGES_PATH = "results/curation/images.parquet"
+CURATED_BOXES_PATH = "results/curation/boxes.parquet"
+FOLDS_PATH = "results/curation/folds.parquet"
+
+
+def cache_files(cache_dir: str, source: str, size: int | str) -> dict[str, str]:
+    stem = f"{cache_dir}/{source}_{size}"
+    return {"pixels": f"{stem}.npy", "index": f"{stem}.parquet"}
+
+
+def cache_tables(source: str, *, crops_table: str, backgrounds_table: str) -> dict[str, str]:
+    """The tables the cache of one source is built from."""
+    tables = {"images": CURATED_IMAGES_PATH}
+    if source == "crops":
+        tables["crops"] = crops_table
+    elif source == "images":
+        tables["folds"] = FOLDS_PATH
+    else:
+        tables["backgrounds"] = backgrounds_table
+    return tables
+
+
+def model_inputs(entry: dict[str, Any], *, cache_dir: str, crops_table: str) -> dict[str, str]:
+    """Pixel caches and truth tables of one `classifiers.models` entry (training and prediction)."""
+    multiclass = entry.get("kind", "multiclass") == "multiclass"
+    size = entry["img_size"]
+    inputs = cache_files(cache_dir, "crops" if multiclass else "images", size)
+    if multiclass:
+        inputs["crops"] = crops_table
+    else:
+        inputs.update(boxes=CURATED_BOXES_PATH, folds=FOLDS_PATH)
+    if entry.get("background", False):
+        background = cache_files(cache_dir, "background_crops" if multiclass else "background_images", size)
+        inputs.update(background_pixels=background["pixels"], background_index=background["index"])
+    return inputs

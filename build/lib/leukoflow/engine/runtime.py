@@ -1,0 +1,134 @@
+"""What every rule script shares: logging to the rule's log file, timing, and the summary JSON.
+
+Scripts stay three lines: import the stage, call `run_rule(snakemake, stage.run)`. The stage's
+`run(smk)` reads the rule's input/params/output and returns its summary figures.
+With tracking on, each job is also one MLflow run (`leukoflow.engine.tracking`): FINISHED with the
+summary as metrics, or FAILED when the stage raises.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from leukoflow.engine import offline
+
+from leukoflow.engine import tracking
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_plain) + "\n")
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and paths in summaries become plain JSON values."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+SUMMARY_OUTPUT = "summary"
+Entry = TypeVar("Entry", bound=Callable[..., dict[str, Any]])
+
+
+class RuleBindingError(TypeError):
+    """A rule's named files/params do not match its entry's keyword arguments."""
+
+
+def tracked(entry: Entry) -> Entry:
+    """Mark a rule entry whose job is one MLflow run (training, prediction, evaluation, search)."""
+    entry.tracked = True  # type: ignore[attr-defined]
+    return entry
+
+
+def bind(smk: Any, entry: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword arguments of `entry` for this job: named input/output/params, threads, log."""
+    parameters = inspect.signature(entry).parameters
+    bound: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for section in ("input", "output", "params"):
+        for name, value in getattr(smk, section).items():
+            if section == "output" and name == SUMMARY_OUTPUT:
+                continue
+            if name in bound:
+                raise RuleBindingError(f"rule {smk.rule}: {name!r} is named in both {origin[name]} and {section}")
+            bound[name], origin[name] = _plain_value(value), section
+    if "threads" in parameters:
+        bound["threads"] = smk.threads
+    if "log" in parameters:
+        bound["log"] = str(smk.log[0]) if len(smk.log) else None
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = sorted(name for name in bound if name not in parameters and not takes_any)
+    missing = sorted(name for name, p in parameters.items()
+                     if p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
+                     and name not in bound)
+    if unknown or missing:
+        raise RuleBindingError(f"rule {smk.rule} -> {entry.__module__}.{entry.__name__}: "
+                               f"not taken by the entry {unknown}, not given by the rule {missing}")
+    return bound
+
+
+def _plain_value(value: Any) -> Any:
+    """Snakemake's named lists become plain lists; files and params pass as they are."""
+    if isinstance(value, list) and not isinstance(value, str):
+        return [_plain_value(item) for item in value]
+    return value
+
+
+def run_rule(smk: Any, entry: Callable[..., dict[str, Any]], *, tracked: bool = False) -> dict[str, Any]:
+    """Run one rule's entry under Snakemake: binding, log file, timing, `output.summary`.
+
+    Tracked entries (`@tracked`) are also one MLflow run each; data-preparation jobs skip MLflow
+    and its few seconds of import time.
+    """
+    if multiprocessing.parent_process() is not None:
+        return {}  # a spawned worker re-imports the script as its main module: only the job runs the rule
+    tracked = tracked or getattr(entry, "tracked", False)
+    offline.enforce()
+    log_path = Path(smk.log[0]) if len(smk.log) else None
+    _configure_logging(log_path)
+    logger = logging.getLogger(f"leukoflow.{smk.rule}")
+    run = tracking.start_rule_run(smk) if tracked else tracking.RuleRun()  # no-op unless `tracking.enabled`
+    started = time.perf_counter()
+    logger.info("rule %s starts (threads=%s, tracked=%s)", smk.rule, smk.threads, run.active)
+    try:
+        summary = entry(smk) if _takes_job(entry) else entry(**bind(smk, entry))
+    except BaseException:
+        logger.exception("rule %s failed", smk.rule)
+        run.fail()
+        raise
+    summary = dict(summary)
+    summary.setdefault("seconds", round(time.perf_counter() - started, 3))
+    if hasattr(smk.output, "summary"):
+        write_json(smk.output.summary, summary)
+    logger.info("rule %s done in %.1f s", smk.rule, summary["seconds"])
+    run.finish(summary, smk)
+    return summary
+
+
+def _takes_job(entry: Callable[..., Any]) -> bool:
+    """Transitional: an entry `run(smk)` written before the keyword convention."""
+    return list(inspect.signature(entry).parameters) == ["smk"]
+
+
+def _configure_logging(log_path: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)

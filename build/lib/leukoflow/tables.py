@@ -1,0 +1,458 @@
+"""Every table passed between stages, defined in one place and validated on write and read.
+
+A schema is an ordered list of columns, each with a pandas dtype kind and a description.
+`write_table` refuses a frame whose columns or dtypes differ from its schema, so a stage
+cannot silently change the contract its consumers rely on. `python -m leukoflow.engine.docs`
+renders these definitions into docs/tables.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: str  # one of: str, int, float, bool
+    description: str
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    path_pattern: str
+    description: str
+    columns: tuple[Column, ...]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [column.name for column in self.columns]
+
+
+_STATUS = Column("status", "str", "ok | repaired | quarantined")
+_REASON = Column("reason", "str", "';'-joined reason codes of the repair or quarantine; empty when ok")
+
+SCHEMAS: dict[str, Schema] = {}
+
+
+def _register(schema: Schema) -> Schema:
+    SCHEMAS[schema.name] = schema
+    return schema
+
+
+INGEST_IMAGES = _register(Schema(
+    "ingest_images", "results/ingest/images.parquet",
+    "One row per image referenced by train.csv or test.csv, as decoded once by ingest.",
+    (
+        Column("name", "str", "NAME as in the challenge CSVs (plain file name)"),
+        Column("split", "str", "train | test"),
+        Column("path", "str", "image the later stages read: the input file, or the repaired working copy"),
+        _STATUS,
+        _REASON,
+        Column("width", "int", "decoded width in px (0 when quarantined)"),
+        Column("height", "int", "decoded height in px (0 when quarantined)"),
+        Column("channels", "int", "channels of the file as stored (1 grey, 3 RGB, 4 CMYK/RGBA)"),
+        Column("mode", "str", "PIL mode of the file as stored"),
+        Column("file_sha256", "str", "SHA-256 of the input file bytes"),
+        Column("pixel_mean", "float", "mean over all RGB pixels and channels (0-255)"),
+        Column("pixel_std", "float", "standard deviation over all RGB pixels and channels"),
+        Column("phash", "str", "64-bit imagehash pHash of the RGB image as 16 hex digits (empty when quarantined)"),
+    ),
+))
+
+INGEST_BOXES = _register(Schema(
+    "ingest_boxes", "results/ingest/boxes.parquet",
+    "One row per train.csv row (one annotated white cell), coordinates as given.",
+    (
+        Column("row", "int", "0-based data row of train.csv (file line = row + 2)"),
+        Column("name", "str", "NAME of the image"),
+        Column("x1", "float", "left, px, as given"),
+        Column("y1", "float", "top, px, as given"),
+        Column("x2", "float", "right, px, as given"),
+        Column("y2", "float", "bottom, px, as given"),
+        Column("label", "str", "class code (constants.CLASSES)"),
+        Column("class_idx", "int", "index of the class code (-1 when quarantined for an unknown code)"),
+        _STATUS,
+        _REASON,
+    ),
+))
+
+INGEST_TEST = _register(Schema(
+    "ingest_test", "results/ingest/test.parquet",
+    "One row per test.csv row (one expected cell).",
+    (
+        Column("row", "int", "0-based data row of test.csv"),
+        Column("trustii_id", "int", "submission id of the expected cell"),
+        Column("name", "str", "NAME of the image"),
+        _STATUS,
+        _REASON,
+    ),
+))
+
+LEDGER = _register(Schema(
+    "ledger", "results/<stage>/ledger.csv",
+    "Data-quality ledger: one row per input row or image that a stage repaired, removed or quarantined.",
+    (
+        Column("stage", "str", "ingest | deduplicate | repair_boxes"),
+        Column("table", "str", "train.csv | test.csv | images"),
+        Column("row", "int", "0-based data row in that table (-1 for an image without a row)"),
+        Column("name", "str", "NAME of the image concerned"),
+        Column("field", "str", "column or property at fault"),
+        Column("action", "str", "repaired | removed | quarantined"),
+        Column("reason", "str", "reason code"),
+        Column("detail", "str", "human-readable detail (values seen, exception text)"),
+    ),
+))
+
+DUPLICATE_GROUPS = _register(Schema(
+    "duplicate_groups", "results/curation/duplicate_groups.parquet",
+    "Members of every exact or near-duplicate group of images (train and test together).",
+    (
+        Column("group_id", "int", "0-based id, groups ordered by their smallest member name"),
+        Column("name", "str", "NAME of the member"),
+        Column("split", "str", "train | test"),
+        Column("kind", "str", "exact (pHash distance 0 across the group) | near (linked at distance <= dedup.max_distance)"),
+        Column("role", "str", "survivor | removed | test_member | conflict_removed"),
+        Column("reason", "str", "why the role was given"),
+        Column("labels", "str", "'|'-joined sorted class codes of the member's boxes (empty for test)"),
+    ),
+))
+
+CURATED_IMAGES = _register(Schema(
+    "curated_images", "results/curation/images.parquet",
+    "Usable images after de-duplication, with the marks of the duplicate search.",
+    (
+        Column("name", "str", "NAME of the image"),
+        Column("split", "str", "train | test"),
+        Column("path", "str", "image file to read"),
+        Column("width", "int", "decoded width in px"),
+        Column("height", "int", "decoded height in px"),
+        Column("pixel_mean", "float", "global pixel mean"),
+        Column("pixel_std", "float", "global pixel std"),
+        Column("group_id", "int", "duplicate group (-1 when unique)"),
+        Column("role", "str", "unique | survivor | removed | test_member | conflict_removed"),
+        Column("train_test_duplicate", "bool", "the image has a duplicate on the other split"),
+        Column("keep", "bool", "the image is used downstream (train: for training; test: for prediction)"),
+    ),
+))
+
+CURATED_BOXES = _register(Schema(
+    "curated_boxes", "results/curation/boxes.parquet",
+    "Training boxes of kept images after clipping to the image.",
+    (
+        Column("row", "int", "0-based data row of train.csv"),
+        Column("name", "str", "NAME of the image"),
+        Column("x1", "float", "left, clipped to [0, width-1]"),
+        Column("y1", "float", "top, clipped to [0, height-1]"),
+        Column("x2", "float", "right, clipped to [0, width-1]"),
+        Column("y2", "float", "bottom, clipped to [0, height-1]"),
+        Column("label", "str", "class code"),
+        Column("class_idx", "int", "class index"),
+        Column("clipped", "bool", "at least one coordinate was moved into the image"),
+    ),
+))
+
+FOLDS = _register(Schema(
+    "folds", "results/curation/folds.parquet",
+    "Cross-validation fold of every kept training image.",
+    (
+        Column("name", "str", "NAME of the image"),
+        Column("fold", "int", "validation fold, 0..n_folds-1"),
+        Column("group_id", "int", "duplicate group kept together (-1 when unique)"),
+        Column("n_boxes", "int", "boxes on the image"),
+        Column("multilabel", "str", "'|'-joined sorted class indices on the image"),
+        Column("surface_bin", "int", "equal-width bin of width*height"),
+        Column("box_ratio_bin", "int", "equal-width bin of mean 100*box area/image area"),
+        Column("mean_bin", "int", "equal-width bin of the global pixel mean"),
+        Column("std_bin", "int", "equal-width bin of the global pixel std"),
+    ),
+))
+
+DEFECTS = _register(Schema(
+    "defects", "<dataset>/defects.parquet",
+    "Ground truth of every defect the synthetic generator injected; read by tests and evaluation only.",
+    (
+        Column("kind", "str", "defect kind (see synthesize.DEFECT_KINDS)"),
+        Column("name", "str", "NAME of the affected image"),
+        Column("source", "str", "NAME of the original image (duplicates), else empty"),
+        Column("row", "int", "0-based data row in train.csv or test.csv concerned (-1 for image-level defects)"),
+        Column("detail", "str", "parameters of the defect"),
+    ),
+))
+
+CROPS = _register(Schema(
+    "crops", "results/crops/crops.parquet",
+    "Cell crops the classifiers train on (OOF detector-2 boxes of training images) and predict (test boxes).",
+    (
+        Column("crop_id", "str", "unique id '<name>#<k>', k = rank of the box within its image"),
+        Column("name", "str", "NAME of the image"),
+        Column("split", "str", "train | test"),
+        Column("fold", "int", "validation fold of the image (-1 for test)"),
+        Column("x1", "float", "crop box left, px"),
+        Column("y1", "float", "crop box top, px"),
+        Column("x2", "float", "crop box right, px"),
+        Column("y2", "float", "crop box bottom, px"),
+        Column("score", "float", "detector confidence (1.0 for ground-truth boxes)"),
+        Column("label", "str", "class code of the matched ground-truth box (train); empty for test"),
+        Column("class_idx", "int", "index of label (-1 when unknown)"),
+        Column("trustii_id", "int", "test cell id the crop answers (-1 for train)"),
+        Column("source", "str", "<crop detector>_oof (train) | <test detector>_test (test) | ground_truth"),
+    ),
+))
+
+_XYXY = (
+    Column("x1", "float", "left, px"),
+    Column("y1", "float", "top, px"),
+    Column("x2", "float", "right, px"),
+    Column("y2", "float", "bottom, px"),
+)
+
+DETECTIONS = _register(Schema(
+    "detections", "results/detection/{detector}/fold{fold}/oof_raw.parquet | results/detection/test_raw.parquet",
+    "Raw detector output: one row per box kept by ultralytics (conf and class-agnostic NMS from config).",
+    (
+        Column("detector", "str", "detector name (config detectors key)"),
+        Column("fold", "int", "fold of the model that predicted the box"),
+        Column("name", "str", "NAME of the image"),
+        *_XYXY,
+        Column("score", "float", "confidence in [0, 1]"),
+    ),
+))
+
+OOF_BOXES = _register(Schema(
+    "oof_boxes", "results/detection/{detector}/oof.parquet",
+    "Out-of-fold boxes fitted to the known cell count: the top-N boxes of every training image "
+    "(N = its annotated boxes), rounded, clipped, padded with the full-image box (METHOD §4.2).",
+    (
+        Column("detector", "str", "detector name"),
+        Column("fold", "int", "validation fold of the image (= the model that predicted it)"),
+        Column("name", "str", "NAME of the image"),
+        Column("rank", "int", "0-based rank of the box in its image (score, then area, descending)"),
+        *_XYXY,
+        Column("score", "float", "confidence (0 for a padding box)"),
+        Column("padded", "bool", "full-image padding box (fewer detections than cells)"),
+    ),
+))
+
+TEST_BOXES = _register(Schema(
+    "test_boxes", "results/detection/test_boxes.parquet",
+    "One box per test.csv row: all fold models fused by WBF, top-N by the known cell count (METHOD §4.3, §10.3).",
+    (
+        Column("row", "int", "0-based data row of test.csv"),
+        Column("trustii_id", "int", "submission id of the expected cell"),
+        Column("name", "str", "NAME of the image"),
+        *_XYXY,
+        Column("score", "float", "fused confidence (0 for a padding box)"),
+        Column("source", "str", "detected | padded (too few boxes: full image) | unreadable (image quarantined)"),
+    ),
+))
+
+NOISY_FLAGS = _register(Schema(
+    "noisy_flags", "results/detection/noisy_flags.parquet",
+    "Audit of the automatic noisy-box search on detector-1 OOF output: one row per flag (METHOD §5).",
+    (
+        Column("name", "str", "NAME of the image"),
+        Column("fold", "int", "validation fold of the image"),
+        Column("reason", "str", "unconfirmed_box | unannotated_cell | count_mismatch"),
+        Column("row", "int", "train.csv row of the annotation concerned (-1 for detections and image flags)"),
+        Column("x1", "float", "left of the box concerned, px (NaN for count_mismatch)"),
+        Column("y1", "float", "top, px"),
+        Column("x2", "float", "right, px"),
+        Column("y2", "float", "bottom, px"),
+        Column("iou", "float", "unconfirmed_box: best IoU of a confident detection with the annotation; "
+                               "unannotated_cell: best IoU of the detection with any annotation"),
+        Column("score", "float", "unconfirmed_box: highest confidence of a detection overlapping the annotation; "
+                                 "unannotated_cell: the detection's confidence"),
+        Column("n_annotated", "int", "annotated boxes on the image"),
+        Column("n_detected", "int", "confident detections on the image"),
+        Column("excluded", "bool", "the image is left out of detector 2 (the reason is in noisy.exclude_reasons)"),
+    ),
+))
+
+BACKGROUNDS = _register(Schema(
+    "backgrounds", "results/detection/backgrounds.parquet",
+    "Synthetic background images: single-cell images with the white cell painted out (METHOD §6).",
+    (
+        Column("name", "str", "file name '<stem>_background.jpg'"),
+        Column("path", "str", "image file"),
+        Column("source_name", "str", "NAME of the image it was made from"),
+        Column("source_split", "str", "train | test"),
+        Column("fold", "int", "validation fold (the source image's for train sources, METHOD §7.1)"),
+        Column("width", "int", "px (same as the source)"),
+        Column("height", "int", "px"),
+        Column("score", "float", "detector-1 confidence of the removed cell"),
+        Column("masked_fraction", "float", "share of the image's pixels that were repainted"),
+    ),
+))
+
+LOGIT_PLACEHOLDER = "logit_<k>"
+
+LOGITS = _register(Schema(
+    "logits", "results/classification/{model}/oof_logits.parquet | results/classification/{model}/test_logits.parquet",
+    "Classifier logits, one row per crop (multiclass) or image (multilabel). A table of K logits has "
+    "the columns below with `logit_<k>` expanded to logit_0 .. logit_{K-1} (class index order, "
+    "constants.CLASSES, then 23 = Background): validate with `logits_schema(K)`. OOF tables hold "
+    "the best checkpoint's logits for its validation fold without TTA; test tables the mean over the "
+    "fold models of their (optionally hflip-averaged) logits.",
+    (
+        Column("id", "str", "crop_id (multiclass) or image NAME (multilabel)"),
+        Column("name", "str", "NAME of the image"),
+        Column("fold", "int", "validation fold that produced the row (OOF); -1 in test tables"),
+        Column("trustii_id", "int", "test cell id of a test crop; -1 otherwise"),
+        Column("truth", "int", "class index when the row has exactly one true label; -1 otherwise (test)"),
+        Column("truth_labels", "str", "'|'-joined sorted class indices of every true label; empty for test"),
+        Column(LOGIT_PLACEHOLDER, "float", "one column per output k = 0..K-1: the raw logit of class k"),
+    ),
+))
+
+
+def logits_schema(n_logits: int) -> Schema:
+    """LOGITS with its `logit_<k>` placeholder expanded to `logit_0 .. logit_{n_logits-1}`."""
+    columns: list[Column] = []
+    for column in LOGITS.columns:
+        if column.name != LOGIT_PLACEHOLDER:
+            columns.append(column)
+            continue
+        columns += [Column(f"logit_{k}", "float", f"raw logit of class {k}") for k in range(n_logits)]
+    return Schema(f"{LOGITS.name}_{n_logits}", LOGITS.path_pattern, LOGITS.description, tuple(columns))
+
+
+ENSEMBLE_CLASSES = _register(Schema(
+    "ensemble_classes", "results/ensemble/oof_classes.parquet | results/ensemble/test_classes.parquet",
+    "Class of every crop from the blended ensemble (METHOD §9.1): weighted multiclass logits, softmax, "
+    "blended with the multilabel sigmoid on single-cell images.",
+    (
+        Column("id", "str", "crop_id"),
+        Column("name", "str", "NAME of the image"),
+        Column("fold", "int", "validation fold of the image (OOF); -1 for test"),
+        Column("trustii_id", "int", "test cell id of a test crop; -1 otherwise"),
+        Column("truth", "int", "true class index (OOF); -1 for test"),
+        Column("class_idx", "int", "predicted class index (constants.CLASSES)"),
+        Column("label", "str", "predicted class code"),
+        Column("probability", "float", "blended (single cell) or softmax (several cells) probability of the class"),
+        Column("single_cell", "bool", "the image has exactly one cell (crop)"),
+        Column("blended", "bool", "the multilabel model took part (single cell and a multilabel row exists)"),
+    ),
+))
+
+ENSEMBLE_TRIALS = _register(Schema(
+    "ensemble_trials", "results/ensemble/trials.csv",
+    "Every trial of the Optuna weight search, in trial order.",
+    (
+        Column("trial", "int", "Optuna trial number"),
+        Column("state", "str", "COMPLETE | FAIL | RUNNING (left by an interrupted run) | ..."),
+        Column("origin", "str", "enqueued (equal weights, winner scheme) | sampled (TPE)"),
+        Column("value", "float", "objective on the OOF predictions (NaN when not complete)"),
+        Column("alpha", "float", "single-cell blend weight of the multiclass part (1 without a multilabel model)"),
+        Column("weights", "str", "JSON object model -> normalised multiclass weight"),
+    ),
+))
+
+SUBMISSION = _register(Schema(
+    "submission", "results/submission.csv",
+    "The challenge submission: one row per test.csv row, in test.csv order (METHOD §10.2).",
+    (
+        Column("trustii_id", "int", "test cell id"),
+        Column("NAME", "str", "image file name"),
+        Column("x1", "int", "left, px"),
+        Column("y1", "int", "top, px"),
+        Column("x2", "int", "right, px"),
+        Column("y2", "int", "bottom, px"),
+        Column("class", "str", "class code (constants.CLASSES)"),
+    ),
+))
+
+PREDICTIONS = _register(Schema(
+    "predictions", "<out>.csv of `leukoflow predict`",
+    "Cells found by `leukoflow predict` on new images: one row per box, images in input order; the "
+    "challenge's submission columns first. The CSV adds one `prob_<class>` column per class "
+    "(`leukoflow.inference.outputs.PREDICTIONS_CSV`).",
+    (
+        Column("trustii_id", "int", "expected-cell id (with --expected-counts); -1 otherwise"),
+        Column("NAME", "str", "image id: its path relative to the folder or glob root given (the file name "
+                              "for a file given directly)"),
+        Column("x1", "int", "left, px"),
+        Column("y1", "int", "top, px"),
+        Column("x2", "int", "right, px"),
+        Column("y2", "int", "bottom, px"),
+        Column("class", "str", "class code (the bundle's fallback class when the image is unreadable)"),
+        Column("probability", "float", "probability of the class (NaN when unreadable)"),
+        Column("score", "float", "fused detector confidence of the box (0 for a padding box)"),
+        Column("rank", "int", "0-based rank of the box in its image"),
+        Column("source", "str", "detected | padded (fewer boxes than expected: full image) | unreadable"),
+        Column("path", "str", "image file read"),
+        Column("width", "int", "image width, px (0 when unreadable)"),
+        Column("height", "int", "image height, px (0 when unreadable)"),
+    ),
+))
+
+
+_KIND_CHECKS = {
+    "str": pd.api.types.is_string_dtype,
+    "int": pd.api.types.is_integer_dtype,
+    "float": pd.api.types.is_float_dtype,
+    "bool": pd.api.types.is_bool_dtype,
+}
+
+
+class SchemaError(ValueError):
+    """A table does not match its documented schema."""
+
+
+def validate(frame: pd.DataFrame, schema: Schema, source: str = "") -> pd.DataFrame:
+    where = f" ({source})" if source else ""
+    if list(frame.columns) != schema.column_names:
+        missing = [c for c in schema.column_names if c not in frame.columns]
+        extra = [c for c in frame.columns if c not in schema.column_names]
+        raise SchemaError(
+            f"table {schema.name}{where}: columns differ from the schema; "
+            f"missing {missing}, unexpected {extra}, expected order {schema.column_names}"
+        )
+    for column in schema.columns:
+        series = frame[column.name]
+        if len(series) and not _KIND_CHECKS[column.dtype](series.dtype):
+            raise SchemaError(
+                f"table {schema.name}{where}: column {column.name!r} has dtype {series.dtype}, "
+                f"schema says {column.dtype}"
+            )
+    return frame
+
+
+def write_table(frame: pd.DataFrame, path: str | Path, schema: Schema) -> None:
+    """Validate and write; parquet or CSV by suffix. Rows keep their order."""
+    validate(frame, schema, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+
+
+def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
+    path = Path(path)
+    if path.suffix == ".csv":
+        frame = pd.read_csv(path, keep_default_na=False, dtype={c.name: _CSV_DTYPES[c.dtype] for c in schema.columns})
+    else:
+        frame = pd.read_parquet(path)
+    return validate(frame, schema, str(path))
+
+
+_CSV_DTYPES = {"str": str, "int": "int64", "float": "float64", "bool": bool}
+
+
+_PANDAS_DTYPES = {"str": "str", "int": "int64", "float": "float64", "bool": "bool"}
+
+
+def empty_frame(schema: Schema) -> pd.DataFrame:
+    return pd.DataFrame({c.name: pd.Series([], dtype=_PANDAS_DTYPES[c.dtype]) for c in schema.columns})
+
+
+def schema_frame(columns: dict[str, object], schema: Schema) -> pd.DataFrame:
+    """Frame with exactly the schema's columns, in its order and dtypes (also when empty)."""
+    frame = pd.DataFrame({name: columns[name] for name in schema.column_names})
+    return frame.astype({c.name: _PANDAS_DTYPES[c.dtype] for c in schema.columns})
