@@ -14,7 +14,8 @@ statistics of METHOD.md §1.2-1.3.
 
 Counting rule: `n_images` is the number of image files written, train and test together,
 *including* the files added by the duplicate defects (`exact_duplicate`, `near_duplicate`,
-`conflicting_duplicate`, `train_test_duplicate`). The remaining "base" images are split by
+`conflicting_duplicate`, `train_test_duplicate`, the retakes and the hard negatives of
+`near_duplicates`). The remaining "base" images are split by
 `test_fraction` into test and train. All other defects change base *train* images in place
 (their boxes, labels or bytes), and no image carries more than one defect or is the source of
 more than one duplicate, so every defect is unambiguous ground truth.
@@ -37,6 +38,9 @@ from leukoflow import tables
 from leukoflow.synthetic.annotations import BoxRow, Dataset
 from leukoflow.synthetic.defects import inject_box_defects, inject_duplicates, inject_file_defects
 from leukoflow.synthetic.morphology import SMEAR_STYLE
+from leukoflow.synthetic.near_duplicates import (
+    HARD_NEGATIVE_KIND, inject_retakes, render_similar_smears,
+)
 from leukoflow.synthetic.plan import COPY_KINDS, DEFECT_KINDS, DEFECT_STREAM, PLAN_STREAM, draw_names, plan_images
 from leukoflow.synthetic.render import render_all
 
@@ -170,19 +174,22 @@ def synthesize(*, images: str | Path, train_csv: str | Path, test_csv: str | Pat
     names = draw_names(plan_rng, n_images)
     plans, target_indices = plan_images(n_base=n_base, n_test=n_test, names=names, defects=defects,
                                         rng=plan_rng, style=SMEAR_STYLE)
+    targets = {kind: [names[i] for i in indices] for kind, indices in target_indices.items()}
+    copy_iter = iter(names[n_base:])
+    copy_names = {kind: [next(copy_iter) for _ in range(defects[kind])] for kind in COPY_KINDS}
     rendered = render_all(plans, seed=seed, images_dir=paths.images, jpeg_quality=jpeg_quality, style=SMEAR_STYLE,
                           workers=max(1, threads))
     data = Dataset(paths.images, {p.name: (p.width, p.height) for p in plans})
     for plan, image in zip(plans, rendered):
         for cell, box in zip(plan.cells, image.boxes):
             data.add_row(plan.split, plan.name, box, cell.code)
-    targets = {kind: [names[i] for i in indices] for kind, indices in target_indices.items()}
-    copy_iter = iter(names[n_base:])
-    copy_names = {kind: [next(copy_iter) for _ in range(defects[kind])] for kind in COPY_KINDS}
     defect_rng = np.random.default_rng(np.random.SeedSequence([seed, DEFECT_STREAM]))
     by_name = {image.name: image for image in rendered}
     inject_box_defects(data, defect_rng, targets, by_name)
     inject_duplicates(data, defect_rng, targets, copy_names, jpeg_quality, near_duplicate_max_distance)
+    inject_retakes(data, defect_rng, targets, copy_names, jpeg_quality)
+    render_similar_smears(data, plans, targets[HARD_NEGATIVE_KIND], copy_names[HARD_NEGATIVE_KIND], seed=seed,
+                          jpeg_quality=jpeg_quality, style=SMEAR_STYLE)
     inject_file_defects(data, defect_rng, targets, jpeg_quality)
     adjacency = write_tables(data, paths, defect_rng)
     seconds = time.perf_counter() - started

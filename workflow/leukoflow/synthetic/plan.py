@@ -20,8 +20,11 @@ DEFECT_KINDS: tuple[str, ...] = (
     "exact_duplicate", "near_duplicate", "conflicting_duplicate", "train_test_duplicate",
     "out_of_image_box", "red_cell_box", "oversized_box", "wrong_label", "unannotated_border_cell",
     "truncated_jpeg", "unreadable_file", "greyscale_image",
+) + (
+    # realistic retakes and hard negatives (near_duplicates.py); last, so the earlier kinds keep their draws
+    "shifted_duplicate", "refocused_duplicate", "recoloured_duplicate", "similar_smear",
 )
-COPY_KINDS: tuple[str, ...] = DEFECT_KINDS[:4]  # defects that add an image file
+COPY_KINDS: tuple[str, ...] = DEFECT_KINDS[:4] + DEFECT_KINDS[-4:]  # defects that add an image file
 
 # Independent random streams under one seed.
 PLAN_STREAM, RENDER_STREAM, TEXTURE_STREAM, DEFECT_STREAM = 1, 2, 3, 4
