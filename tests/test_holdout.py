@@ -23,9 +23,13 @@ from tests.conftest import REPO, shared_path
 from tests.test_duplicates import ingest_boxes, ingest_images
 
 BCCD = yaml.safe_load((REPO / "config" / "bccd.yaml").read_text())
-# The one pair of real BCCD smears that show the same field of view (slightly moved and refocused),
-# checked by eye; every other pair within the loose hash distance is a distinct smear.
-BCCD_SAME_FIELD = ("BloodImage_00037.jpg", "BloodImage_00038.jpg")
+# Pairs of real BCCD smears that show the same field of view, checked by eye (BENCHMARKS.md): 00037/00038
+# slightly moved and refocused (pHash distance 4), the others moved by up to ~15 % (distance 14-28).
+# Every pair the search groups must be one of them, and 00037/00038 must be grouped.
+BCCD_PAIR = ("BloodImage_00037.jpg", "BloodImage_00038.jpg")
+BCCD_SAME_FIELD = {BCCD_PAIR, ("BloodImage_00386.jpg", "BloodImage_00391.jpg"),
+                   ("BloodImage_00382.jpg", "BloodImage_00395.jpg"), ("BloodImage_00229.jpg", "BloodImage_00258.jpg"),
+                   ("BloodImage_00227.jpg", "BloodImage_00260.jpg")}
 
 
 # ---------------------------------------------------------------- the draw
@@ -158,10 +162,10 @@ def test_bccd_held_out_rows_all_come_from_checked_rows(bccd_chain):
     assert abs(bccd_chain["holdout"]["test_images"] - 0.25 * bccd_chain["dedup"]["images_in"]) <= 2
 
 
-def test_bccd_same_field_pair_is_the_only_group_and_stays_on_one_side(bccd_chain):
+def test_bccd_groups_only_same_field_pairs_and_keep_them_on_one_side(bccd_chain):
     groups = tables.read_table(bccd_chain["out"] / "groups.parquet", tables.DUPLICATE_GROUPS)
-    assert sorted(groups["name"]) == list(BCCD_SAME_FIELD)
-    assert groups["split"].nunique() == 1 and bccd_chain["dedup"]["train_test_groups"] == 0
-    member = groups.iloc[0]
-    assert member["kind"] == "near" and member["hash_distance"] == 4 and member["similarity"] > 0.95
-    assert bccd_chain["dedup"]["candidate_pairs"] == 1  # nothing else is even a candidate at distance 10
+    pairs = {tuple(sorted(members)) for _, members in groups.groupby("group_id")["name"]}
+    assert BCCD_PAIR in pairs and pairs <= BCCD_SAME_FIELD
+    assert groups.groupby("group_id")["split"].nunique().max() == 1 and bccd_chain["dedup"]["train_test_groups"] == 0
+    pair = groups.set_index("name").loc[list(BCCD_PAIR)]
+    assert (pair["kind"] == "near").all() and (pair["hash_distance"] == 4).all() and (pair["similarity"] > 0.95).all()

@@ -58,7 +58,8 @@ def ledger_frame(records: list[dict[str, object]]) -> pd.DataFrame:
     builder = LedgerBuilder()
     for record in records:
         builder.add(**record)
-    return schema_frame({c: builder.to_frame()[c] for c in LEDGER.column_names}, LEDGER)
+    frame = builder.to_frame()
+    return schema_frame({c: frame[c] for c in LEDGER.column_names}, LEDGER)
 
 
 # ---------------------------------------------------------------- links and groups

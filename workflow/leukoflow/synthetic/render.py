@@ -3,8 +3,11 @@ that renders all of them."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +216,24 @@ def _render_and_write(plan: ImagePlan) -> RenderedImage:
     return rendered
 
 
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Spawned workers skip re-running the caller's main script while they start.
+
+    A spawned worker normally re-imports `__main__` from its file; a Snakemake script's `__file__`
+    names the bare script (without the preamble that defines `snakemake`), so that import fails.
+    The workers only need `leukoflow.synthetic.render`, which they import by name.
+    """
+    main = sys.modules["__main__"]
+    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None  # spawn reads main.__spec__.name when a spec is set
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
 def render_all(plans: list[ImagePlan], *, seed: int, images_dir: Path, jpeg_quality: int, style: SmearStyle,
                workers: int) -> list[RenderedImage]:
     bar = tqdm(total=len(plans), desc="synthesize", unit="img", disable=None)  # no bar in log files
@@ -227,7 +248,8 @@ def render_all(plans: list[ImagePlan], *, seed: int, images_dir: Path, jpeg_qual
     else:
         # NOTE: "spawn", not fork: a forked child inherits OpenCV's thread pool in a broken state and
         # can deadlock in its first parallel call when the parent has already used OpenCV.
-        with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+        with _main_module_hidden(), multiprocessing.get_context("spawn").Pool(
+                workers, initializer=_init_worker, initargs=init_args) as pool:
             for rendered in pool.imap(_render_and_write, plans, chunksize=16):
                 results.append(rendered)
                 bar.update()
