@@ -189,7 +189,7 @@ def synthesize(*, images: str | Path, train_csv: str | Path, test_csv: str | Pat
     inject_duplicates(data, defect_rng, targets, copy_names, jpeg_quality, near_duplicate_max_distance)
     inject_retakes(data, defect_rng, targets, copy_names, jpeg_quality)
     render_similar_smears(data, plans, targets[HARD_NEGATIVE_KIND], copy_names[HARD_NEGATIVE_KIND], seed=seed,
-                          jpeg_quality=jpeg_quality, style=SMEAR_STYLE)
+                          jpeg_quality=jpeg_quality, style=SMEAR_STYLE, first_index=n_images)
     inject_file_defects(data, defect_rng, targets, jpeg_quality)
     adjacency = write_tables(data, paths, defect_rng)
     seconds = time.perf_counter() - started

@@ -10,10 +10,10 @@ each also re-encoded at a lower JPEG quality:
 * `recoloured_duplicate`: per-channel gain and gamma (another stain batch, scanner or white balance).
 
 Their pHash distance to the source is recorded, not bounded. The hard negatives (`similar_smear`)
-are new smears drawn from the source's plan and render stream but with another seed's textures:
-the same classes, image size and white-cell outlines at the same places, yet other red cells,
-lighting and chromatin, i.e. another field of view of the same kind of cell. Their coarse layout
-brings their pHash close to the source's; a duplicate search must keep them apart.
+are other fields of view drawn from the source's plan (same classes, cell sizes, image size and,
+for single cells, the same centred layout) under fresh render streams; of HARD_NEGATIVE_DRAWS such
+draws the one whose pHash is closest to the source's is kept, so they are as close as distinct
+smears get. A duplicate search must keep them apart.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import dataclasses
 import io
 
 import cv2
+import imagehash
 import numpy as np
 from PIL import Image
 
@@ -40,7 +41,7 @@ REFOCUS_SHIFT_PX = 3
 COLOUR_GAIN = (0.9, 1.1)  # per channel
 COLOUR_GAMMA = (0.85, 1.15)
 QUALITY_DROP = (5, 25)  # JPEG quality lost by the re-export
-_HARD_NEGATIVE_TEXTURE_STREAM = 5
+HARD_NEGATIVE_DRAWS = 16  # renders per hard negative; the one closest in pHash to its source is kept
 
 
 def _shift(rgb: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -102,25 +103,40 @@ def inject_retakes(data: Dataset, rng: np.random.Generator, targets: dict[str, l
             data.record(kind, copy, f"{detail}; JPEG quality {quality}; phash distance {distance}", source=source)
 
 
-def other_textures_seed(seed: int) -> int:
-    """The texture seed of the hard negatives: independent of `seed`'s own textures, fixed by it."""
-    return int(np.random.SeedSequence([seed, _HARD_NEGATIVE_TEXTURE_STREAM]).generate_state(1)[0])
+def _closest_draw(plan: ImagePlan, source: Image.Image, seed: int, textures, style: SmearStyle,
+                  first_index: int) -> tuple[np.ndarray, object, int]:
+    """Of HARD_NEGATIVE_DRAWS renders of `plan` under fresh render streams, the one whose pHash is
+    closest to the source's: (pixels, annotation, pHash distance)."""
+    target = imagehash.phash(source)
+    best = None
+    for draw in range(HARD_NEGATIVE_DRAWS):
+        rgb, rendered = render_image(dataclasses.replace(plan, index=first_index + draw), seed, textures, style)
+        distance = int(imagehash.phash(Image.fromarray(rgb)) - target)
+        if best is None or distance < best[2]:
+            best = (rgb, rendered, distance)
+    return best
 
 
 def render_similar_smears(data: Dataset, plans: list[ImagePlan], sources: list[str], copies: list[str], *,
-                          seed: int, jpeg_quality: int, style: SmearStyle) -> None:
-    """similar_smear hard negatives (train split): rendered here, in this process, with their boxes."""
+                          seed: int, jpeg_quality: int, style: SmearStyle, first_index: int) -> None:
+    """similar_smear hard negatives (train split): rendered here, in this process, with their boxes.
+
+    Render streams from `first_index` on are free (the base images use 0..n_base-1).
+    """
     if not sources:
         return
     by_name = {plan.name: plan for plan in plans}
-    textures = build_textures(other_textures_seed(seed), style)
-    for source, copy in zip(sources, copies):
+    textures = build_textures(seed, style)
+    for number, (source, copy) in enumerate(zip(sources, copies)):
         plan = dataclasses.replace(by_name[source], name=copy)
-        rgb, rendered = render_image(plan, seed, textures, style)
+        with Image.open(data.images_dir / source) as image:
+            original = image.convert("RGB")
+        rgb, rendered, _ = _closest_draw(plan, original, seed, textures, style,
+                                         first_index + number * HARD_NEGATIVE_DRAWS)
         (data.images_dir / copy).write_bytes(encode_jpeg(rgb, jpeg_quality))
         data.sizes[copy] = (plan.width, plan.height)
         for cell, box in zip(plan.cells, rendered.boxes):
             data.add_row("train", copy, box, cell.code)
         distance = phash_distance(data.images_dir / source, data.images_dir / copy)
-        data.record(HARD_NEGATIVE_KIND, copy, f"same plan and cell outlines, other red cells, lighting and chromatin; "
-                    f"phash distance {distance}", source=source)
+        data.record(HARD_NEGATIVE_KIND, copy, f"same plan (classes, sizes, layout), another field; closest pHash of "
+                    f"{HARD_NEGATIVE_DRAWS} draws; phash distance {distance}", source=source)
