@@ -8,7 +8,6 @@ repair_boxes -> hold_out_test) on config/bccd.yaml's settings; they skip cleanly
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,7 @@ from leukoflow.curation import deduplicate, repair_boxes
 from leukoflow.ingest import contract, hold_out_test, no_test_table
 from leukoflow.ingest.holdout import held_out
 from tests.conftest import REPO, shared_path
-from tests.test_duplicates import ingest_boxes, ingest_images
+from tests.test_duplicates import OPTIONS, ingest_boxes, ingest_images
 
 BCCD = yaml.safe_load((REPO / "config" / "bccd.yaml").read_text())
 # Pairs of real BCCD smears that show the same field of view, checked by eye (BENCHMARKS.md): 00037/00038
@@ -62,7 +61,6 @@ def curated_with_holdout(tmp_path, fraction: float = 0.3):
                          + [(name, "MO", -5, 0, 100, 100) for name in names[:10]])
     tables.write_table(images, tmp_path / "ingest_images.parquet", tables.INGEST_IMAGES)
     tables.write_table(boxes, tmp_path / "ingest_boxes.parquet", tables.INGEST_BOXES)
-    from tests.test_duplicates import OPTIONS
     deduplicate(ingest_images=tmp_path / "ingest_images.parquet", ingest_boxes=tmp_path / "ingest_boxes.parquet",
                 groups=tmp_path / "groups.parquet", images=tmp_path / "images.parquet", ledger=tmp_path / "d.csv",
                 **{**OPTIONS, "holdout_fraction": fraction, "seed": 2})

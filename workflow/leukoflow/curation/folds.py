@@ -28,7 +28,7 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from matplotlib.figure import Figure
 
-from leukoflow.constants import CLASS_TO_INDEX, CLASSES
+from leukoflow.constants import CLASSES
 from leukoflow.tables import CURATED_BOXES, CURATED_IMAGES, FOLDS, read_table, schema_frame, write_table
 
 BIN_KEYS = ("surface", "box_ratio", "mean", "std")
