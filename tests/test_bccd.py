@@ -45,13 +45,17 @@ def test_detector_beats_the_full_image_baseline_on_real_smears(bccd_run):
     assert all(value > detection["full_image_baseline_giou"] for value in per_fold.values()), per_fold
 
 
-def test_hold_out_split_covers_every_annotated_image_once(bccd_run):
+def test_hold_out_split_covers_every_annotated_image_once_and_keeps_groups_whole(bccd_run):
     source = pd.read_csv(shared_path("data", "bccd", "train.csv"))
-    train = pd.read_csv(bccd_run / "results/holdout/train.csv")
+    train = pd.read_parquet(bccd_run / "results/curation/boxes.parquet")
     truth = pd.read_csv(bccd_run / "results/holdout/test_truth.csv")
-    assert not set(train["NAME"]) & set(truth["NAME"])
-    assert set(train["NAME"]) | set(truth["NAME"]) == set(source["NAME"])
-    assert len(train) + len(truth) == len(source)
+    assert not set(train["name"]) & set(truth["NAME"])
+    assert set(train["name"]) | set(truth["NAME"]) <= set(source["NAME"])
+    ingest = _json(bccd_run, "results/ingest/summary.json")
+    assert ingest["rows_in"] == len(source) == ingest["rows_kept"] + ingest["rows_repaired"] + ingest["rows_quarantined"]
+    curation = _json(bccd_run, "results/curation/summary.json")
+    assert curation["duplicate_groups"] >= 1 and curation["train_test_groups"] == 0
+    assert curation["boxes_kept"] == len(train) and curation["boxes_held_out"] == len(truth)
 
 
 def test_submission_is_valid_and_scored_on_the_held_out_smears(bccd_run):

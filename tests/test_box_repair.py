@@ -1,4 +1,5 @@
-"""Box repair edge cases, and the curation summary's accounting and defect scores."""
+"""Box repair edge cases (held-out boxes included), the curation entries on files, and the
+curation summary's accounting and defect scores."""
 
 from __future__ import annotations
 
@@ -8,19 +9,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukoflow.curation.box_repair import repair_boxes
-from leukoflow.curation.summary import curate, dedup_scores, summarize, summarize_from_files
-from leukoflow.curation.duplicates import deduplicate
-from leukoflow.curation.folds import DEFAULT_BINS
-from leukoflow.tables import CURATED_BOXES, DEFECTS, INGEST_BOXES, INGEST_IMAGES, LEDGER, validate, write_table
-from tests.test_duplicates import BASE, FAR, flip, ingest_boxes, ingest_images
+from leukoflow.curation import deduplicate, make_folds, repair_boxes, summarize_curation
+from leukoflow.curation.box_repair import repair_box_table
+from leukoflow.curation.duplicates import find_duplicates
+from leukoflow.curation.summary import dedup_scores, summarize
+from leukoflow.tables import (
+    CURATED_BOXES, CURATED_IMAGES, DEFECTS, FOLDS, INGEST_BOXES, INGEST_IMAGES, LEDGER, read_table, validate, write_table,
+)
+from tests.test_duplicates import BASE, FAR, OPTIONS, flip, ingest_boxes, ingest_images
 
 WIDTH, HEIGHT = 360, 363
+BINS = {"surface": 5, "box_ratio": 5, "mean": 5, "std": 4}
 
 
 def curated_images(images: pd.DataFrame, boxes: pd.DataFrame, **options) -> pd.DataFrame:
-    _, curated, _, _ = deduplicate(images, boxes, **{"max_distance": 2, "conflict_policy": "keep_survivor", **options})
+    _, curated, _, _ = find_duplicates(images, boxes, **{**OPTIONS, "max_distance": 2, **options})
     return curated
+
+
+def repair(boxes: pd.DataFrame, images: pd.DataFrame):
+    """repair_box_table for datasets without a held-out split: (kept boxes, ledger, summary)."""
+    kept, held_out, ledger, summary = repair_box_table(boxes, images)
+    assert held_out.empty and summary["boxes_held_out"] == 0
+    return kept, ledger, summary
 
 
 def edge_case_tables():
@@ -47,7 +58,7 @@ def edge_case_tables():
 
 def test_clipping_edge_cases():
     images, boxes = edge_case_tables()
-    curated, ledger, summary = repair_boxes(boxes, curated_images(images, boxes))
+    curated, ledger, summary = repair(boxes, curated_images(images, boxes))
     validate(curated, CURATED_BOXES)
     validate(ledger, LEDGER)
     kept = curated.set_index("row")
@@ -65,21 +76,21 @@ def test_clipping_edge_cases():
     assert (summary["boxes_in"], summary["boxes_kept"], summary["boxes_clipped"]) == (11, 4, 2)
     assert (summary["boxes_quarantined"], summary["boxes_removed_with_image"]) == (6, 1)
     assert summary["images_with_clipped_boxes"] == 1
-    parts = ("boxes_kept", "boxes_quarantined", "boxes_removed_with_image")
+    parts = ("boxes_kept", "boxes_held_out", "boxes_quarantined", "boxes_removed_with_image")
     assert summary["boxes_in"] == sum(summary[part] for part in parts)
 
 
 def test_inverted_y_is_quarantined_even_when_clipping_would_not_notice():
     images = ingest_images([("a.jpg", "train", BASE)])
     boxes = ingest_boxes([("a.jpg", "LY", 10, 200, 100, 20)])
-    curated, ledger, _ = repair_boxes(boxes, curated_images(images, boxes))
+    curated, ledger, _ = repair(boxes, curated_images(images, boxes))
     assert curated.empty and list(ledger["reason"]) == ["inverted_box"]
 
 
 def test_conflict_dropped_images_take_their_boxes_along():
     images = ingest_images([("a.jpg", "train", BASE), ("b.jpg", "train", BASE)])
     boxes = ingest_boxes([("a.jpg", "LY"), ("b.jpg", "PNN")])
-    curated, ledger, summary = repair_boxes(boxes, curated_images(images, boxes, conflict_policy="drop_group"))
+    curated, ledger, summary = repair(boxes, curated_images(images, boxes, conflict_policy="drop_group"))
     assert curated.empty and summary["boxes_removed_with_image"] == 2
     assert set(ledger["reason"]) == {"image_removed_conflicting_duplicate"}
 
@@ -117,25 +128,76 @@ def synthetic_dataset(n: int = 60, seed: int = 3):
     return ingest_images(specs), ingest_boxes(boxes), validate(defect_frame, DEFECTS)
 
 
-def test_curate_writes_outputs_and_accounts_for_everything(tmp_path):
-    images, boxes, defects = synthetic_dataset()
-    write_table(defects, tmp_path / "defects.parquet", DEFECTS)
+def run_curation_entries(tmp_path, images, boxes, defects=None, **options) -> tuple[dict, dict]:
+    """The four curation rule entries on files, as the workflow chains them; returns (summary, paths)."""
     images_path, boxes_path = write_ingest(tmp_path, images, boxes)
-    summary = curate(images_path, boxes_path, tmp_path / "curation", max_distance=2, conflict_policy="keep_survivor",
-                     near_policy="remove", n_folds=3, seed=1, bins=DEFAULT_BINS,
-                     defects_path=tmp_path / "defects.parquet")
-    written = json.loads((tmp_path / "curation" / "summary.json").read_text())
-    assert written == summary
-    for name in ("duplicate_groups.parquet", "images.parquet", "boxes.parquet", "folds.parquet", "ledger.csv",
-                 "fold_balance.csv", "fold_balance.png"):
-        assert (tmp_path / "curation" / name).stat().st_size > 0
+    out = tmp_path / "curation"
+    paths = {name: out / name for name in ("duplicate_groups.parquet", "images.parquet", "dedup_ledger.csv",
+                                           "boxes.parquet", "held_out_boxes.parquet", "repair_ledger.csv",
+                                           "folds.parquet", "fold_balance.csv", "fold_balance.png", "ledger.csv")}
+    steps = {
+        "dedup.json": deduplicate(ingest_images=images_path, ingest_boxes=boxes_path,
+                                  groups=paths["duplicate_groups.parquet"], images=paths["images.parquet"],
+                                  ledger=paths["dedup_ledger.csv"], **{**OPTIONS, "max_distance": 2, **options}),
+        "repair.json": repair_boxes(ingest_boxes=boxes_path, curated_images=paths["images.parquet"],
+                                    boxes=paths["boxes.parquet"], held_out_boxes=paths["held_out_boxes.parquet"],
+                                    ledger=paths["repair_ledger.csv"]),
+        "folds.json": make_folds(curated_images=paths["images.parquet"], curated_boxes=paths["boxes.parquet"],
+                                 folds=paths["folds.parquet"], balance=paths["fold_balance.csv"],
+                                 plot=paths["fold_balance.png"], n_folds=3, seed=1, bins=BINS),
+    }
+    for name, content in steps.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    defect_table = []
+    if defects is not None:
+        write_table(defects, tmp_path / "defects.parquet", DEFECTS)
+        defect_table = [tmp_path / "defects.parquet"]
+    summary = summarize_curation(
+        dedup_summary=tmp_path / "dedup.json", repair_summary=tmp_path / "repair.json",
+        folds_summary=tmp_path / "folds.json", groups=paths["duplicate_groups.parquet"],
+        dedup_ledger=paths["dedup_ledger.csv"], repair_ledger=paths["repair_ledger.csv"],
+        defect_table=defect_table, ledger=paths["ledger.csv"])
+    return summary, paths
+
+
+def test_curation_entries_write_outputs_and_account_for_everything(tmp_path):
+    images, boxes, defects = synthetic_dataset()
+    summary, paths = run_curation_entries(tmp_path, images, boxes, defects)
+    for path in paths.values():
+        assert path.stat().st_size > 0
+    merged = read_table(paths["ledger.csv"], LEDGER)
+    assert len(merged) == len(read_table(paths["dedup_ledger.csv"], LEDGER)) + len(
+        read_table(paths["repair_ledger.csv"], LEDGER))
     assert summary["images_balance_ok"] and summary["boxes_balance_ok"] and summary["ledger_matches_counts"]
     assert summary["images_in"] == len(images) and summary["boxes_in"] == len(boxes)
     assert summary["duplicate_groups"] == 4 and summary["conflicting_groups"] == 1
     assert summary["dedup_recall"] == 1.0 and summary["dedup_precision"] == 1.0
+    assert set(summary["dedup_recall_by_kind"].values()) == set(summary["dedup_precision_by_kind"].values()) == {1.0}
     assert summary["out_of_image_boxes_repaired"] == 1.0 and summary["boxes_clipped"] == 1
     assert summary["images_removed"] == 3  # exact, near and conflicting copies; the train-test copy stays
     assert sum(summary["folds"]["images_per_fold"]) == summary["deduplicate"]["train_images_kept"]
+    assert len(read_table(paths["folds.parquet"], FOLDS)) == summary["deduplicate"]["train_images_kept"]
+    assert summary["boxes_held_out"] == 0 and read_table(paths["held_out_boxes.parquet"], CURATED_BOXES).empty
+
+
+def test_held_out_boxes_pass_the_same_checks_and_stay_out_of_training(tmp_path):
+    names = [f"img{k:02d}.jpg" for k in range(20)]
+    rng = np.random.default_rng(2)
+    images = ingest_images([(name, "train", int(rng.integers(0, 2**63)), WIDTH, HEIGHT) for name in names])
+    boxes = ingest_boxes([(name, "LY", -4, 10, WIDTH + 6, 120) for name in names]  # every box sticks out
+                         + [(name, "MO", 50, 60, 20, 100) for name in names])  # every image has an inverted box
+    summary, paths = run_curation_entries(tmp_path, images, boxes, holdout_fraction=0.25)
+    held_out = read_table(paths["held_out_boxes.parquet"], CURATED_BOXES)
+    kept = read_table(paths["boxes.parquet"], CURATED_BOXES)
+    curated = read_table(paths["images.parquet"], CURATED_IMAGES)
+    test_names = set(curated.loc[curated["split"] == "test", "name"])
+    assert len(test_names) == 5 and set(held_out["name"]) == test_names and not set(kept["name"]) & test_names
+    assert held_out["clipped"].all() and (held_out["x1"] == 0).all() and (held_out["x2"] == WIDTH - 1).all()
+    ledger = read_table(paths["ledger.csv"], LEDGER)
+    on_test = ledger[ledger["name"].isin(test_names)]
+    assert sorted(on_test["reason"].unique()) == ["clipped_to_image", "inverted_box"] and len(on_test) == 10
+    assert summary["boxes_held_out"] == 5 and summary["boxes_balance_ok"] and summary["ledger_matches_counts"]
+    assert summary["boxes_in"] == summary["boxes_kept"] + summary["boxes_held_out"] + summary["boxes_quarantined"]
 
 
 def test_dedup_precision_counts_member_pairs_inside_true_clusters():
@@ -150,42 +212,12 @@ def test_dedup_precision_counts_member_pairs_inside_true_clusters():
 
 def test_summarize_without_defects_has_the_headline_keys():
     images, boxes, _ = synthetic_dataset()
-    groups, curated, dedup_ledger, dedup_summary = deduplicate(images, boxes, max_distance=2,
-                                                               conflict_policy="drop_group")
-    _, repair_ledger, repair_summary = repair_boxes(boxes, curated)
+    groups, curated, dedup_ledger, dedup_summary = find_duplicates(
+        images, boxes, **{**OPTIONS, "max_distance": 2, "conflict_policy": "drop_group"})
+    _, repair_ledger, repair_summary = repair(boxes, curated)
     folds_summary = {"fold_max_class_deviation": 0.0, "fold_max_bin_deviation": 0.0}
     summary = summarize(dedup_summary, repair_summary, folds_summary, [dedup_ledger, repair_ledger])
     for key in ("images_in", "images_kept", "duplicate_groups", "boxes_clipped", "boxes_quarantined",
                 "fold_max_class_deviation"):
         assert key in summary
     assert "dedup_recall" not in summary and summary["ledger_matches_counts"]
-
-
-def test_summarize_from_files_matches_curate(tmp_path):
-    images, boxes, defects = synthetic_dataset()
-    write_table(defects, tmp_path / "defects.parquet", DEFECTS)
-    images_path, boxes_path = write_ingest(tmp_path, images, boxes)
-    options = {"max_distance": 2, "conflict_policy": "keep_survivor", "near_policy": "remove", "n_folds": 3,
-               "seed": 1, "bins": DEFAULT_BINS, "defects_path": tmp_path / "defects.parquet"}
-    whole = curate(images_path, boxes_path, tmp_path / "curation", **options)
-    out = tmp_path / "curation"
-    groups, curated, dedup_ledger, dedup = deduplicate(images, boxes, max_distance=2, conflict_policy="keep_survivor")
-    _, repair_ledger, repair = repair_boxes(boxes, curated)
-    for name, content in (("dedup.json", dedup), ("repair.json", repair), ("folds.json", whole["folds"])):
-        (tmp_path / name).write_text(json.dumps(content))
-    write_table(dedup_ledger, tmp_path / "dedup_ledger.csv", LEDGER)
-    write_table(repair_ledger, tmp_path / "repair_ledger.csv", LEDGER)
-    summary = summarize_from_files(
-        dedup_summary=tmp_path / "dedup.json", repair_summary=tmp_path / "repair.json",
-        folds_summary=tmp_path / "folds.json", ledgers=[tmp_path / "dedup_ledger.csv", tmp_path / "repair_ledger.csv"],
-        ledger_out=tmp_path / "ledger.csv", groups_path=out / "duplicate_groups.parquet",
-        defects_path=tmp_path / "defects.parquet",
-    )
-    volatile = {"seconds", "deduplicate", "repair_boxes"}
-    assert {k: v for k, v in summary.items() if k not in volatile} == {
-        k: v for k, v in whole.items() if k not in volatile}
-    assert (tmp_path / "ledger.csv").read_text() == (out / "ledger.csv").read_text()
-    with pytest.raises(ValueError, match="groups_path"):
-        summarize_from_files(dedup_summary=tmp_path / "dedup.json", repair_summary=tmp_path / "repair.json",
-                             folds_summary=tmp_path / "folds.json", ledgers=[], ledger_out=tmp_path / "x.csv",
-                             defects_path=tmp_path / "defects.parquet")

@@ -1,4 +1,5 @@
-"""De-duplication: grouping, survivor rule, conflict and train-test policies, pair search."""
+"""De-duplication: two-stage grouping, survivor rule, conflict and train-test policies, held-out
+split by group, pair search, and the rule entry on files."""
 
 from __future__ import annotations
 
@@ -7,26 +8,47 @@ import pandas as pd
 import pytest
 
 from leukoflow.constants import CLASS_TO_INDEX
-from leukoflow.curation.duplicates import (
-    deduplicate, find_near_pairs, near_pairs_brute_force, near_pairs_multi_index, phash_to_uint64,
+from leukoflow.curation import deduplicate
+from leukoflow.curation.confirm import similarity
+from leukoflow.curation.duplicates import find_duplicates
+from leukoflow.curation.hash_search import (
+    find_near_pairs, near_pairs_brute_force, near_pairs_multi_index, phash_to_uint64,
 )
-from leukoflow.tables import CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, validate
+from leukoflow.ingest.thumbnails import THUMBNAIL_SIDE, thumbnails_to_array
+from leukoflow.tables import (
+    CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, read_table, validate, write_table,
+)
 
 
 # ---------------------------------------------------------------- builders shared by the curation tests
 
+def scene(seed: int, shift: int = 0, gain: float = 1.0) -> np.ndarray:
+    """A smooth random grey thumbnail (one "field of view"), optionally moved and re-lit."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(40, 220, size=(10, 10))
+    field = np.kron(coarse, np.ones((4, 4)))[:THUMBNAIL_SIDE + 8, :THUMBNAIL_SIDE + 8]
+    field = np.pad(field, ((0, 8), (0, 8)), mode="edge")[:THUMBNAIL_SIDE + 8, :THUMBNAIL_SIDE + 8]
+    window = field[4 + shift:4 + shift + THUMBNAIL_SIDE, 4:4 + THUMBNAIL_SIDE]
+    return np.clip(window * gain, 0, 255).astype(np.uint8)
+
+
 def ingest_images(rows: list[tuple]) -> pd.DataFrame:
-    """INGEST_IMAGES frame from (name, split, hash int[, width, height, status]) tuples."""
+    """INGEST_IMAGES frame from (name, split, hash int[, width, height, status[, thumbnail]]) tuples.
+
+    The thumbnail defaults to one shared scene, so hash candidates confirm unless a test says otherwise.
+    """
     records = []
     for spec in rows:
         name, split, value = spec[:3]
         width, height = spec[3:5] if len(spec) >= 5 else (360, 363)
         status = spec[5] if len(spec) >= 6 else "ok"
+        grey = spec[6] if len(spec) >= 7 else scene(0)
         records.append({
             "name": name, "split": split, "path": f"images/{name}", "status": status,
             "reason": "" if status == "ok" else "undecodable", "width": width, "height": height,
             "channels": 3, "mode": "RGB", "file_sha256": f"{value:064x}", "pixel_mean": 190.0 + len(name),
             "pixel_std": 40.0 + (value % 7), "phash": "" if status == "quarantined" else f"{value:016x}",
+            "thumbnail": "" if status == "quarantined" else grey.tobytes().hex(),
         })
     frame = pd.DataFrame(records).astype({"name": "str", "width": "int64", "height": "int64", "channels": "int64"})
     return validate(frame[INGEST_IMAGES.column_names], INGEST_IMAGES)
@@ -60,9 +82,12 @@ BASE = 0x9F3A_5C71_0E2B_D486
 FAR = 0x1234_5678_9ABC_DEF0
 
 
+OPTIONS = {"max_distance": 4, "min_similarity": 0.9, "conflict_policy": "keep_survivor", "near_policy": "remove",
+           "holdout_fraction": 0.0, "seed": 0}
+
+
 def run(images: pd.DataFrame, boxes: pd.DataFrame, **kwargs):
-    options = {"max_distance": 4, "conflict_policy": "keep_survivor", **kwargs}
-    groups, curated, ledger, summary = deduplicate(images, boxes, **options)
+    groups, curated, ledger, summary = find_duplicates(images, boxes, **{**OPTIONS, **kwargs})
     validate(groups, DUPLICATE_GROUPS)
     validate(curated, CURATED_IMAGES)
     validate(ledger, LEDGER)
@@ -222,3 +247,94 @@ def test_multi_index_search_equals_brute_force(max_distance):
 def test_phash_parsing_is_big_endian_hex():
     parsed = phash_to_uint64(pd.Series(["0000000000000001", "ffffffffffffffff", "8000000000000000"]))
     assert list(parsed) == [1, 2**64 - 1, 2**63]
+
+
+# ---------------------------------------------------------------- second stage: confirmation
+
+def test_similarity_is_blind_to_light_and_small_shifts_but_not_to_other_scenes():
+    thumbnails = np.stack([scene(1), scene(1, shift=2, gain=0.85), scene(2), scene(1)]).astype(np.float32)
+    scores = similarity(thumbnails, np.array([0, 0, 0]), np.array([1, 2, 3]))
+    assert scores[0] > 0.95 and scores[2] == pytest.approx(1.0)
+    assert scores[1] < 0.6
+
+
+def test_hash_candidates_need_the_confirming_comparison():
+    near = flip(BASE, [1, 2, 3, 4, 5, 6, 7, 8])  # distance 8: a candidate at the loose distance 10
+    images = ingest_images([
+        ("a.jpg", "train", BASE, 360, 363, "ok", scene(1)),
+        ("b.jpg", "train", near, 360, 363, "ok", scene(1, shift=1, gain=1.1)),  # the same field, moved, re-lit
+        ("c.jpg", "train", flip(BASE, [20, 21, 22]), 360, 363, "ok", scene(3)),  # distinct smear, close hash
+    ])
+    boxes = ingest_boxes([(n, "LY") for n in ("a.jpg", "b.jpg", "c.jpg")])
+    groups, curated, _, summary = run(images, boxes, max_distance=10)
+    assert sorted(groups["name"]) == ["a.jpg", "b.jpg"]
+    assert curated.loc["c.jpg", "role"] == "unique"
+    assert summary["candidate_pairs"] == 2 and summary["confirmed_pairs"] == 1 and summary["rejected_pairs"] == 1
+    member = groups.set_index("name")
+    assert list(member["hash_distance"]) == [8, 8] and (member["similarity"] >= 0.9).all()
+    unconfirmed, _, _, everything = run(images, boxes, max_distance=10, min_similarity=-1.0)
+    assert sorted(unconfirmed["name"]) == ["a.jpg", "b.jpg", "c.jpg"] and everything["confirmed_pairs"] == 2
+
+
+def test_exact_hashes_link_without_confirmation():
+    images = ingest_images([("a.jpg", "train", BASE, 360, 363, "ok", scene(1)),
+                            ("b.jpg", "train", BASE, 360, 363, "ok", scene(5))])
+    groups, _, _, summary = run(images, ingest_boxes([("a.jpg", "LY"), ("b.jpg", "LY")]), min_similarity=1.0)
+    assert sorted(groups["name"]) == ["a.jpg", "b.jpg"] and set(groups["kind"]) == {"exact"}
+    assert summary["candidate_pairs"] == 0 and list(groups["hash_distance"]) == [0, 0]
+
+
+def test_bad_thumbnail_is_refused():
+    images = ingest_images([("a.jpg", "train", BASE)])
+    images.loc[0, "thumbnail"] = "00ff"
+    with pytest.raises(ValueError, match="thumbnail"):
+        run(images, ingest_boxes([("a.jpg", "LY")]))
+    assert thumbnails_to_array([]).shape == (0, THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+
+
+# ---------------------------------------------------------------- held-out split by group
+
+def grouped_dataset(n_groups: int, copies: int, singles: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(11)
+    specs = []
+    for k in range(n_groups):
+        value = int(rng.integers(0, 2**63))
+        specs += [(f"g{k:03d}-{c}.jpg", "train", flip(value, [c])) for c in range(copies)]
+    specs += [(f"s{k:03d}.jpg", "train", int(rng.integers(0, 2**63))) for k in range(singles)]
+    return ingest_images(specs), ingest_boxes([(spec[0], "LY") for spec in specs])
+
+
+def test_held_out_split_never_separates_a_group():
+    images, boxes = grouped_dataset(n_groups=20, copies=3, singles=60)
+    groups, curated, _, summary = run(images, boxes, holdout_fraction=0.25, seed=4)
+    assert summary["train_test_groups"] == 0 and summary["duplicate_groups"] == 20
+    assert groups.groupby("group_id")["split"].nunique().max() == 1
+    held = (curated["split"] == "test").sum()
+    assert abs(held - 0.25 * len(curated)) <= 3  # whole groups of 3: the target is met within one group
+    assert set(curated.loc[curated["split"] == "test", "role"]) == {"test_member", "unique"}
+    assert curated.loc[curated["split"] == "test", "keep"].all()
+    again = run(images, boxes, holdout_fraction=0.25, seed=4)[1]
+    pd.testing.assert_frame_equal(curated, again)
+    other = run(images, boxes, holdout_fraction=0.25, seed=5)[1]
+    assert not curated["split"].equals(other["split"])
+
+
+def test_held_out_split_refuses_a_dataset_with_test_images():
+    images = ingest_images([("a.jpg", "train", BASE), ("t.jpg", "test", FAR)])
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        run(images, ingest_boxes([("a.jpg", "LY")]), holdout_fraction=0.5)
+
+
+# ---------------------------------------------------------------- the rule entry
+
+def test_deduplicate_entry_reads_and_writes_its_files(tmp_path):
+    images, boxes = grouped_dataset(n_groups=3, copies=2, singles=4)
+    write_table(images, tmp_path / "ingest_images.parquet", INGEST_IMAGES)
+    write_table(boxes, tmp_path / "ingest_boxes.parquet", INGEST_BOXES)
+    out = {"groups": tmp_path / "groups.parquet", "images": tmp_path / "images.parquet", "ledger": tmp_path / "ledger.csv"}
+    summary = deduplicate(ingest_images=tmp_path / "ingest_images.parquet", ingest_boxes=tmp_path / "ingest_boxes.parquet",
+                          **out, **OPTIONS)
+    groups = read_table(out["groups"], DUPLICATE_GROUPS)
+    assert summary["duplicate_groups"] == 3 and groups["group_id"].nunique() == 3
+    assert len(read_table(out["ledger"], LEDGER)) == summary["images_removed"] == 3
+    assert read_table(out["images"], CURATED_IMAGES)["keep"].sum() == summary["images_kept"] == 7

@@ -1,13 +1,16 @@
-"""Time the curation steps: on an ingest output folder, and a synthetic duplicate-search stress.
+"""Time and score the two-stage duplicate search on a synthetic dataset with known duplicates.
 
 Usage:
-    PYTHONPATH=workflow python tests/bench/curation_speed.py [--ingest-dir results/ingest]
-        [--stress-hashes 69168] [--max-distance 4] [--seed 0]
+    PYTHONPATH=workflow python tests/bench/curation_speed.py --work /tmp/dedup_bench --n-images 69168 \\
+        [--retakes 200] [--hard-negatives 400] [--max-distance 10] [--min-similarity 0.9] [--workers 2]
 
-The stress test draws random 64-bit hashes with planted exact and near copies (like the 69,168
-train + test images of Cytologia) and times `duplicates.find_near_pairs` and `group_hashes`
-alone, since only the duplicate search grows faster than linearly with the image count.
-Prints one JSON object of seconds and counts.
+Generates the synthetic set (the demo's defect counts scaled to the size, plus the realistic retakes
+and hard negatives of `synthetic.near_duplicates`) unless `--work/data` exists, ingests it (one
+decode per image: pHash and thumbnail) unless `--work/ingest` exists, then runs the duplicate
+search with the confirming comparison and without it (`min_similarity=-1`: every hash candidate
+linked), and times one bare decode pass over the images for comparison. Prints one JSON object:
+seconds of generation, ingest, the decode pass and each search (wall and CPU; CPU time does not
+depend on other jobs), and recall and precision overall and per duplicate kind for both searches.
 """
 
 from __future__ import annotations
@@ -17,74 +20,81 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
+from PIL import Image
 
-from leukoflow.curation.box_repair import repair_boxes
-from leukoflow.curation.duplicates import deduplicate, find_near_pairs, group_hashes
-from leukoflow.curation.folds import DEFAULT_BINS, make_folds
-from leukoflow.tables import INGEST_BOXES, INGEST_IMAGES, read_table
+from leukoflow.curation.duplicates import find_duplicates
+from leukoflow.curation.summary import dedup_scores
+from leukoflow.ingest import contract
+from leukoflow.synthetic import challenge_layout, synthesize
+from leukoflow.tables import DEFECTS, INGEST_BOXES, INGEST_IMAGES, read_table
 
-PLANTED_SHARE = 0.01  # share of hashes overwritten by a copy of another hash
-
-
-def planted_hashes(n: int, max_distance: int, seed: int) -> np.ndarray:
-    """Random hashes; PLANTED_SHARE of them become copies of others with 0..max_distance bits flipped."""
-    rng = np.random.default_rng(seed)
-    hashes = rng.integers(0, 2**64, n, dtype=np.uint64)
-    n_planted = int(n * PLANTED_SHARE)
-    sources = rng.choice(n, n_planted, replace=False)
-    targets = rng.choice(n, n_planted, replace=False)
-    for source, target in zip(sources, targets):
-        value = int(hashes[source])
-        for bit in rng.choice(64, int(rng.integers(0, max_distance + 1)), replace=False):
-            value ^= 1 << int(bit)
-        hashes[target] = np.uint64(value)
-    return hashes
+DEMO_DEFECTS = {"exact_duplicate": 4, "near_duplicate": 6, "conflicting_duplicate": 1, "train_test_duplicate": 2}
 
 
-def time_stress(n: int, max_distance: int, seed: int) -> dict:
-    hashes = planted_hashes(n, max_distance, seed)
+def generate(data: Path, args: argparse.Namespace) -> float:
+    scale = max(1, args.n_images // 400)
+    defects = {kind: count * scale for kind, count in DEMO_DEFECTS.items()}
+    defects |= {"shifted_duplicate": args.retakes, "refocused_duplicate": args.retakes,
+                "recoloured_duplicate": args.retakes, "similar_smear": args.hard_negatives}
     started = time.perf_counter()
-    pairs = find_near_pairs(np.unique(hashes), max_distance)
-    search = time.perf_counter() - started
-    started = time.perf_counter()
-    component = group_hashes(hashes, max_distance)
-    grouping = time.perf_counter() - started
-    sizes = np.bincount(component)
-    return {"hashes": n, "max_distance": max_distance, "near_pairs": int(len(pairs)),
-            "groups": int((sizes > 1).sum()), "search_seconds": round(search, 3),
-            "search_and_grouping_seconds": round(grouping, 3)}
+    synthesize(**challenge_layout(data), n_images=args.n_images, test_fraction=0.3, seed=args.seed, jpeg_quality=90,
+               defects=defects, near_duplicate_max_distance=3, threads=args.workers)
+    return time.perf_counter() - started
 
 
-def time_ingest(ingest_dir: Path, max_distance: int, seed: int) -> dict:
-    images = read_table(ingest_dir / "images.parquet", INGEST_IMAGES)
-    boxes = read_table(ingest_dir / "boxes.parquet", INGEST_BOXES)
+def ingest(data: Path, out: Path, workers: int) -> float:
     started = time.perf_counter()
-    _, curated, _, dedup = deduplicate(images, boxes, max_distance=max_distance, conflict_policy="keep_survivor")
-    dedup_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    kept_boxes, _, repair = repair_boxes(boxes, curated)
-    repair_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    _, _, folds = make_folds(curated, kept_boxes, n_folds=4, seed=seed, bins=DEFAULT_BINS)
-    folds_seconds = time.perf_counter() - started
-    return {"images": len(images), "boxes": len(boxes), "duplicate_groups": dedup["duplicate_groups"],
-            "deduplicate_seconds": round(dedup_seconds, 3), "repair_boxes_seconds": round(repair_seconds, 3),
-            "make_folds_seconds": round(folds_seconds, 3),
-            "fold_max_class_deviation": folds["fold_max_class_deviation"]}
+    contract.ingest(data / "train.csv", data / "test.csv", data / "images", out, workers=workers, chunksize=64,
+                    progress=False, phash_reducing_gap=None)
+    return time.perf_counter() - started
+
+
+def search(images, boxes, defects, args: argparse.Namespace, min_similarity: float) -> dict:
+    started, cpu = time.perf_counter(), time.process_time()
+    groups, _, _, summary = find_duplicates(images, boxes, max_distance=args.max_distance,
+                                            min_similarity=min_similarity, conflict_policy="keep_survivor",
+                                            near_policy="remove", holdout_fraction=0.0, seed=args.seed)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    scores = dedup_scores(groups, defects)
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "min_similarity": min_similarity,
+            **{k: summary[k] for k in ("candidate_pairs", "confirmed_pairs", "duplicate_groups")}, **scores}
+
+
+def bare_decode_cpu_seconds(images_dir: Path) -> float:
+    """CPU seconds of decoding every image once to RGB (unreadable files skipped)."""
+    started = time.process_time()
+    for path in sorted(images_dir.iterdir()):
+        try:
+            with Image.open(path) as image:
+                image.convert("RGB").load()
+        except (OSError, SyntaxError, ValueError):
+            continue
+    return time.process_time() - started
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ingest-dir", type=Path, help="folder with images.parquet and boxes.parquet")
-    parser.add_argument("--stress-hashes", type=int, default=69_168)
-    parser.add_argument("--max-distance", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--n-images", type=int, default=69_168)
+    parser.add_argument("--retakes", type=int, default=200, help="copies of each realistic retake kind")
+    parser.add_argument("--hard-negatives", type=int, default=400)
+    parser.add_argument("--max-distance", type=int, default=10)
+    parser.add_argument("--min-similarity", type=float, default=0.9)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
-    report = {"stress": time_stress(args.stress_hashes, args.max_distance, args.seed)}
-    if args.ingest_dir:
-        report["ingest"] = time_ingest(args.ingest_dir, args.max_distance, args.seed)
-    print(json.dumps(report, indent=2))
+    data, out = args.work / "data", args.work / "ingest"
+    report: dict = {"n_images": args.n_images}
+    if not data.exists():
+        report["generate_seconds"] = round(generate(data, args), 1)
+    if not out.exists():
+        report["ingest_seconds"] = round(ingest(data, out, args.workers), 1)
+    images, boxes = read_table(out / "images.parquet", INGEST_IMAGES), read_table(out / "boxes.parquet", INGEST_BOXES)
+    defects = read_table(data / "defects.parquet", DEFECTS)
+    report["bare_decode_cpu_seconds"] = round(bare_decode_cpu_seconds(data / "images"), 2)
+    report["confirmed"] = search(images, boxes, defects, args, args.min_similarity)
+    report["hash_only"] = search(images, boxes, defects, args, -1.0)
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

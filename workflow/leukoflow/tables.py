@@ -62,6 +62,7 @@ INGEST_IMAGES = _register(Schema(
         Column("pixel_mean", "float", "mean over all RGB pixels and channels (0-255)"),
         Column("pixel_std", "float", "standard deviation over all RGB pixels and channels"),
         Column("phash", "str", "64-bit imagehash pHash of the RGB image as 16 hex digits (empty when quarantined)"),
+        Column("thumbnail", "str", "32x32 grey thumbnail, row-major bytes as hex (empty when quarantined); curation compares candidate duplicates with it"),
     ),
 ))
 
@@ -116,7 +117,9 @@ DUPLICATE_GROUPS = _register(Schema(
         Column("group_id", "int", "0-based id, groups ordered by their smallest member name"),
         Column("name", "str", "NAME of the member"),
         Column("split", "str", "train | test"),
-        Column("kind", "str", "exact (pHash distance 0 across the group) | near (linked at distance <= dedup.max_distance)"),
+        Column("kind", "str", "exact (pHash distance 0 across the group) | near (candidate at distance <= dedup.max_distance, confirmed by thumbnail similarity)"),
+        Column("hash_distance", "int", "pHash distance of the member's closest link in the group"),
+        Column("similarity", "float", "thumbnail similarity of the member's best link in the group (dedup.min_similarity or more for near links)"),
         Column("role", "str", "survivor | removed | test_member | conflict_removed"),
         Column("reason", "str", "why the role was given"),
         Column("labels", "str", "'|'-joined sorted class codes of the member's boxes (empty for test)"),

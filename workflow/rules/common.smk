@@ -13,14 +13,17 @@ SYNTHETIC = config["data"]["source"] == "synthetic"
 HOLDOUT = config["data"]["holdout_fraction"] > 0
 DEFECTS = os.path.join(DATA_DIR, "defects.parquet")
 
+# Held-out mode: ingest checks every annotated row as training (with a header-only test.csv);
+# deduplicate draws the test split by duplicate group and hold_out_test writes its tables.
+TRAIN_CSV = SOURCE_TRAIN_CSV
 if HOLDOUT:
-    TRAIN_CSV = "results/holdout/train.csv"
-    TEST_CSV = "results/holdout/test.csv"
+    TEST_CSV = "results/holdout/no_test.csv"
     TEST_TRUTH_CSV = "results/holdout/test_truth.csv"
+    TEST_TABLE = "results/holdout/test.parquet"
 else:
-    TRAIN_CSV = SOURCE_TRAIN_CSV
     TEST_CSV = os.path.join(DATA_DIR, config["data"]["test_csv"])
     TEST_TRUTH_CSV = os.path.join(DATA_DIR, "test_truth.csv")
+    TEST_TABLE = "results/ingest/test.parquet"
 
 
 def memory_mb(rule_name):

@@ -1,7 +1,7 @@
 rule deduplicate:
     input:
-        images=rules.ingest.output.images,
-        boxes=rules.ingest.output.boxes,
+        ingest_images=rules.ingest.output.images,
+        ingest_boxes=rules.ingest.output.boxes,
     output:
         groups="results/curation/duplicate_groups.parquet",
         images="results/curation/images.parquet",
@@ -20,19 +20,23 @@ rule deduplicate:
         mem_mb=memory_mb("deduplicate"),
         runtime=runtime_min("deduplicate"),
     params:
-        max_distance=config["dedup"]["max_distance"],
-        conflict_policy=config["dedup"]["conflict_policy"],
-        near_policy=config["dedup"]["near_policy"],
+        max_distance=lookup(dpath="dedup/max_distance", within=config),
+        min_similarity=lookup(dpath="dedup/min_similarity", within=config),
+        conflict_policy=lookup(dpath="dedup/conflict_policy", within=config),
+        near_policy=lookup(dpath="dedup/near_policy", within=config),
+        holdout_fraction=lookup(dpath="data/holdout_fraction", within=config),
+        seed=lookup(dpath="seed", within=config),
     script:
         "../scripts/deduplicate.py"
 
 
 rule repair_boxes:
     input:
-        boxes=rules.ingest.output.boxes,
-        images=rules.deduplicate.output.images,
+        ingest_boxes=rules.ingest.output.boxes,
+        curated_images=rules.deduplicate.output.images,
     output:
         boxes="results/curation/boxes.parquet",
+        held_out_boxes="results/curation/held_out_boxes.parquet",
         ledger="results/curation/repair_ledger.csv",
         summary="results/curation/repair_summary.json",
     log:
@@ -53,8 +57,8 @@ rule repair_boxes:
 
 rule make_folds:
     input:
-        images=rules.deduplicate.output.images,
-        boxes=rules.repair_boxes.output.boxes,
+        curated_images=rules.deduplicate.output.images,
+        curated_boxes=rules.repair_boxes.output.boxes,
     output:
         folds="results/curation/folds.parquet",
         balance="results/curation/fold_balance.csv",
@@ -78,22 +82,22 @@ rule make_folds:
         mem_mb=memory_mb("make_folds"),
         runtime=runtime_min("make_folds"),
     params:
-        n_folds=config["folds"]["n_folds"],
-        seed=config["seed"],
-        bins=config["folds"]["bins"],
+        n_folds=lookup(dpath="folds/n_folds", within=config),
+        seed=lookup(dpath="seed", within=config),
+        bins=lookup(dpath="folds/bins", within=config),
     script:
         "../scripts/make_folds.py"
 
 
 rule summarize_curation:
     input:
-        dedup=rules.deduplicate.output.summary,
-        repair=rules.repair_boxes.output.summary,
-        folds=rules.make_folds.output.summary,
+        dedup_summary=rules.deduplicate.output.summary,
+        repair_summary=rules.repair_boxes.output.summary,
+        folds_summary=rules.make_folds.output.summary,
         groups=rules.deduplicate.output.groups,
         dedup_ledger=rules.deduplicate.output.ledger,
         repair_ledger=rules.repair_boxes.output.ledger,
-        defects=defects_if_synthetic,
+        defect_table=defects_if_synthetic,
     output:
         ledger="results/curation/ledger.csv",
         summary="results/curation/summary.json",

@@ -208,7 +208,7 @@ rule predict_test_boxes:
     input:
         weights=fold_outputs(rules.train_detector.output.weights, TEST_DETECTOR),
         images=rules.deduplicate.output.images,
-        test=rules.ingest.output.test,
+        test=TEST_TABLE,
     output:
         raw="results/detection/test_raw.parquet",
         boxes="results/detection/test_boxes.parquet",

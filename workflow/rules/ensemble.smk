@@ -79,7 +79,7 @@ rule search_ensemble_weights:
 
 rule build_submission:
     input:
-        test=rules.ingest.output.test,
+        test=TEST_TABLE,
         test_boxes=rules.predict_test_boxes.output.boxes,
         classes=rules.search_ensemble_weights.output.test_classes,
         weights=rules.search_ensemble_weights.output.weights,

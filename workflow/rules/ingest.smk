@@ -1,11 +1,30 @@
 if HOLDOUT:
 
+    rule no_test_table:
+        output:
+            test_csv=TEST_CSV,
+        log:
+            "logs/no_test_table.log",
+        group:
+            "prepare"
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=memory_mb("no_test_table"),
+            runtime=runtime_min("no_test_table"),
+        script:
+            "../scripts/no_test_table.py"
+
+    # Runs after deduplicate and repair_boxes (curation.smk), which draw the split by duplicate
+    # group and check the held-out rows like any other.
     rule hold_out_test:
         input:
-            train_csv=dataset_input(SOURCE_TRAIN_CSV),
+            held_out_boxes="results/curation/held_out_boxes.parquet",
+            curated_images="results/curation/images.parquet",
         output:
-            train_csv=TRAIN_CSV,
-            test_csv=TEST_CSV,
+            test_table=TEST_TABLE,
+            test_csv="results/holdout/test.csv",
             test_truth=TEST_TRUTH_CSV,
             summary="results/holdout/summary.json",
         log:
@@ -19,8 +38,7 @@ if HOLDOUT:
             mem_mb=memory_mb("hold_out_test"),
             runtime=runtime_min("hold_out_test"),
         params:
-            fraction=config["data"]["holdout_fraction"],
-            seed=config["seed"],
+            seed=lookup(dpath="seed", within=config),
         script:
             "../scripts/hold_out_test.py"
 

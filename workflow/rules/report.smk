@@ -72,7 +72,7 @@ rule plot_dataset_overview:
     input:
         images=rules.ingest.output.images,
         boxes=rules.ingest.output.boxes,
-        test=rules.ingest.output.test,
+        test=TEST_TABLE,
     output:
         plot=report(
             f"{REPORT_DIR}/dataset_overview.png",

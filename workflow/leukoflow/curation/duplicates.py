@@ -1,34 +1,36 @@
-"""De-duplication of train and test images by perceptual hash (METHOD.md §2.1, "Where we go further" 1).
+"""De-duplication of train and test images in two stages (METHOD.md §2.1, "Where we go further" 1).
 
 The winner grouped images whose imagededup pHash strings were identical and dropped the last
 file of each all-train group in glob order. We differ on purpose:
 
+* **Two stages for near duplicates.** Candidates are pairs whose 64-bit pHashes differ by at
+  most `max_distance` bits (a loose distance: on real centred-cell smears distinct fields also
+  come close in an 8x8 DCT hash); each candidate is then confirmed by an independent comparison
+  of the images themselves (`leukoflow.curation.confirm`: shift-tolerant normalised correlation
+  of the thumbnails stored at ingest) reaching `min_similarity`. Only confirmed pairs link images.
+  The exact path is unchanged: images with equal pHashes are always linked.
+* **Groups** are the connected components of the links, so a chain A~B~C is one group even
+  when A and C are far apart. Each member records the pHash distance and the similarity of its
+  closest link. `max_distance=0` is the winner's rule.
 * **Deterministic survivor.** Inside a group, train members are sorted by NAME and the first
-  one survives. Re-ordering the input rows never changes the result; the survivors may differ
-  from the winner's (his choice followed the file system's order).
-* **Near duplicates.** Two images are linked when the Hamming distance of their 64-bit pHashes
-  is at most `max_distance`; groups are the connected components of those links, so a chain
-  A~B~C is one group even when A and C are far apart. `max_distance=0` is the winner's rule.
+  one survives. Re-ordering the input rows never changes the result.
 * **Conflicting labels are reported.** When the train members' label multisets differ, the
   group is counted as conflicting; `conflict_policy="keep_survivor"` keeps the survivor (the
   winner's behaviour, made visible), `"drop_group"` drops every train member.
 * **Train-test groups are reported.** Test images are always kept (role test_member); all
-  members of a group spanning both splits are marked `train_test_duplicate`. The winner left
-  such groups untouched; we apply the survivor rule to their train members as to any group.
+  members of a group spanning both splits are marked `train_test_duplicate`.
+* **Held-out split by group.** For datasets without a test split (`holdout_fraction` > 0), whole
+  groups are moved to the test split (`leukoflow.ingest.holdout.held_out`), so no group ever
+  straddles training and the scored test set.
 * **Ledger.** Every train image taken out of training gets a ledger row (reason
-  exact_duplicate, near_duplicate or conflicting_duplicate). A group kept whole, a conflict
-  resolved by keep_survivor, and a train-test link are visible in duplicate_groups.parquet.
-
-Near pairs are found without an all-pairs Python loop: multi-index hashing splits the 64 bits
-into `max_distance + 1` chunks, so by the pigeonhole principle every pair within the distance
-agrees exactly on at least one chunk; candidates from equal chunks are verified with a
-vectorised popcount (`np.bitwise_count`). When the chunks are too short to be selective, a
-blocked vectorised XOR+popcount over the upper triangle is used instead; both give the same pairs.
+  exact_duplicate, near_duplicate or conflicting_duplicate).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -36,151 +38,84 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from leukoflow.curation.confirm import similarity
+from leukoflow.curation.hash_search import find_near_pairs, hamming, phash_to_uint64
+from leukoflow.ingest.holdout import held_out
+from leukoflow.ingest.thumbnails import thumbnails_to_array
 from leukoflow.ledger import LedgerBuilder
-from leukoflow.tables import CURATED_IMAGES, DUPLICATE_GROUPS, LEDGER, schema_frame
+from leukoflow.tables import (
+    CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, read_table, schema_frame, write_table,
+)
 
 ConflictPolicy = Literal["keep_survivor", "drop_group"]
 NearPolicy = Literal["remove", "keep_grouped"]
 CONFLICT_POLICIES = ("keep_survivor", "drop_group")
 NEAR_POLICIES = ("remove", "keep_grouped")
 
-HASH_BITS = 64
-# Multi-index hashing pays a gather per candidate pair; past this share of all pairs the
-# blocked brute force, which streams memory, is faster. Only speed depends on these two.
-# Measured: ~90 ns per MIH candidate against ~5 ns per brute-force pair.
-_MIH_MAX_CANDIDATE_SHARE = 0.05
-_BRUTE_FORCE_BLOCK_ELEMENTS = 1 << 18
 
 def ledger_frame(records: list[dict[str, object]]) -> pd.DataFrame:
     """LEDGER-schema frame from dicts with the ledger's keys (validated by LedgerBuilder)."""
     builder = LedgerBuilder()
     for record in records:
         builder.add(**record)
-    return schema_frame({c: builder.to_frame()[c] for c in LEDGER.column_names}, LEDGER)
+    frame = builder.to_frame()
+    return schema_frame({c: frame[c] for c in LEDGER.column_names}, LEDGER)
 
 
-# ---------------------------------------------------------------- hashes and pair search
+# ---------------------------------------------------------------- links and groups
 
-def phash_to_uint64(phashes: pd.Series, names: pd.Series | None = None) -> np.ndarray:
-    """16-hex-digit pHash strings -> uint64; raises naming the first bad value."""
-    phashes = phashes.astype("str")
-    valid = phashes.str.fullmatch(r"[0-9a-fA-F]{16}").fillna(False).to_numpy(dtype=bool)
-    if not valid.all():
-        first = int(np.flatnonzero(~valid)[0])
-        who = f"image {names.iloc[first]!r}" if names is not None else f"row {first}"
-        raise ValueError(f"images table, {who}, field 'phash': {phashes.iloc[first]!r} is not 16 hex digits")
-    if len(phashes) == 0:
-        return np.zeros(0, dtype=np.uint64)
-    return np.frombuffer(bytes.fromhex("".join(phashes.tolist())), dtype=">u8").astype(np.uint64)
+def _exact_links(hashes: np.ndarray) -> np.ndarray:
+    """(k, 2) image index pairs chaining the images that share a pHash (rows are sorted by name)."""
+    order = np.argsort(hashes, kind="stable")
+    same = hashes[order][1:] == hashes[order][:-1]
+    return np.stack([order[:-1][same], order[1:][same]], axis=1).astype(np.int64)
 
 
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bitwise Hamming distance of uint64 hashes (uint8)."""
-    return np.bitwise_count(np.bitwise_xor(a, b))
-
-
-def _chunk_layout(max_distance: int) -> list[tuple[int, int]]:
-    """(shift, width) of the max_distance+1 nearly equal bit chunks."""
-    n_chunks = max_distance + 1
-    widths = [HASH_BITS // n_chunks + (1 if k < HASH_BITS % n_chunks else 0) for k in range(n_chunks)]
-    shifts = np.concatenate([[0], np.cumsum(widths)[:-1]])
-    return [(int(s), int(w)) for s, w in zip(shifts, widths)]
-
-
-def _chunk_keys(hashes: np.ndarray, shift: int, width: int) -> np.ndarray:
-    mask = np.uint64((1 << width) - 1) if width < HASH_BITS else np.uint64(0xFFFFFFFFFFFFFFFF)
-    return (hashes >> np.uint64(shift)) & mask
-
-
-def _pairs_in_equal_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All index pairs (i, j), i != j, with keys[i] == keys[j]; work proportional to the pairs."""
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    firsts, seconds = [], []
-    active = np.arange(len(keys) - 1)
-    offset = 1
-    while active.size:
-        active = active[active + offset < len(keys)]
-        active = active[sorted_keys[active] == sorted_keys[active + offset]]
-        firsts.append(order[active])
-        seconds.append(order[active + offset])
-        offset += 1
-    if not firsts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
-
-
-def _ordered_unique_pairs(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    low, high = np.minimum(a, b), np.maximum(a, b)
-    codes = np.unique(low * n + high)
-    return np.stack([codes // n, codes % n], axis=1)
-
-
-def _candidate_pair_count(hashes: np.ndarray, max_distance: int) -> int:
-    total = 0
-    for shift, width in _chunk_layout(max_distance):
-        _, counts = np.unique(_chunk_keys(hashes, shift, width), return_counts=True)
-        total += int((counts * (counts - 1) // 2).sum())
-    return total
-
-
-def near_pairs_multi_index(hashes: np.ndarray, max_distance: int) -> np.ndarray:
-    """Pairs (i < j) with Hamming distance <= max_distance, by multi-index hashing."""
-    found_a, found_b = [], []
-    for shift, width in _chunk_layout(max_distance):
-        a, b = _pairs_in_equal_runs(_chunk_keys(hashes, shift, width))
-        close = hamming(hashes[a], hashes[b]) <= max_distance
-        found_a.append(a[close])
-        found_b.append(b[close])
-    return _ordered_unique_pairs(np.concatenate(found_a), np.concatenate(found_b), len(hashes))
-
-
-def near_pairs_brute_force(hashes: np.ndarray, max_distance: int) -> np.ndarray:
-    """Pairs (i < j) with Hamming distance <= max_distance, by blocked vectorised XOR+popcount."""
-    n = len(hashes)
-    rows_per_block = max(1, _BRUTE_FORCE_BLOCK_ELEMENTS // max(n, 1))
-    # Reused buffers: the search is memory-bound, and small blocks stay in cache.
-    xor = np.empty(rows_per_block * n, np.uint64)
-    count = np.empty(rows_per_block * n, np.uint8)
-    close = np.empty(rows_per_block * n, bool)
-    found = [np.zeros((0, 2), np.int64)]
-    for start in range(0, n, rows_per_block):
-        stop = min(n, start + rows_per_block)
-        shape = (stop - start, n - start)
-        size = shape[0] * shape[1]
-        block_xor = xor[:size].reshape(shape)
-        np.bitwise_xor(hashes[start:stop, None], hashes[None, start:], out=block_xor)
-        np.bitwise_count(block_xor, out=count[:size].reshape(shape))
-        np.less_equal(count[:size].reshape(shape), max_distance, out=close[:size].reshape(shape))
-        i, j = np.nonzero(close[:size].reshape(shape))
-        upper = j > i  # column j of the block is hash start + j
-        found.append(np.stack([i[upper] + start, j[upper] + start], axis=1).astype(np.int64))
-    return np.concatenate(found)
-
-
-def find_near_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
-    """All pairs (i < j, sorted) of hashes within `max_distance` bits; picks the faster search."""
-    if not 0 <= max_distance < HASH_BITS:
-        raise ValueError(f"dedup max_distance must be in [0, {HASH_BITS - 1}], got {max_distance}")
-    n = len(hashes)
-    if n < 2:
-        return np.zeros((0, 2), np.int64)
-    all_pairs = n * (n - 1) // 2
-    if _candidate_pair_count(hashes, max_distance) > _MIH_MAX_CANDIDATE_SHARE * all_pairs:
-        pairs = near_pairs_brute_force(hashes, max_distance)
-    else:
-        pairs = near_pairs_multi_index(hashes, max_distance)
-    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-
-
-def group_hashes(hashes: np.ndarray, max_distance: int) -> np.ndarray:
-    """Component label per hash: equal hashes and chains of near hashes share a label."""
-    unique, inverse = np.unique(hashes, return_inverse=True)
+def _candidate_links(hashes: np.ndarray, max_distance: int) -> np.ndarray:
+    """(k, 2) pairs of representative images (first by name) of distinct hashes within max_distance bits."""
+    unique, first = np.unique(hashes, return_index=True)
     pairs = find_near_pairs(unique, max_distance)
-    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(len(unique),) * 2)
-    _, component = connected_components(graph, directed=False)
-    return component[inverse.ravel()]
+    return first[pairs].reshape(-1, 2).astype(np.int64)
 
+
+@dataclass(frozen=True)
+class Links:
+    """Accepted image links with their pHash distance and thumbnail similarity, and the counts."""
+
+    pairs: np.ndarray  # (k, 2) image indices
+    distance: np.ndarray  # (k,) bits
+    similarity: np.ndarray  # (k,)
+    candidates: int
+    confirmed: int
+
+
+def find_links(hashes: np.ndarray, thumbnails: np.ndarray, *, max_distance: int, min_similarity: float) -> Links:
+    """Exact links (equal hashes) and confirmed near links (hash candidates passing the comparison)."""
+    exact = _exact_links(hashes)
+    candidates = _candidate_links(hashes, max_distance)
+    pairs = np.concatenate([exact, candidates])
+    scores = similarity(thumbnails, pairs[:, 0], pairs[:, 1])
+    confirmed = scores[len(exact):] >= min_similarity
+    keep = np.concatenate([np.ones(len(exact), bool), confirmed])
+    return Links(pairs[keep], hamming(hashes[pairs[keep, 0]], hashes[pairs[keep, 1]]).astype(np.int64),
+                 scores[keep], int(len(candidates)), int(confirmed.sum()))
+
+
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected-component label per image of the link graph."""
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def closest_link(n: int, links: Links) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: smallest pHash distance and largest similarity over its links (-1, NaN when none)."""
+    distance = np.full(n, np.iinfo(np.int64).max)
+    score = np.full(n, -np.inf)
+    for column in (0, 1):
+        np.minimum.at(distance, links.pairs[:, column], links.distance)
+        np.maximum.at(score, links.pairs[:, column], links.similarity)
+    linked = np.isfinite(score)
+    return np.where(linked, distance, -1), np.where(linked, score, np.nan)
 
 # ---------------------------------------------------------------- roles inside groups
 
@@ -265,40 +200,60 @@ def _roles_by_group(
     return roles, reasons, kinds, train_test, conflicting_groups
 
 
-# ---------------------------------------------------------------- entry point
 
-def deduplicate(
-    images: pd.DataFrame,
-    boxes: pd.DataFrame,
-    *,
-    max_distance: int,
-    conflict_policy: ConflictPolicy,
-    near_policy: NearPolicy = "remove",
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
-    """Group exact and near-duplicate images and decide which train copies are used.
+# ---------------------------------------------------------------- the search
 
-    Args:
-        images: INGEST_IMAGES frame; quarantined images are left out (ingest's ledger has them).
-        boxes: INGEST_BOXES frame; usable boxes give each train image its label multiset.
-        max_distance: largest pHash Hamming distance that links two images (0 = exact only).
-        conflict_policy: "keep_survivor" or "drop_group" for groups whose train labels differ.
-        near_policy: "remove" keeps one train image per group; "keep_grouped" keeps one per
-            distinct hash of a conflict-free group (the folds then keep the group together).
-
-    Returns:
-        (DUPLICATE_GROUPS frame, CURATED_IMAGES frame, LEDGER frame, summary dict).
-    """
+def _check_options(max_distance: int, min_similarity: float, conflict_policy: str, near_policy: str) -> None:
     if conflict_policy not in CONFLICT_POLICIES:
         raise ValueError(f"dedup conflict_policy must be one of {CONFLICT_POLICIES}, got {conflict_policy!r}")
     if near_policy not in NEAR_POLICIES:
         raise ValueError(f"dedup near_policy must be one of {NEAR_POLICIES}, got {near_policy!r}")
+    if not -1.0 <= min_similarity <= 1.0:
+        raise ValueError(f"dedup min_similarity must be in [-1, 1], got {min_similarity}")
+
+
+def _hold_out(table: pd.DataFrame, holdout_fraction: float, seed: int) -> None:
+    """Move whole groups (and single images) to the test split, in place."""
+    if holdout_fraction <= 0:
+        return
+    if (table["split"] == "test").any():
+        raise ValueError("deduplicate: data.holdout_fraction > 0 but the images table already has test images; "
+                         "a held-out split is only drawn from a dataset without a test split")
+    units = table["name"].where(table["group_id"] < 0, "group " + table["group_id"].astype("str"))
+    table.loc[held_out(units, fraction=holdout_fraction, seed=seed), "split"] = "test"
+
+
+def find_duplicates(
+    images: pd.DataFrame, boxes: pd.DataFrame, *, max_distance: int, min_similarity: float,
+    conflict_policy: ConflictPolicy, near_policy: NearPolicy, holdout_fraction: float, seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """Group exact and confirmed near-duplicate images and decide which train copies are used.
+
+    Args:
+        images: INGEST_IMAGES frame; quarantined images are left out (ingest's ledger has them).
+        boxes: INGEST_BOXES frame; usable boxes give each train image its label multiset.
+        max_distance: loose pHash Hamming distance that makes two images a candidate pair.
+        min_similarity: thumbnail correlation a candidate needs to be linked (-1 links every candidate).
+        conflict_policy: "keep_survivor" or "drop_group" for groups whose train labels differ.
+        near_policy: "remove" keeps one train image per group; "keep_grouped" keeps one per
+            distinct hash of a conflict-free group (the folds then keep the group together).
+        holdout_fraction: share of the images moved, whole groups at a time, to a test split (0: none).
+        seed: seed of the held-out draw.
+
+    Returns:
+        (DUPLICATE_GROUPS frame, CURATED_IMAGES frame, LEDGER frame, summary dict).
+    """
+    _check_options(max_distance, min_similarity, conflict_policy, near_policy)
     started = time.perf_counter()
     table = usable(images).sort_values("name", kind="stable").reset_index(drop=True)
     if table["name"].duplicated().any():
         raise ValueError(f"images table: NAME {table['name'][table['name'].duplicated()].iloc[0]!r} appears twice")
     hashes = phash_to_uint64(table["phash"], table["name"])
-    component = group_hashes(hashes, max_distance)
-    table["group_id"] = _group_ids(table["name"], component)
+    links = find_links(hashes, thumbnails_to_array(table["thumbnail"].tolist()),
+                       max_distance=max_distance, min_similarity=min_similarity)
+    table["group_id"] = _group_ids(table["name"], components(len(table), links.pairs))
+    table["hash_distance"], table["similarity"] = closest_link(len(table), links)
+    _hold_out(table, holdout_fraction, seed)
     in_group = table["group_id"] >= 0
     labels = label_multisets(boxes[boxes["name"].isin(table.loc[in_group, "name"])])
     table["labels"] = table["name"].map(labels).astype("str").fillna("").where(table["split"] == "train", "")
@@ -315,9 +270,28 @@ def deduplicate(
     groups = _groups_frame(table)
     curated = schema_frame({c: table[c] for c in CURATED_IMAGES.column_names}, CURATED_IMAGES)
     ledger = _dedup_ledger(table)
-    summary = _dedup_summary(images, table, groups, conflicting_groups, max_distance, conflict_policy, near_policy)
+    summary = _dedup_summary(images, table, groups, conflicting_groups, links, max_distance, min_similarity,
+                             conflict_policy, near_policy)
+    summary["holdout_fraction"] = float(holdout_fraction)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return groups, curated, ledger, summary
+
+
+def deduplicate(
+    *, ingest_images: str | Path, ingest_boxes: str | Path, groups: str | Path, images: str | Path,
+    ledger: str | Path, max_distance: int, min_similarity: float, conflict_policy: ConflictPolicy,
+    near_policy: NearPolicy, holdout_fraction: float, seed: int,
+) -> dict:
+    """Rule `deduplicate`: ingest's images and boxes in; duplicate groups, curated images, ledger out."""
+    found_groups, curated, found_ledger, summary = find_duplicates(
+        read_table(ingest_images, INGEST_IMAGES), read_table(ingest_boxes, INGEST_BOXES),
+        max_distance=max_distance, min_similarity=min_similarity, conflict_policy=conflict_policy,
+        near_policy=near_policy, holdout_fraction=holdout_fraction, seed=seed,
+    )
+    write_table(found_groups, groups, DUPLICATE_GROUPS)
+    write_table(curated, images, CURATED_IMAGES)
+    write_table(found_ledger, ledger, LEDGER)
+    return summary
 
 
 def _groups_frame(table: pd.DataFrame) -> pd.DataFrame:
@@ -340,14 +314,18 @@ def _dedup_ledger(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _dedup_summary(
-    images: pd.DataFrame, table: pd.DataFrame, groups: pd.DataFrame, conflicting_groups: int,
-    max_distance: int, conflict_policy: str, near_policy: str,
+    images: pd.DataFrame, table: pd.DataFrame, groups: pd.DataFrame, conflicting_groups: int, links: Links,
+    max_distance: int, min_similarity: float, conflict_policy: str, near_policy: str,
 ) -> dict:
     per_group = groups.groupby("group_id").agg(kind=("kind", "first"), splits=("split", "nunique"))
     return {
         "max_distance": int(max_distance),
+        "min_similarity": float(min_similarity),
         "conflict_policy": conflict_policy,
         "near_policy": near_policy,
+        "candidate_pairs": links.candidates,
+        "confirmed_pairs": links.confirmed,
+        "rejected_pairs": links.candidates - links.confirmed,
         "images_quarantined_upstream": int(len(images) - len(table)),
         "images_in": int(len(table)),
         "images_kept": int(table["keep"].sum()),

@@ -28,18 +28,10 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from matplotlib.figure import Figure
 
-from leukoflow.constants import CLASS_TO_INDEX, CLASSES
-from leukoflow.tables import schema_frame
-from leukoflow.tables import CURATED_BOXES, FOLDS
+from leukoflow.constants import CLASSES
+from leukoflow.tables import CURATED_BOXES, CURATED_IMAGES, FOLDS, read_table, schema_frame, write_table
 
 BIN_KEYS = ("surface", "box_ratio", "mean", "std")
-DEFAULT_BINS = {"surface": 5, "box_ratio": 5, "mean": 5, "std": 4}
-
-# Synthetic stand-ins for decoded image statistics, used only by `folds_from_annotations`
-# (annotation table without images). Ranges follow METHOD.md §1.3 loosely.
-_SYNTHETIC_SIDE_RANGE = (295, 400)
-_SYNTHETIC_MEAN = (190.0, 20.0)
-_SYNTHETIC_STD = (45.0, 10.0)
 
 
 def _check_bins(bins: dict[str, int]) -> None:
@@ -143,7 +135,7 @@ def _max_deviation(balance: pd.DataFrame, kind: str, n_folds: int) -> float:
     return round(float(rows["max_relative_deviation"].max()), 6) if len(rows) else 0.0
 
 
-def make_folds(
+def stratified_folds(
     images: pd.DataFrame, boxes: pd.DataFrame, *, n_folds: int, seed: int, bins: dict[str, int]
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Assign a validation fold to every kept training image.
@@ -206,41 +198,15 @@ def plot_fold_balance(balance: pd.DataFrame, png_path: str | Path) -> None:
     figure.savefig(png_path, dpi=100)
 
 
-# ---------------------------------------------------------------- folds without images
-
-def _annotation_boxes(train_csv: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(train_csv, dtype={"NAME": "str", "class": "str"}, keep_default_na=False)
-    unknown = ~table["class"].isin(list(CLASSES))
-    if unknown.any():
-        row = int(np.flatnonzero(unknown)[0])
-        raise ValueError(f"{train_csv}: row {row}, field 'class': unknown class code {table['class'].iloc[row]!r}")
-    columns = {
-        "row": np.arange(len(table)), "name": table["NAME"],
-        **{c: table[c].astype(float) for c in ("x1", "y1", "x2", "y2")},
-        "label": table["class"], "class_idx": table["class"].map(CLASS_TO_INDEX), "clipped": False,
-    }
-    return schema_frame(columns, CURATED_BOXES)
-
-
-def _synthetic_images(boxes: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """One kept train image per NAME (sorted) with seeded stand-in size and pixel statistics."""
-    extent = boxes.groupby("name")[["x2", "y2"]].max().sort_index()
-    rng = np.random.default_rng(seed)
-    n = len(extent)
-    low, high = _SYNTHETIC_SIDE_RANGE
-    width = np.maximum(rng.integers(low, high, n), np.ceil(extent["x2"].to_numpy()) + 1)
-    height = np.maximum(rng.integers(low, high, n), np.ceil(extent["y2"].to_numpy()) + 1)
-    return pd.DataFrame({
-        "name": extent.index.astype("str"), "split": "train", "path": "", "width": width.astype("int64"),
-        "height": height.astype("int64"), "pixel_mean": rng.normal(*_SYNTHETIC_MEAN, n),
-        "pixel_std": rng.normal(*_SYNTHETIC_STD, n), "group_id": -1, "role": "unique",
-        "train_test_duplicate": False, "keep": True,
-    })
-
-
-def folds_from_annotations(
-    train_csv: str | Path, *, seed: int, n_folds: int, bins: dict[str, int]
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """`make_folds` on an annotation table alone; image statistics are seeded stand-ins."""
-    boxes = _annotation_boxes(train_csv)
-    return make_folds(_synthetic_images(boxes, seed), boxes, n_folds=n_folds, seed=seed, bins=bins)
+def make_folds(*, curated_images: str | Path, curated_boxes: str | Path, folds: str | Path, balance: str | Path,
+               plot: str | Path, n_folds: int, seed: int, bins: dict[str, int]) -> dict:
+    """Rule `make_folds`: curated images and boxes in; folds, the balance table and its plot out."""
+    found, balance_table, summary = stratified_folds(
+        read_table(curated_images, CURATED_IMAGES), read_table(curated_boxes, CURATED_BOXES),
+        n_folds=n_folds, seed=seed, bins=bins,
+    )
+    write_table(found, folds, FOLDS)
+    Path(balance).parent.mkdir(parents=True, exist_ok=True)
+    balance_table.to_csv(balance, index=False)
+    plot_fold_balance(balance_table, plot)
+    return summary

@@ -1,18 +1,20 @@
-"""Curation stage: de-duplication, box repair and folds in one entry, with one summary and ledger.
+"""Curation summary: one results/curation/summary.json and one merged ledger (rule `summarize_curation`).
 
-The rules run the three steps separately and call `summarize_from_files`; `curate` is the
-same stage in one call (tests, benchmarks). It reads the ingest tables, runs `duplicates.deduplicate`, `box_repair.repair_boxes` and
-`folds.make_folds`, and writes results/curation/{duplicate_groups, images, boxes, folds}.parquet,
-fold_balance.csv/.png, ledger.csv and summary.json. `summarize` builds the summary; given the
-synthetic generator's defects.parquet it also scores the duplicate search and the box repair:
+`summarize` joins the summaries of deduplicate, repair_boxes and make_folds and checks their
+accounting against the ledgers. Given the synthetic generator's defects.parquet it also scores the
+duplicate search and the box repair:
 
-* **dedup_recall**: share of defect pairs (`name` = the copy, `source` = the original; kinds
-  exact_duplicate, near_duplicate, conflicting_duplicate, train_test_duplicate) whose two
-  images fall in one duplicate group. Also given per kind.
+* **dedup_recall**: share of defect pairs (`name` = the copy, `source` = the original; every
+  duplicate kind of `DUPLICATE_DEFECT_KINDS`) whose two images fall in one duplicate group;
+  also per kind (`dedup_recall_by_kind`).
 * **dedup_precision**: the defect pairs are joined into "true clusters" (connected components,
-  so two copies of one original belong together). Over every found group, each unordered
-  member pair counts once; precision = pairs inside one true cluster / all member pairs
-  (None when no group was found).
+  so two copies of one original belong together). Over every found group, each unordered member
+  pair counts once; precision = pairs inside one true cluster / all member pairs (None when no
+  group was found). Per kind (`dedup_precision_by_kind`): the same over the member pairs that
+  involve a copy of that kind.
+* **hard negatives** (`similar_smear`: a distinct smear drawn from the same plan as its source,
+  same classes, sizes and layout): `hard_negative_pairs` and how many ended in one group
+  (`hard_negatives_grouped`, ideally 0).
 * **out_of_image_boxes_repaired**: share of out_of_image_box defect rows that the ledgers show
   clipped (repaired) or quarantined, among the rows not removed with a duplicate image.
 """
@@ -20,8 +22,8 @@ synthetic generator's defects.parquet it also scores the duplicate search and th
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +31,13 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from leukoflow.curation.box_repair import repair_boxes
-from leukoflow.curation.duplicates import deduplicate
-from leukoflow.curation.folds import make_folds, plot_fold_balance
-from leukoflow.tables import (
-    CURATED_BOXES, CURATED_IMAGES, DEFECTS, DUPLICATE_GROUPS, FOLDS, INGEST_BOXES, INGEST_IMAGES, LEDGER,
-    empty_frame, read_table, write_table,
-)
+from leukoflow.tables import DEFECTS, DUPLICATE_GROUPS, LEDGER, empty_frame, read_table, write_table
 
-DUPLICATE_DEFECT_KINDS = ("exact_duplicate", "near_duplicate", "conflicting_duplicate", "train_test_duplicate")
+DUPLICATE_DEFECT_KINDS = (
+    "exact_duplicate", "near_duplicate", "conflicting_duplicate", "train_test_duplicate",
+    "shifted_duplicate", "refocused_duplicate", "recoloured_duplicate",
+)
+HARD_NEGATIVE_KIND = "similar_smear"
 OUT_OF_IMAGE_DEFECT = "out_of_image_box"
 
 
@@ -52,33 +52,44 @@ def _true_cluster_of(pairs: pd.DataFrame) -> pd.Series:
     return pd.Series(component, index=names)
 
 
-def _pair_count(sizes: pd.Series) -> int:
-    return int((sizes * (sizes - 1) // 2).sum())
+def _member_pairs(groups: pd.DataFrame, cluster: pd.Series) -> pd.DataFrame:
+    """Every unordered member pair of every found group, and whether it lies in one true cluster."""
+    rows = []
+    for _, members in groups.groupby("group_id"):
+        for first, second in combinations(sorted(members["name"]), 2):
+            same = first in cluster.index and second in cluster.index and cluster[first] == cluster[second]
+            rows.append((first, second, bool(same)))
+    return pd.DataFrame(rows, columns=["first", "second", "true"]).astype({"first": "str", "second": "str", "true": bool})
+
+
+def _ratio(part: int | float, whole: int | float) -> float | None:
+    return round(float(part) / float(whole), 6) if whole else None
 
 
 def dedup_scores(groups: pd.DataFrame, defects: pd.DataFrame) -> dict:
-    """Recall and precision of the duplicate groups against the injected duplicate defects."""
+    """Recall and precision of the duplicate groups against the injected duplicates, overall and per kind."""
     pairs = defects[defects["kind"].isin(DUPLICATE_DEFECT_KINDS)]
     group_of = groups.set_index("name")["group_id"]
     found = (pairs["name"].map(group_of) == pairs["source"].map(group_of)).fillna(False).astype(bool)
-    scores: dict = {
+    kinds = [kind for kind in DUPLICATE_DEFECT_KINDS if (pairs["kind"] == kind).any()]
+    member_pairs = _member_pairs(groups, _true_cluster_of(pairs) if len(pairs) else pd.Series(dtype="int64"))
+    copies = {kind: set(pairs.loc[pairs["kind"] == kind, "name"]) for kind in kinds}
+    involved = {kind: member_pairs["first"].isin(copies[kind]) | member_pairs["second"].isin(copies[kind])
+                for kind in kinds}
+    negatives = defects[defects["kind"] == HARD_NEGATIVE_KIND]
+    negatives_grouped = (negatives["name"].map(group_of) == negatives["source"].map(group_of)).fillna(False)
+    return {
         "dedup_defect_pairs": int(len(pairs)),
-        "dedup_recall": round(float(found.mean()), 6) if len(pairs) else None,
-        "dedup_recall_by_kind": {
-            kind: round(float(found[pairs["kind"] == kind].mean()), 6)
-            for kind in DUPLICATE_DEFECT_KINDS if (pairs["kind"] == kind).any()
-        },
+        "dedup_recall": _ratio(found.sum(), len(pairs)),
+        "dedup_recall_by_kind": {kind: _ratio(found[pairs["kind"] == kind].sum(), (pairs["kind"] == kind).sum())
+                                 for kind in kinds},
+        "dedup_precision": _ratio(member_pairs["true"].sum(), len(member_pairs)),
+        "dedup_precision_by_kind": {kind: _ratio(member_pairs.loc[involved[kind], "true"].sum(), involved[kind].sum())
+                                    for kind in kinds},
+        "dedup_group_pairs": int(len(member_pairs)),
+        "hard_negative_pairs": int(len(negatives)),
+        "hard_negatives_grouped": int(negatives_grouped.astype(bool).sum()),
     }
-    all_pairs = _pair_count(groups.groupby("group_id").size())
-    if not all_pairs:
-        scores["dedup_precision"] = None
-        return scores
-    cluster = groups["name"].map(_true_cluster_of(pairs)) if len(pairs) else pd.Series(np.nan, index=groups.index)
-    linked = groups.assign(cluster=cluster).dropna(subset=["cluster"])
-    true_pairs = _pair_count(linked.groupby(["group_id", "cluster"]).size())
-    scores["dedup_precision"] = round(true_pairs / all_pairs, 6)
-    scores["dedup_group_pairs"] = all_pairs
-    return scores
 
 
 def out_of_image_scores(ledger: pd.DataFrame, defects: pd.DataFrame) -> dict:
@@ -111,8 +122,8 @@ def _accounting(dedup: dict, repair: dict, ledger: pd.DataFrame) -> dict:
     repair_rows = counts.get("repair_boxes", {})
     return {
         "images_balance_ok": dedup["images_in"] == dedup["images_kept"] + dedup["images_removed"],
-        "boxes_balance_ok": repair["boxes_in"]
-        == repair["boxes_kept"] + repair["boxes_quarantined"] + repair["boxes_removed_with_image"],
+        "boxes_balance_ok": repair["boxes_in"] == repair["boxes_kept"] + repair["boxes_held_out"]
+        + repair["boxes_quarantined"] + repair["boxes_removed_with_image"],
         "ledger_matches_counts": (
             dedup_rows.get("removed", 0) == dedup["images_removed"]
             and repair_rows.get("removed", 0) == repair["boxes_removed_with_image"]
@@ -150,6 +161,7 @@ def summarize(
         "train_test_groups": dedup_summary["train_test_groups"],
         "boxes_in": repair_summary["boxes_in"],
         "boxes_kept": repair_summary["boxes_kept"],
+        "boxes_held_out": repair_summary["boxes_held_out"],
         "boxes_clipped": repair_summary["boxes_clipped"],
         "boxes_quarantined": repair_summary["boxes_quarantined"],
         "boxes_removed_with_image": repair_summary["boxes_removed_with_image"],
@@ -167,80 +179,20 @@ def summarize(
     return summary
 
 
-def summarize_from_files(
-    *,
-    dedup_summary: str | Path,
-    repair_summary: str | Path,
-    folds_summary: str | Path,
-    ledgers: Sequence[str | Path],
-    ledger_out: str | Path,
-    groups_path: str | Path | None = None,
-    defects_path: str | Path | None = None,
-) -> dict:
-    """`summarize` on the step outputs as written by the rules; also writes the merged ledger.
+def summarize_curation(*, dedup_summary: str | Path, repair_summary: str | Path, folds_summary: str | Path,
+                       groups: str | Path, dedup_ledger: str | Path, repair_ledger: str | Path,
+                       defect_table: Sequence[str | Path], ledger: str | Path) -> dict:
+    """Rule `summarize_curation`: the steps' summaries and ledgers in; the merged ledger out.
 
     Args:
         dedup_summary, repair_summary, folds_summary: the steps' summary JSON files.
-        ledgers: the steps' LEDGER CSV files, merged in the order given into `ledger_out`.
-        ledger_out: merged LEDGER CSV to write.
-        groups_path: duplicate_groups.parquet; required with `defects_path`.
-        defects_path: the synthetic generator's defects.parquet, or None for real data.
-
-    Raises:
-        ValueError: `defects_path` given without `groups_path`.
+        groups: duplicate_groups.parquet.
+        dedup_ledger, repair_ledger: the steps' LEDGER CSV files, merged in this order into `ledger`.
+        defect_table: the synthetic generator's defects.parquet as a one-element list, or empty for real data.
+        ledger: merged LEDGER CSV to write.
     """
-    if defects_path is not None and groups_path is None:
-        raise ValueError("summarize_from_files: scoring against defects needs groups_path "
-                         "(results/curation/duplicate_groups.parquet)")
-    frames = [read_table(path, LEDGER) for path in ledgers]
-    ledger = pd.concat(frames, ignore_index=True) if frames else empty_frame(LEDGER)
-    write_table(ledger, ledger_out, LEDGER)
+    merged = pd.concat([read_table(path, LEDGER) for path in (dedup_ledger, repair_ledger)], ignore_index=True)
+    write_table(merged, ledger, LEDGER)
     steps = [json.loads(Path(path).read_text()) for path in (dedup_summary, repair_summary, folds_summary)]
-    groups = read_table(groups_path, DUPLICATE_GROUPS) if groups_path is not None else None
-    return summarize(*steps, [ledger], groups=groups, defects_path=defects_path)
-
-
-# ---------------------------------------------------------------- stage entry
-
-def curate(
-    images_path: str | Path,
-    boxes_path: str | Path,
-    out_dir: str | Path,
-    *,
-    max_distance: int,
-    conflict_policy: str,
-    near_policy: str,
-    n_folds: int,
-    seed: int,
-    bins: dict[str, int],
-    defects_path: str | Path | None = None,
-) -> dict:
-    """Run the curation stage on the ingest tables and write its outputs under `out_dir`.
-
-    Writes duplicate_groups.parquet, images.parquet, boxes.parquet, folds.parquet,
-    fold_balance.csv, fold_balance.png, ledger.csv and summary.json; returns the summary.
-    """
-    started = time.perf_counter()
-    out = Path(out_dir)
-    images = read_table(images_path, INGEST_IMAGES)
-    boxes = read_table(boxes_path, INGEST_BOXES)
-    groups, curated_images, dedup_ledger, dedup_summary = deduplicate(
-        images, boxes, max_distance=max_distance, conflict_policy=conflict_policy, near_policy=near_policy
-    )
-    curated_boxes, repair_ledger, repair_summary = repair_boxes(boxes, curated_images)
-    folds, balance, folds_summary = make_folds(curated_images, curated_boxes, n_folds=n_folds, seed=seed, bins=bins)
-    ledger = pd.concat([dedup_ledger, repair_ledger], ignore_index=True)
-
-    write_table(groups, out / "duplicate_groups.parquet", DUPLICATE_GROUPS)
-    write_table(curated_images, out / "images.parquet", CURATED_IMAGES)
-    write_table(curated_boxes, out / "boxes.parquet", CURATED_BOXES)
-    write_table(folds, out / "folds.parquet", FOLDS)
-    write_table(ledger, out / "ledger.csv", LEDGER)
-    balance.to_csv(out / "fold_balance.csv", index=False)
-    plot_fold_balance(balance, out / "fold_balance.png")
-
-    summary = summarize(dedup_summary, repair_summary, folds_summary, [ledger], groups=groups,
-                        defects_path=defects_path)
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    defects_path = defect_table[0] if defect_table else None
+    return summarize(*steps, [merged], groups=read_table(groups, DUPLICATE_GROUPS), defects_path=defects_path)

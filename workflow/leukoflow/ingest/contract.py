@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from leukoflow import tables
 from leukoflow.constants import CLASS_TO_INDEX, TEST_COLUMNS, TRAIN_COLUMNS
+from leukoflow.ingest.thumbnails import thumbnail
 from leukoflow.ledger import (
     ACTION_QUARANTINED, ACTION_REPAIRED, NO_ROW, REASON_SEPARATOR, STATUS_OK, STATUS_QUARANTINED,
     STATUS_REPAIRED, LedgerBuilder, join_reasons,
@@ -100,7 +101,7 @@ class CsvTable:
         return self.header.index(name)
 
 
-def read_csv_table(path: str | Path, expected: tuple[str, ...]) -> CsvTable:
+def read_csv_table(path: str | Path, expected: tuple[str, ...], *, allow_empty: bool = False) -> CsvTable:
     """Header and data records of a challenge CSV.
 
     Blank lines are skipped (as pandas does), so record i is the i-th data row. Columns may come in
@@ -123,7 +124,7 @@ def read_csv_table(path: str | Path, expected: tuple[str, ...]) -> CsvTable:
     except csv.Error as err:
         raise IngestError(f"{path}: line {reader.line_num}: not parsable as CSV: {err}") from err
     _check_header(path, header, expected)
-    if not records:
+    if not records and not allow_empty:
         raise IngestError(f"{path}: empty table, no data row under the header {header}")
     extra = [column for column in header if column not in expected]
     return CsvTable(path, header, records, lines, extra)
@@ -333,6 +334,7 @@ class ImageRecord:
     pixel_mean: float = math.nan
     pixel_std: float = math.nan
     phash: str = ""
+    thumbnail: str = ""  # curation's duplicate confirmation (leukoflow.ingest.thumbnails)
     findings: list[Finding] = field(default_factory=list)
 
 
@@ -409,6 +411,7 @@ def inspect_image(task: ImageTask) -> ImageRecord:
         record.findings.append(("mode", ACTION_REPAIRED, mode_reason(record.mode), f"{record.mode} converted to RGB"))
     record.pixel_mean, record.pixel_std = rgb_mean_std(image)
     record.phash = perceptual_hash(image, task.phash_reducing_gap)
+    record.thumbnail = thumbnail(image)
     if record.findings:
         image.save(task.repaired, format=_REPAIRED_FORMAT)
         record.path = task.repaired
@@ -512,7 +515,7 @@ def frame_of_images(records: list[ImageRecord], splits: dict[str, str]) -> pd.Da
         "status": [status for status, _ in statuses],
         "reason": [reason for _, reason in statuses],
     }
-    for column in ("width", "height", "channels", "mode", "file_sha256", "pixel_mean", "pixel_std", "phash"):
+    for column in ("width", "height", "channels", "mode", "file_sha256", "pixel_mean", "pixel_std", "phash", "thumbnail"):
         columns[column] = [getattr(r, column) for r in records]
     return _typed_frame(columns, tables.INGEST_IMAGES)
 
@@ -596,7 +599,8 @@ def ingest(train_csv: str | Path, test_csv: str | Path, images_dir: str | Path, 
     repaired_dir = Path(repaired_dir) if repaired_dir is not None else out_dir / "repaired"
     _refuse_inside_input(images_dir, out_dir, repaired_dir)
     train_table = read_csv_table(train_csv, TRAIN_COLUMNS)
-    test_table = read_csv_table(test_csv, TEST_COLUMNS)
+    # Header-only is legal here: a held-out split (data.holdout_fraction) is drawn after ingest.
+    test_table = read_csv_table(test_csv, TEST_COLUMNS, allow_empty=True)
     train, test = check_train_rows(train_table), check_test_rows(test_table)
     files = list_image_folder(images_dir)
     splits = referenced_images(train, test)

@@ -1,0 +1,31 @@
+"""A small grey thumbnail of every image, computed from ingest's one decode (for curation).
+
+The duplicate search confirms each perceptual-hash candidate pair by comparing the two images
+themselves (`leukoflow.curation.confirm`); storing a THUMBNAIL_SIDE x THUMBNAIL_SIDE grey
+thumbnail per image in images.parquet lets it do so without decoding any image again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+THUMBNAIL_SIDE = 32  # 1 KiB per image; at ~360 px smears one thumbnail px is ~11 image px
+
+
+def thumbnail(rgb: Image.Image) -> str:
+    """Hex string of the THUMBNAIL_SIDE^2 grey levels of an RGB image (box-filtered, row-major)."""
+    grey = rgb.convert("L").resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX)
+    return grey.tobytes().hex()
+
+
+def thumbnails_to_array(values: list[str]) -> np.ndarray:
+    """(n, side, side) float32 grey levels from thumbnail hex strings; raises naming the first bad one."""
+    size = THUMBNAIL_SIDE * THUMBNAIL_SIDE
+    for index, value in enumerate(values):
+        if len(value) != 2 * size:
+            raise ValueError(f"images table, row {index}: thumbnail has {len(value) // 2} bytes, expected {size}")
+    if not values:
+        return np.zeros((0, THUMBNAIL_SIDE, THUMBNAIL_SIDE), np.float32)
+    flat = np.frombuffer(bytes.fromhex("".join(values)), dtype=np.uint8)
+    return flat.reshape(len(values), THUMBNAIL_SIDE, THUMBNAIL_SIDE).astype(np.float32)
