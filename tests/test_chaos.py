@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 KILLS = 12
 SEED = 17
-DELAY_SHARE = (0.03, 0.13)  # each delay, as a share of the uninterrupted run's wall time
+DELAY_SHARE = (0.08, 0.25)  # each delay, as a share of the uninterrupted run's wall time
 ORPHAN_GRACE_S = 3.0
 _SCRIPT = re.compile(r"\.([A-Za-z0-9_]+)\.py$")
 FIGURES = os.environ.get("LEUKOFLOW_CHAOS_FIGURES")  # optional JSON file for docs/reliability.md

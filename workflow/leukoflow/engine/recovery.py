@@ -70,14 +70,20 @@ def clear_stale_locks(workdir: str | Path = ".") -> bool:
 
 
 def snakemake_ancestor() -> psutil.Process | None:
-    """The nearest ancestor process that is Snakemake (None when run outside Snakemake)."""
+    """The nearest ancestor process that is Snakemake itself (not the shell that runs the script,
+    whose command line merely mentions .snakemake/scripts); None when run outside Snakemake."""
     try:
         for parent in psutil.Process().parents():
-            if any("snakemake" in part for part in parent.cmdline()[:3]):
+            if _is_snakemake(parent.cmdline()):
                 return parent
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
     return None
+
+
+def _is_snakemake(cmdline: list[str]) -> bool:
+    programs = [Path(part).name for part in cmdline[:2]]
+    return "snakemake" in programs or cmdline[1:3] == ["-m", "snakemake"]
 
 
 def die_with_snakemake() -> None:
