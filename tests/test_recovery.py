@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -30,7 +31,7 @@ def test_locks_of_a_dead_run_are_removed(tmp_path):
     holders.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (holders / str(dead.pid)).write_text("12345.0")
+    (holders / str(dead.pid)).write_text(f"{socket.gethostname()} 12345.0")
     assert recovery.clear_stale_locks(tmp_path) is True
     assert not locks.exists()
     assert sorted(p.name for p in holders.iterdir()) == [str(os.getpid())]
@@ -42,12 +43,19 @@ def test_locks_of_a_live_run_are_kept(tmp_path):
     holders.mkdir(parents=True)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        (holders / str(live.pid)).write_text(repr(psutil.Process(live.pid).create_time()))
+        (holders / str(live.pid)).write_text(f"{socket.gethostname()} {psutil.Process(live.pid).create_time()!r}")
         assert recovery.clear_stale_locks(tmp_path) is False
         assert locks.exists()
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_job_process_never_clears_locks(tmp_path, monkeypatch):
+    locks = _lock(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["snakemake", "--target-jobs", "ingest:", "--mode", "remote"])
+    assert recovery.clear_stale_locks(tmp_path) is False
+    assert locks.exists()
 
 
 def test_default_profile_reruns_incomplete_jobs():

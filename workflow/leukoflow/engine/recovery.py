@@ -17,6 +17,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -37,11 +38,18 @@ def _start_time(pid: int) -> float | None:
 
 
 def _alive(holder: Path) -> bool:
+    """A holder on another host (shared file system) cannot be checked: it counts as alive."""
     try:
-        pid, started = int(holder.name), float(holder.read_text())
+        host, started = holder.read_text().split()
+        pid, started_at = int(holder.name), float(started)
     except (ValueError, OSError):
         return False
-    return _start_time(pid) == started
+    return host != socket.gethostname() or _start_time(pid) == started_at
+
+
+def _is_job_process(argv: list[str]) -> bool:
+    """Snakemake re-invoked for one job (cluster node, spawned `run:` job): never the lock owner."""
+    return any(arg.startswith(("--target-jobs", "--mode")) for arg in argv)
 
 
 def clear_stale_locks(workdir: str | Path = ".") -> bool:
@@ -50,6 +58,8 @@ def clear_stale_locks(workdir: str | Path = ".") -> bool:
     Returns:
         True when stale locks were removed.
     """
+    if _is_job_process(sys.argv):
+        return False
     workdir = Path(workdir)
     holders, locks = workdir / HOLDERS_DIR, workdir / LOCKS_DIR
     holders.mkdir(parents=True, exist_ok=True)
@@ -61,7 +71,7 @@ def clear_stale_locks(workdir: str | Path = ".") -> bool:
             live = True
         else:
             holder.unlink(missing_ok=True)
-    (holders / str(os.getpid())).write_text(repr(_start_time(os.getpid())))
+    (holders / str(os.getpid())).write_text(f"{socket.gethostname()} {_start_time(os.getpid())!r}")
     if live or not locks.exists():
         return False
     shutil.rmtree(locks, ignore_errors=True)
