@@ -98,3 +98,31 @@ def test_script_dies_with_its_snakemake(tmp_path):
     last = beat.read_text()
     time.sleep(0.5)
     assert beat.read_text() == last  # nothing writes after Snakemake is gone
+
+
+def test_script_orphaned_while_starting_exits_before_writing(tmp_path):
+    """Snakemake killed while its script is still importing: the first leukoflow import ends it."""
+    fake_snakemake = tmp_path / "snakemake"
+    fake_snakemake.symlink_to(sys.executable)
+    started, wrote = tmp_path / "started", tmp_path / "wrote"
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from snakemake.iocontainers import Snakemake
+        snakemake = Snakemake.__new__(Snakemake)  # what Snakemake's script preamble defines
+        Path({str(started)!r}).touch()
+        time.sleep(3)  # slow imports of a real stage
+        import leukoflow.tables
+        Path({str(wrote)!r}).touch()
+    """))
+    parent = f"import subprocess, time; subprocess.Popen(['/bin/bash', '-c', 'set -e; {sys.executable} {script}; true']); time.sleep(60)"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    snakemake = subprocess.Popen([str(fake_snakemake), "-c", parent], env=env)
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(snakemake.pid, signal.SIGKILL)
+    snakemake.wait()
+    time.sleep(6)
+    assert started.exists() and not wrote.exists()

@@ -96,14 +96,38 @@ def _is_snakemake(cmdline: list[str]) -> bool:
     return "snakemake" in programs or cmdline[1:3] == ["-m", "snakemake"]
 
 
-def die_with_snakemake() -> None:
-    """End this process (and its workers) within WATCH_SECONDS once its Snakemake is gone."""
+_watching = threading.Event()
+
+
+def die_with_snakemake(*, orphan_exits: bool = False) -> None:
+    """End this process (and its workers) within WATCH_SECONDS once its Snakemake is gone.
+
+    Args:
+        orphan_exits: exit at once when no Snakemake ancestor is left (a rule script whose
+            Snakemake was killed while the script was still starting).
+    """
+    if _watching.is_set():
+        return
     _set_parent_death_signal()
     snakemake = snakemake_ancestor()
     if snakemake is None:
+        if orphan_exits:
+            print("leukoflow: this rule script's Snakemake is gone; exiting before writing anything",
+                  file=sys.stderr, flush=True)
+            os._exit(1)
         return
+    _watching.set()
     thread = threading.Thread(target=_watch, args=(snakemake,), name="die-with-snakemake", daemon=True)
     thread.start()
+
+
+def guard_rule_script() -> None:
+    """In a Snakemake rule script (a `snakemake` job object in __main__), die with that Snakemake
+    from the first leukoflow import on: imports take seconds, and a script orphaned meanwhile
+    must not go on to write outputs."""
+    job = getattr(sys.modules.get("__main__"), "snakemake", None)
+    if type(job).__module__ == "snakemake.iocontainers" and type(job).__name__ == "Snakemake":
+        die_with_snakemake(orphan_exits=True)
 
 
 def _set_parent_death_signal() -> None:
