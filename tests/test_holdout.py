@@ -21,7 +21,16 @@ from leukoflow.ingest.holdout import held_out
 from tests.conftest import REPO, shared_path
 from tests.test_duplicates import OPTIONS, ingest_boxes, ingest_images
 
-BCCD = yaml.safe_load((REPO / "config" / "bccd.yaml").read_text())
+def _overlaid(base: dict, overlay: dict) -> dict:
+    """Snakemake's --configfile merge: nested keys of the overlay replace the base's."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = _overlaid(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+BCCD = _overlaid(yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
+                 yaml.safe_load((REPO / "config" / "bccd.yaml").read_text()))
 # Pairs of real BCCD smears that show the same field of view, checked by eye (BENCHMARKS.md): 00037/00038
 # slightly moved and refocused (pHash distance 4), the others moved by up to ~15 % (distance 14-28).
 # Every pair the search groups must be one of them, and 00037/00038 must be grouped.
@@ -117,9 +126,10 @@ def bccd_chain(tmp_path_factory) -> dict:
     data = shared_path("data", "bccd")
     out = tmp_path_factory.mktemp("bccd_holdout")
     no_test_table(test_csv=out / "no_test.csv")
-    ingest_summary = contract.ingest(data / "train.csv", out / "no_test.csv", data / "images", out / "ingest",
-                                     workers=1, chunksize=BCCD["ingest"]["chunksize"], progress=False,
-                                     phash_reducing_gap=BCCD["ingest"]["phash_reducing_gap"])
+    ingest_summary = contract.run_into(out / "ingest", train_csv=data / "train.csv", test_csv=out / "no_test.csv",
+                                       images_dir=data / "images", threads=1, chunksize=BCCD["ingest"]["chunksize"],
+                                       phash_reducing_gap=BCCD["ingest"]["phash_reducing_gap"],
+                                       max_image_mb=BCCD["ingest"]["max_image_mb"])
     dedup = BCCD["dedup"]
     dedup_summary = deduplicate(
         ingest_images=out / "ingest" / "images.parquet", ingest_boxes=out / "ingest" / "boxes.parquet",

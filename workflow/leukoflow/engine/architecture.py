@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-LEAVES = ("constants", "tables", "ledger", "boxes", "images", "metric")
+LEAVES = ("constants", "tables", "ledger", "boxes", "images", "csvio", "metric")
 LAYERS: tuple[tuple[str, ...], ...] = (
     LEAVES,
     ("engine",),
