@@ -14,6 +14,7 @@ from snakemake.utils import min_version
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 
 from leukoflow.engine.config import validate_config
+from leukoflow.engine.recovery import clear_stale_locks
 
 min_version("9.0")
 
@@ -22,6 +23,7 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate_config(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+clear_stale_locks()  # after kill -9 the README command recovers without --unlock
 
 
 report: "workflow/report/workflow.rst"

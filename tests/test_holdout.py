@@ -126,9 +126,10 @@ def bccd_chain(tmp_path_factory) -> dict:
     data = shared_path("data", "bccd")
     out = tmp_path_factory.mktemp("bccd_holdout")
     no_test_table(test_csv=out / "no_test.csv")
-    ingest_summary = contract.ingest(data / "train.csv", out / "no_test.csv", data / "images", out / "ingest",
-                                     workers=1, chunksize=BCCD["ingest"]["chunksize"], progress=False,
-                                     phash_reducing_gap=BCCD["ingest"]["phash_reducing_gap"])
+    ingest_summary = contract.run_into(out / "ingest", train_csv=data / "train.csv", test_csv=out / "no_test.csv",
+                                       images_dir=data / "images", threads=1, chunksize=BCCD["ingest"]["chunksize"],
+                                       phash_reducing_gap=BCCD["ingest"]["phash_reducing_gap"],
+                                       max_image_mb=BCCD["ingest"]["max_image_mb"])
     dedup = BCCD["dedup"]
     dedup_summary = deduplicate(
         ingest_images=out / "ingest" / "images.parquet", ingest_boxes=out / "ingest" / "boxes.parquet",

@@ -19,7 +19,7 @@ from PIL import Image, ImageFile
 from leukoflow import tables
 from leukoflow.constants import TEST_COLUMNS, TRAIN_COLUMNS
 from leukoflow.ingest.contract import (
-    IngestError, check_test_rows, check_train_rows, ingest, parse_decimal, read_csv_table, referenced_images,
+    IngestError, check_test_rows, check_train_rows, parse_decimal, read_csv_table, referenced_images, run_into,
     unsafe_name_problem,
 )
 from leukoflow.ledger import ACTION_QUARANTINED, LedgerBuilder
@@ -86,8 +86,14 @@ def make_dataset(root: Path, train_rows=TRAIN_ROWS, test_rows=TEST_ROWS, names=(
                    write_csv(root / "test.csv", TEST_HEADER, test_rows), images, root / "out")
 
 
+def ingest(train: Path, test: Path, images: Path, out: Path, *, workers: int = 1, chunksize: int = 32, phash_reducing_gap=None,
+           max_image_mb: float = 64) -> dict:
+    """The rule entry with the workflow's file names under `out`."""
+    return run_into(out, train_csv=train, test_csv=test, images_dir=images, threads=workers, chunksize=chunksize,
+                    phash_reducing_gap=phash_reducing_gap, max_image_mb=max_image_mb)
+
+
 def run(dataset: Dataset, **options) -> dict:
-    options.setdefault("progress", False)
     return ingest(dataset.train, dataset.test, dataset.images, dataset.out, **options)
 
 
@@ -140,8 +146,8 @@ def test_clean_dataset_is_kept_whole_and_measured(dataset):
     [
         ("train", "NAME,x1,y1,x2,y2\na.jpg,1,2,3,4\n", r"train\.csv: line 1: missing column\(s\) \['class'\]"),  # missing column
         ("test", "trustii_id\n11\n", r"test\.csv: line 1: missing column\(s\) \['NAME'\]"),  # missing column, test
-        ("train", "NAME,x1,y1,x2,y2,class\n", r"train\.csv: empty table"),  # header only
-        ("test", "", r"test\.csv: empty file"),  # nothing at all
+        ("train", "NAME,x1,y1,x2,y2,class\n", r"train\.csv: header only"),  # header only
+        ("test", "", r"test\.csv: zero-byte file"),  # nothing at all
         ("train", "NAME;x1;y1;x2;y2;class\na.jpg;1;2;3;4;PNN\n", r"train\.csv: line 1: .*delimited by ';'"),  # semicolons
         ("test", "trustii_id\tNAME\n11\tc.jpg\n", r"test\.csv: line 1: .*delimited by '\\t'"),  # tabs
         ("train", 'NAME,x1,y1,x2,y2,class\n"a.jpg,1,2,3,4,PNN\n', r"train\.csv: line \d+: not parsable as CSV"),  # open quote
@@ -156,20 +162,20 @@ def test_unusable_table_stops_with_file_line_and_field(dataset, which, content, 
 
 def test_table_not_utf8_stops_with_line(dataset):
     dataset.train.write_bytes(b"NAME,x1,y1,x2,y2,class\na.jpg,1,2,3,4,PNN\n\xff\xfe.jpg,1,2,3,4,PNN\n")
-    with pytest.raises(IngestError, match=r"train\.csv: line 3: not UTF-8"):
+    with pytest.raises(IngestError, match=r"train\.csv: line 3, field 1: not UTF-8"):
         run(dataset)
 
 
 def test_missing_table_and_folder_stop(dataset, tmp_path):
     with pytest.raises(IngestError, match="nothing.csv: cannot read"):
-        ingest(tmp_path / "nothing.csv", dataset.test, dataset.images, dataset.out, progress=False)
+        ingest(tmp_path / "nothing.csv", dataset.test, dataset.images, dataset.out)
     with pytest.raises(IngestError, match="image folder not found"):
-        ingest(dataset.train, dataset.test, tmp_path / "no_images", dataset.out, progress=False)
+        ingest(dataset.train, dataset.test, tmp_path / "no_images", dataset.out)
 
 
 def test_output_inside_image_folder_is_refused(dataset):
     with pytest.raises(IngestError, match="inside the image folder"):
-        ingest(dataset.train, dataset.test, dataset.images, dataset.images / "out", progress=False)
+        ingest(dataset.train, dataset.test, dataset.images, dataset.images / "out")
 
 
 # ---------------------------------------------------------------- row-level quarantine
@@ -424,7 +430,7 @@ def test_bccd_images_ingest_without_quarantine(tmp_path):
     test_names = set(names[-20:])  # BCCD has no test.csv: the last 20 images play that part
     train = write_csv(tmp_path / "train.csv", rows[0], [row for row in rows[1:] if row[0] not in test_names])
     test = write_csv(tmp_path / "test.csv", TEST_HEADER, [[str(i), name] for i, name in enumerate(sorted(test_names))])
-    summary = ingest(train, test, images, tmp_path / "out", workers=2, progress=False)
+    summary = ingest(train, test, images, tmp_path / "out", workers=2)
     assert summary["images_in"] == summary["images_kept"] == len(names)
     assert summary["rows_quarantined"] == summary["images_quarantined"] == summary["images_unreferenced"] == 0
     frame = tables.read_table(tmp_path / "out" / "images.parquet", tables.INGEST_IMAGES)

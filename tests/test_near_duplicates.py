@@ -74,8 +74,8 @@ def test_retake_moves_pixels_and_boxes_consistently():
 
 def test_configured_search_groups_every_retake_and_no_hard_negative(dataset, tmp_path):
     out, _, defects = dataset
-    contract.ingest(out / "train.csv", out / "test.csv", out / "images", tmp_path, workers=1, chunksize=32,
-                    progress=False, phash_reducing_gap=None)
+    contract.run_into(tmp_path, train_csv=out / "train.csv", test_csv=out / "test.csv", images_dir=out / "images",
+                      threads=1, chunksize=32, phash_reducing_gap=None, max_image_mb=DEMO["ingest"]["max_image_mb"])
     images = tables.read_table(tmp_path / "images.parquet", tables.INGEST_IMAGES)
     boxes = tables.read_table(tmp_path / "boxes.parquet", tables.INGEST_BOXES)
     dedup = DEMO["dedup"]

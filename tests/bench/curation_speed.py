@@ -28,6 +28,7 @@ from leukoflow.ingest import contract
 from leukoflow.synthetic import challenge_layout, synthesize
 from leukoflow.tables import DEFECTS, INGEST_BOXES, INGEST_IMAGES, read_table
 
+MAX_IMAGE_MB = 64  # no synthetic image comes near it
 DEMO_DEFECTS = {"exact_duplicate": 4, "near_duplicate": 6, "conflicting_duplicate": 1, "train_test_duplicate": 2}
 
 
@@ -44,8 +45,8 @@ def generate(data: Path, args: argparse.Namespace) -> float:
 
 def ingest(data: Path, out: Path, workers: int) -> float:
     started = time.perf_counter()
-    contract.ingest(data / "train.csv", data / "test.csv", data / "images", out, workers=workers, chunksize=64,
-                    progress=False, phash_reducing_gap=None)
+    contract.run_into(out, train_csv=data / "train.csv", test_csv=data / "test.csv", images_dir=data / "images",
+                      threads=workers, chunksize=64, phash_reducing_gap=None, max_image_mb=MAX_IMAGE_MB)
     return time.perf_counter() - started
 
 

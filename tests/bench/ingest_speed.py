@@ -32,9 +32,8 @@ import numpy as np
 from PIL import Image
 
 from leukoflow.constants import CLASSES
-from leukoflow.ingest.contract import (
-    decode_image, ingest, list_image_folder, perceptual_hash, read_csv_table, rgb_mean_std,
-)
+from leukoflow.images import decode_image, perceptual_hash, rgb_mean_std
+from leukoflow.ingest.contract import list_image_folder, read_csv_table, run_into
 
 REPLICA_SIZE = (370, 368)  # "commonly 370x368" (Trustii README, METHOD.md §1.3)
 REPLICA_QUALITY = 95
@@ -161,8 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch) / "ingest"
         started, cpu_started = time.perf_counter(), cpu_seconds()
-        summary = ingest(args.train, args.test, args.images, out, workers=args.workers,
-                         chunksize=args.chunksize, progress=False, phash_reducing_gap=args.phash_reducing_gap)
+        summary = run_into(out, train_csv=args.train, test_csv=args.test, images_dir=args.images,
+                           threads=args.workers, chunksize=args.chunksize,
+                           phash_reducing_gap=args.phash_reducing_gap, max_image_mb=64)
         ingest_seconds, ingest_cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     result = {
         "date": datetime.date.today().isoformat(),

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from leukoflow.constants import CLASSES, SUBMISSION_COLUMNS, TEST_COLUMNS
+from leukoflow.csvio import CsvContractError, read_csv_frame
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
 # Constants of the published function, not tunables: changing one changes the challenge metric.
@@ -114,7 +115,8 @@ def score(truth: pd.DataFrame, submission: pd.DataFrame) -> MetricResult:
 
 
 def score_files(truth_csv: str | Path, submission_csv: str | Path) -> MetricResult:
-    """`score` on two CSV files, read as the published function read them (plain `read_csv`).
+    """`score` on two CSV files, read as the published function read them (plain `read_csv`) once
+    they meet the data contract (`read_csv_table`).
 
     Raises:
         TableReadError: a file cannot be read or parsed (the message names it).
@@ -127,13 +129,26 @@ def score_files(truth_csv: str | Path, submission_csv: str | Path) -> MetricResu
     return score(truth, submission)
 
 
+# What each kind of file must hold beyond being well-formed CSV (leukoflow.csvio): a non-integer
+# trustii_id would silently match nothing and score 0.0; an empty truth class has no F1 class.
+_CONTRACTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "truth": {"expected": SUBMISSION_COLUMNS, "integer_columns": ("trustii_id",),
+              "numeric_columns": BOX_COLUMNS, "nonempty_columns": (*BOX_COLUMNS, "class")},
+    "submission": {"integer_columns": ("trustii_id",), "numeric_columns": BOX_COLUMNS},
+    "test": {"expected": TEST_COLUMNS, "integer_columns": ("trustii_id",), "nonempty_columns": ("NAME",)},
+}
+_CONTRACTS["expected counts"] = _CONTRACTS["test"]
+
+
 def read_csv_table(path: str | Path, *, role: str) -> pd.DataFrame:
-    """Read a CSV with pandas defaults; any failure becomes a TableReadError naming the file."""
+    """Read a CSV under the data contract of its role; any breach becomes a TableReadError naming
+    the file, line and field. Well-formed files give exactly what a plain `read_csv` gives."""
+    contract = dict(_CONTRACTS.get(role, {}))
+    expected = contract.pop("expected", ())
     try:
-        return pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise TableReadError(f"cannot read {role} file {str(path)!r}: {reason}") from error
+        return read_csv_frame(path, expected, role=role, **contract)
+    except CsvContractError as error:
+        raise TableReadError(str(error)) from error
 
 
 def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], source: str) -> None:

@@ -47,7 +47,7 @@ rule ingest:
     input:
         train_csv=dataset_input(TRAIN_CSV),
         test_csv=dataset_input(TEST_CSV),
-        images=dataset_input(IMAGES_DIR),
+        images_dir=dataset_input(IMAGES_DIR),
     output:
         images="results/ingest/images.parquet",
         boxes="results/ingest/boxes.parquet",
@@ -68,7 +68,8 @@ rule ingest:
         mem_mb=memory_mb("ingest"),
         runtime=runtime_min("ingest"),
     params:
-        chunksize=config["ingest"]["chunksize"],
-        phash_reducing_gap=config["ingest"]["phash_reducing_gap"],
+        chunksize=lookup(dpath="ingest/chunksize", within=config),
+        phash_reducing_gap=lookup(dpath="ingest/phash_reducing_gap", within=config),
+        max_image_mb=lookup(dpath="ingest/max_image_mb", within=config),
     script:
         "../scripts/ingest.py"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-LEAVES = ("constants", "tables", "ledger", "boxes", "images", "metric")
+LEAVES = ("constants", "tables", "ledger", "boxes", "images", "csvio", "metric")
 LAYERS: tuple[tuple[str, ...], ...] = (
     LEAVES,
     ("engine",),

@@ -14,12 +14,48 @@ class ConfigError(ValueError):
     """The configuration does not match the schema."""
 
 
+# A configuration is a few hundred values; YAML aliases can make a 1 kB file stand for billions
+# (an "alias bomb") that validation would walk and error messages would print.
+MAX_CONFIG_VALUES = 100_000
+MAX_MESSAGE_CHARS = 300
+
+
 def validate_config(config: dict[str, Any], schema_path: str | Path) -> None:
+    """Stop with one ConfigError naming every bad key: too many values (alias bomb), NaN or an
+    infinity in any numeric key (they pass every range check), or a breach of the schema."""
+    _refuse_alias_bomb(config)
+    problems = [f"{where}: {value!r} is not a finite number" for where, value in _non_finite_numbers(config)]
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    problems = [_describe(error) for error in sorted(validator.iter_errors(config), key=lambda e: list(e.path))]
+    problems += [_describe(error) for error in sorted(validator.iter_errors(config), key=lambda e: list(e.path))]
     if problems:
         raise ConfigError("invalid configuration (see config/README.md):\n  " + "\n  ".join(problems))
+
+
+def _refuse_alias_bomb(config: Any) -> None:
+    """Count the values the configuration stands for (aliases expanded) without expanding it."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any, where: str) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a self-referencing alias counts once instead of recursing forever
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        total = 1 + sum(size(child, f"{where}.{key}") for key, child in children)
+        if total > MAX_CONFIG_VALUES:
+            raise ConfigError(f"invalid configuration: {where.lstrip('.') or '<top level>'} stands for more than "
+                              f"{MAX_CONFIG_VALUES} values (YAML aliases expanding exponentially?)")
+        sizes[id(node)] = total
+        return total
+
+    size(config, "")
+
+
+def _non_finite_numbers(node: Any, where: str = "") -> list[tuple[str, float]]:
+    if isinstance(node, float) and not math.isfinite(node):
+        return [(where.lstrip(".") or "<top level>", node)]
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [found for key, child in children for found in _non_finite_numbers(child, f"{where}.{key}")]
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -27,7 +63,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         unexpected = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         return f"{where}: unknown key(s) {', '.join(repr(key) for key in unexpected)}"
-    return f"{where}: {error.message}"
+    message = error.message
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + f"... ({len(message)} characters)"
+    return f"{where}: {message}"
 
 
 def export_package_path() -> None:

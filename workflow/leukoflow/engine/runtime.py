@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from leukoflow.engine import offline, tracking
+from leukoflow.engine import offline, recovery, tracking
 from leukoflow.engine.summaries import read_json, write_json
 
 __all__ = ["RuleBindingError", "bind", "read_json", "run_rule", "tracked", "write_json"]
@@ -82,6 +82,7 @@ def run_rule(smk: Any, entry: Callable[..., dict[str, Any]], *, tracked: bool = 
     """
     if multiprocessing.parent_process() is not None:
         return {}  # a spawned worker re-imports the script as its main module: only the job runs the rule
+    recovery.die_with_snakemake()  # no orphan writes after a kill -9 of the run
     tracked = tracked or getattr(entry, "tracked", False)
     offline.enforce()
     log_path = Path(smk.log[0]) if len(smk.log) else None

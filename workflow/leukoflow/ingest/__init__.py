@@ -1,5 +1,4 @@
-"""Ingest stage: the data contract of the input tables and images; rule X is `leukoflow.ingest.X`."""
+"""Stage 1: the data contract. Rule entries by rule name: `leukoflow.ingest.X`."""
 
-from leukoflow.ingest.holdout import hold_out_test, no_test_table
-
-__all__ = ["hold_out_test", "no_test_table"]
+from .contract import ingest  # noqa: F401
+from .holdout import hold_out_test, no_test_table  # noqa: F401
