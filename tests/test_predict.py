@@ -319,6 +319,16 @@ def test_a_zero_byte_file_is_an_unreadable_image(tmp_path):
     assert "0 bytes" in images["reason"].iloc[0] and "pi_heif" not in " ".join(images["reason"])
 
 
+def test_a_16_bit_image_is_scaled_not_destroyed(tmp_path):
+    ramp = (np.arange(64 * 48, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)  # 0..64491
+    source = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(source)
+    images = predict.image_inputs.prepare_images({"scans/deep.png": str(source)}, tmp_path / "work")
+    assert images["keep"].all() and images["reason"].iloc[0].startswith("repaired: ")
+    copy = np.asarray(Image.open(images["path"].iloc[0]))
+    assert copy.shape == (48, 64, 3) and copy.std() > 50  # a ramp, not a flat 255
+
+
 def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(world, tmp_path, monkeypatch):
     folder = tmp_path / "many"
     folder.mkdir()

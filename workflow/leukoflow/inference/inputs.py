@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leukoflow import images
+
 LOGGER = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 IMAGE_COLUMNS = ["name", "source", "path", "split", "keep", "width", "height", "reason"]
@@ -110,8 +112,6 @@ def prepare_images(paths: Mapping[str, str], work_dir: str | Path) -> pd.DataFra
     reads; a file that cannot be decoded (zero bytes, not an image) is kept out with the reason
     "unreadable image: ...".
     """
-    from leukoflow.ingest import contract as ingest
-
     rows = []
     for name, source in paths.items():
         row = {"name": name, "source": source, "path": source, "split": "test", "keep": True, "width": 0,
@@ -119,14 +119,15 @@ def prepare_images(paths: Mapping[str, str], work_dir: str | Path) -> pd.DataFra
         try:
             if Path(source).stat().st_size == 0:
                 raise ValueError("the file is empty (0 bytes)")
-            image, truncation = ingest.decode_image(Path(source).read_bytes())
-            row["width"], row["height"] = image.size
-            if truncation or image.mode != "RGB":
+            decoded = images.decode_rgb(Path(source).read_bytes())
+            row["width"], row["height"] = decoded.image.size
+            if decoded.truncation or decoded.depth_scaling or decoded.stored_mode != "RGB":
                 copy = Path(work_dir) / f"{name}.png"
                 copy.parent.mkdir(parents=True, exist_ok=True)
-                image.convert("RGB").save(copy, format="PNG")
+                decoded.image.save(copy, format="PNG")
                 row["path"] = str(copy)
-                row["reason"] = "repaired: " + (truncation or f"{image.mode} converted to RGB")
+                repairs = decoded.truncation or decoded.depth_scaling or f"{decoded.stored_mode} converted to RGB"
+                row["reason"] = "repaired: " + repairs
         except Exception as error:  # NOTE: decoders raise many types (and plugins add more) for a bad file
             LOGGER.warning("predict: unreadable image %s: %s", source, error)
             row.update(keep=False, width=0, height=0, reason=f"unreadable image: {_plain_reason(error)}")

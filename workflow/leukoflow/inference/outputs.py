@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import ImageDraw
 
-from leukoflow import tables
+from leukoflow import images, tables
 from leukoflow.constants import CLASSES
 
 XYXY = ["x1", "y1", "x2", "y2"]
@@ -109,13 +109,11 @@ def write_coco(predictions: pd.DataFrame, images: pd.DataFrame, path: str | Path
 
 def annotate(predictions: pd.DataFrame, out_dir: str | Path) -> int:
     """Write '<id>.annotated.png' (the id's folders kept) per readable image with its boxes and classes."""
-    from leukoflow.ingest import contract as ingest
-
     out_dir = Path(out_dir)
     written = 0
     readable = predictions[predictions["source"] != "unreadable"]
     for (name, path), rows in readable.groupby(["NAME", "path"], sort=False):
-        image = ingest.decode_image(Path(path).read_bytes())[0].convert("RGB")
+        image = images.decode_rgb(Path(path).read_bytes()).image
         draw = ImageDraw.Draw(image)
         for row in rows.itertuples(index=False):
             draw.rectangle([row.x1, row.y1, row.x2, row.y2], outline=(0, 200, 0), width=2)
