@@ -59,16 +59,6 @@ wildcard_constraints:
     fold=r"\d+",
 
 
-def cleaned_training_inputs(wildcards):
-    """Detector 2 (`clean: true`) trains without the noisy images and with the backgrounds."""
-    if not config["detectors"][wildcards.detector]["clean"]:
-        return {}
-    return {
-        "noisy": "results/detection/noisy_flags.parquet",
-        "backgrounds": "results/detection/backgrounds.parquet",
-    }
-
-
 def uses_gpu(detector):
     return gpu_token(config["detectors"][detector]["device"])
 
