@@ -18,7 +18,7 @@ import yaml
 from leukoflow.classification import training as cls
 from leukoflow.classification import crop_cache
 from leukoflow.ingest import contract as ingest
-from leukoflow.synthetic import generator as synthesize
+from leukoflow.synthetic import challenge_layout, synthesize
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
@@ -34,8 +34,8 @@ CHANCE = 1 / 23
 
 def _ground_truth_crops(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     data = root / "data"
-    synthesize.synthesize(data, n_images=N_IMAGES, test_fraction=0.05, seed=DEMO["seed"], jpeg_quality=90,
-                          defects={}, workers=1, near_duplicate_max_distance=3)
+    synthesize(**challenge_layout(data), n_images=N_IMAGES, test_fraction=0.05, seed=DEMO["seed"], jpeg_quality=90,
+               defects={}, threads=1, near_duplicate_max_distance=3)
     out = root / "ingest"
     ingest.ingest(data / "train.csv", data / "test.csv", data / "images", out, workers=1, chunksize=32,
                   phash_reducing_gap=None, repaired_dir=out / "repaired")

@@ -1,4 +1,4 @@
-"""Tests of the synthetic mini-Cytologia generator (leukoflow.synthetic.generator): layout, statistics,
+"""Tests of the synthetic mini-Cytologia generator (leukoflow.synthetic): layout, statistics,
 determinism and every injected defect, checked in the files themselves."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from leukoflow import tables
 from leukoflow.constants import CLASSES, SUBMISSION_COLUMNS, TEST_COLUMNS, TRAIN_COLUMNS
 from leukoflow.synthetic.morphology import MORPHOLOGY, TRAIN_CELLS_PER_IMAGE
-from leukoflow.synthetic.generator import (
-    DEFECT_KINDS, draw_cell_counts, draw_image_classes, phash_distance, spread_rows, synthesize,
-)
+from leukoflow.synthetic import challenge_layout, synthesize
+from leukoflow.synthetic.dataset import spread_rows
+from leukoflow.synthetic.defects import phash_distance
+from leukoflow.synthetic.plan import DEFECT_KINDS, draw_cell_counts, draw_image_classes
 
 NAME_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]\.jpg$")
 # The demo config's defect counts (config/config.yaml synthetic.defects).
@@ -29,11 +30,17 @@ N_IMAGES = 120
 DEDUP_MAX_DISTANCE = 6  # the lead's default dedup.max_distance
 
 
+def generate(out: Path, *, threads: int = 1, near_duplicate_max_distance: int = 4, **settings) -> dict:
+    """The `synthesize` entry writing the challenge layout under `out`."""
+    return synthesize(**challenge_layout(out), threads=threads,
+                      near_duplicate_max_distance=near_duplicate_max_distance, **settings)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("synthetic")
-    summary = synthesize(out, n_images=N_IMAGES, test_fraction=0.3, seed=7, jpeg_quality=90, defects=DEFECTS,
-                         workers=1, progress=False)
+    summary = generate(out, n_images=N_IMAGES, test_fraction=0.3, seed=7, jpeg_quality=90, defects=DEFECTS,
+                       threads=1)
     return out, summary
 
 
@@ -134,8 +141,7 @@ def test_same_seed_gives_byte_identical_files_for_any_worker_count(tmp_path):
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        synthesize(out, n_images=60, test_fraction=0.2, seed=3, jpeg_quality=85, defects=DEFECTS,
-                   workers=workers, progress=False)
+        generate(out, n_images=60, test_fraction=0.2, seed=3, jpeg_quality=85, defects=DEFECTS, threads=workers)
         runs[workers] = {path.relative_to(out): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
     assert runs[1].keys() == runs[2].keys()
     assert all(runs[1][key] == runs[2][key] for key in runs[1])
@@ -144,8 +150,7 @@ def test_same_seed_gives_byte_identical_files_for_any_worker_count(tmp_path):
 def test_another_seed_gives_other_images(tmp_path):
     names = []
     for seed in (3, 4):
-        synthesize(tmp_path / str(seed), n_images=5, test_fraction=0.2, seed=seed, jpeg_quality=85, defects={},
-                   progress=False)
+        generate(tmp_path / str(seed), n_images=5, test_fraction=0.2, seed=seed, jpeg_quality=85, defects={})
         names.append(sorted(path.name for path in (tmp_path / str(seed) / "images").iterdir()))
     assert names[0] != names[1]
 
@@ -297,17 +302,16 @@ def test_unannotated_border_cells_touch_the_border(dataset, frames):
     ],
 )
 def test_bad_arguments_are_refused(tmp_path, kwargs, error, match):
-    arguments = {"n_images": 10, "test_fraction": 0.2, "seed": 1, "jpeg_quality": 90, "defects": {},
-                 "progress": False} | kwargs
+    arguments = {"n_images": 10, "test_fraction": 0.2, "seed": 1, "jpeg_quality": 90, "defects": {}} | kwargs
     with pytest.raises(error, match=match):
-        synthesize(tmp_path, **arguments)
+        generate(tmp_path, **arguments)
 
 
 def test_refuses_to_mix_with_existing_images(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "old.jpg").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="not empty"):
-        synthesize(tmp_path, n_images=3, test_fraction=0.0, seed=1, jpeg_quality=90, defects={}, progress=False)
+        generate(tmp_path, n_images=3, test_fraction=0.0, seed=1, jpeg_quality=90, defects={})
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Speed benchmark of the synthetic generator (leukoflow.synthetic.generator) at challenge scale.
+"""Speed benchmark of the synthetic generator (leukoflow.synthetic) at challenge scale.
 
 Usage (from the repository root):
     PYTHONPATH=workflow nice -n 10 .venv/bin/python tests/bench/synthesize_speed.py \\
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from leukoflow.synthetic.generator import synthesize
+from leukoflow.synthetic import challenge_layout, synthesize
 
 DEMO_DEFECTS = {"exact_duplicate": 4, "near_duplicate": 6, "conflicting_duplicate": 1, "train_test_duplicate": 2,
                 "out_of_image_box": 6, "red_cell_box": 2, "oversized_box": 2, "wrong_label": 4,
@@ -68,8 +68,8 @@ def main() -> int:
         shutil.rmtree(args.out)
     defects = {kind: count * args.defect_scale for kind, count in DEMO_DEFECTS.items()}
     cpu_before = _cpu_seconds()
-    summary = synthesize(args.out, n_images=args.n_images, test_fraction=args.test_fraction, seed=args.seed,
-                         jpeg_quality=args.jpeg_quality, defects=defects, workers=args.workers, progress=True,
+    summary = synthesize(**challenge_layout(args.out), n_images=args.n_images, test_fraction=args.test_fraction,
+                         seed=args.seed, jpeg_quality=args.jpeg_quality, defects=defects, threads=args.workers,
                          near_duplicate_max_distance=args.near_duplicate_max_distance)
     cpu = _cpu_seconds() - cpu_before
     print(json.dumps(summary, indent=1))

@@ -6,7 +6,7 @@ if SYNTHETIC:
             train_csv=TRAIN_CSV,
             test_csv=TEST_CSV,
             test_truth=os.path.join(DATA_DIR, "test_truth.csv"),
-            defects=DEFECTS,
+            defect_table=DEFECTS,
             summary="results/synthetic/summary.json",
         log:
             "logs/synthesize.log",
@@ -21,7 +21,13 @@ if SYNTHETIC:
             mem_mb=memory_mb("synthesize"),
             runtime=runtime_min("synthesize"),
         params:
-            seed=config["seed"],
-            synthetic=config["synthetic"],
+            seed=lookup(dpath="seed", within=config),
+            n_images=lookup(dpath="synthetic/n_images", within=config),
+            test_fraction=lookup(dpath="synthetic/test_fraction", within=config),
+            jpeg_quality=lookup(dpath="synthetic/jpeg_quality", within=config),
+            defects=lookup(dpath="synthetic/defects", within=config),
+            near_duplicate_max_distance=lookup(
+                dpath="synthetic/near_duplicate_max_distance", within=config
+            ),
         script:
             "../scripts/synthesize.py"

@@ -1,6 +1,6 @@
 """Appearance table of the synthetic smears: one row of data per white-cell class (METHOD.md §1.2).
 
-The synthetic generator (`leukoflow.synthetic.generator`) draws every white cell from the row of its class
+The synthetic generator (`leukoflow.synthetic`) draws every white cell from the row of its class
 code, so what makes a class learnable, and which classes are confusable, is visible here and
 nowhere else. Counts, median box sizes and multi-box shares are the **[computed]** columns of
 METHOD.md §1.2 (raw challenge train.csv, 52,748 boxes). The morphology columns paraphrase the
@@ -39,7 +39,7 @@ GRANULE_STYLES: dict[str, GranuleStyle] = {
     "platelet": GranuleStyle((125, 60, 155), 1.0, 0.9, False, True),
 }
 
-# Nucleus shapes the renderer knows (see synthesize._nucleus_mask).
+# Nucleus shapes the renderer knows (see synthetic.cells._nucleus_mask).
 NUCLEUS_SHAPES = ("round", "kidney", "band", "lobed", "cleaved", "convoluted", "smudge", "none")
 # Chromatin textures: contrast of the texture on the nucleus density, and which noise field.
 CHROMATIN_TEXTURES = {"fine": ("fine", 0.22), "clumped": ("clumped", 0.38), "dense": ("fine", 0.12),
