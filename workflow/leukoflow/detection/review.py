@@ -48,7 +48,7 @@ def proposals(flags: pd.DataFrame, label_flags: pd.DataFrame, boxes: pd.DataFram
     gone = set(flags.loc[flags["reason"] == "unconfirmed_box", "row"])
     current = current[~current["row"].isin(gone)]
     cells = flags[flags["reason"] == "unannotated_cell"]
-    common = boxes.groupby("name")["label"].agg(lambda labels: labels.mode().iloc[0])
+    common = current.groupby("name")["label"].agg(lambda labels: labels.mode().iloc[0])  # after relabels
     added = pd.DataFrame({"name": cells["name"], **{c: cells[c] for c in XYXY},
                           "label": cells["name"].map(common).fillna(constants.CLASSES[0]),
                           "region": [f"new{k}" for k in range(len(cells))]})

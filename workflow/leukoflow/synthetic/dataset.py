@@ -36,6 +36,7 @@ import pandas as pd
 from leukoflow import tables
 from leukoflow.synthetic.annotations import BoxRow, Dataset
 from leukoflow.synthetic.defects import inject_box_defects, inject_duplicates, inject_file_defects
+from leukoflow.synthetic.visible_defects import inject_visible_defects
 from leukoflow.synthetic.morphology import SMEAR_STYLE
 from leukoflow.synthetic.plan import COPY_KINDS, DEFECT_KINDS, DEFECT_STREAM, PLAN_STREAM, draw_names, plan_images
 from leukoflow.synthetic.render import render_all
@@ -182,6 +183,7 @@ def synthesize(*, images: str | Path, train_csv: str | Path, test_csv: str | Pat
     defect_rng = np.random.default_rng(np.random.SeedSequence([seed, DEFECT_STREAM]))
     by_name = {image.name: image for image in rendered}
     inject_box_defects(data, defect_rng, targets, by_name)
+    inject_visible_defects(data, defect_rng, targets)
     inject_duplicates(data, defect_rng, targets, copy_names, jpeg_quality, near_duplicate_max_distance)
     inject_file_defects(data, defect_rng, targets, jpeg_quality)
     adjacency = write_tables(data, paths, defect_rng)
