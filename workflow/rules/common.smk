@@ -59,6 +59,22 @@ wildcard_constraints:
     fold=r"\d+",
 
 
+REVIEWED_BOXES = "results/detection/reviewed_boxes.parquet"
+REVIEWED_FLAGS = "results/detection/reviewed_flags.parquet"
+MULTICLASS_MODELS = [
+    m["name"] for m in config["classifiers"]["models"] if m["kind"] == "multiclass"
+]
+
+
+def is_clean(wildcards):
+    return config["detectors"][wildcards.detector]["clean"]
+
+
+def training_boxes(wildcards):
+    """Detector 2 (`clean: true`) trains on the reviewed boxes, without the noisy images, with backgrounds."""
+    return REVIEWED_BOXES if is_clean(wildcards) else rules.repair_boxes.output.boxes
+
+
 def uses_gpu(detector):
     return gpu_token(config["detectors"][detector]["device"])
 

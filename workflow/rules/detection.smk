@@ -8,20 +8,6 @@
 #   results/crops/crops.parquet               classifier crops (pixels cached by the classification stage)
 
 
-REVIEWED_BOXES = "results/detection/reviewed_boxes.parquet"
-REVIEWED_FLAGS = "results/detection/reviewed_flags.parquet"
-MULTICLASS_MODELS = [m["name"] for m in config["classifiers"]["models"] if m["kind"] == "multiclass"]
-
-
-def is_clean(wildcards):
-    return config["detectors"][wildcards.detector]["clean"]
-
-
-def training_boxes(wildcards):
-    """Detector 2 (`clean: true`) trains on the reviewed boxes, without the noisy images, with backgrounds."""
-    return REVIEWED_BOXES if is_clean(wildcards) else rules.repair_boxes.output.boxes
-
-
 rule export_yolo:
     input:
         images=rules.deduplicate.output.images,
@@ -203,8 +189,6 @@ rule apply_review:
         "logs/apply_review.log",
     benchmark:
         "benchmarks/apply_review.tsv"
-    group:
-        "between_models"
     conda:
         ENV
     threads: 1
@@ -321,7 +305,8 @@ rule clean_labels:
         crops=rules.make_crops.output.crops,
         label_boxes=rules.apply_review.output.reviewed_boxes,
         logits=expand(
-            "results/classification/{model}/oof_logits.parquet", model=MULTICLASS_MODELS
+            "results/classification/{model}/oof_logits.parquet",
+            model=MULTICLASS_MODELS,
         ),
         defects=defects_if_synthetic,
     output:
