@@ -179,3 +179,14 @@ def test_galleries_one_png_per_family(tmp_path):
     assert sorted(p.rsplit("/", 1)[-1] for p in written) == sorted(f"{f}.png" for f in noisy.FAMILIES)
     assert Image.open(tmp_path / "gallery" / "box_geometry.png").size == (32, 32)  # nothing flagged: blank tile
     assert Image.open(tmp_path / "gallery" / "unannotated_cell.png").size == (32, 32)
+
+
+def test_cleanlab_object_detection_scorer_runs_side_by_side():
+    clean_rows, clean_found = clean_background()
+    boxes = truth(*clean_rows, (3, "big.jpg", 0, 0, 99, 99))
+    found = detections(*clean_found, ("big.jpg", 35, 35, 65, 65, 0.9))
+    flagged = noisy.cleanlab_flagged_images(found, boxes, sorted(set(boxes["name"])))
+    assert flagged <= set(boxes["name"])
+    defects = pd.DataFrame({"kind": ["oversized_box"], "name": ["big.jpg"], "source": "", "row": [3], "detail": ""})
+    compared = noisy.compare_with_cleanlab(flagged, defects, set(boxes["name"]))
+    assert compared["flagged_images"] == len(flagged) and compared["recall"] in (0.0, 1.0)

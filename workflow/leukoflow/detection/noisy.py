@@ -167,6 +167,32 @@ def score_against_defects(flags: pd.DataFrame, defects: pd.DataFrame, evaluated:
     }
 
 
+def cleanlab_flagged_images(detections: pd.DataFrame, boxes: pd.DataFrame, names: Iterable[str]) -> set[str]:
+    """Images cleanlab's object-detection label-issue finder flags (for comparison on synthetic truth)."""
+    from cleanlab.object_detection.filter import find_label_issues
+
+    names = [name for name in names if name in set(boxes["name"])]
+    truth_by_name, det_by_name = dict(tuple(boxes.groupby("name"))), dict(tuple(detections.groupby("name")))
+    empty = np.zeros((0, 5))
+    labels = [{"bboxes": truth_by_name[n][XYXY].to_numpy(float), "labels": np.zeros(len(truth_by_name[n]), int)}
+              for n in names]
+    predictions = []
+    for name in names:
+        found = det_by_name[name][[*XYXY, "score"]].to_numpy(float) if name in det_by_name else empty
+        per_class = np.empty(1, dtype=object)
+        per_class[0] = found
+        predictions.append(per_class)
+    issues = find_label_issues(labels, predictions) if names else np.zeros(0, bool)
+    return {name for name, issue in zip(names, issues) if issue}
+
+
+def compare_with_cleanlab(flagged: set[str], defects: pd.DataFrame, evaluated: Iterable[str]) -> dict[str, Any]:
+    evaluated = set(evaluated)
+    truth = set(defects.loc[defects["kind"].isin(VISIBLE_DEFECTS) & defects["name"].isin(evaluated), "name"])
+    return {"flagged_images": len(flagged), "precision": len(flagged & truth) / len(flagged) if flagged else None,
+            "recall": len(flagged & truth) / len(truth) if truth else None}
+
+
 def by_kind_table(by_kind: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """The per-kind precision/recall table the report shows."""
     return pd.DataFrame([{"kind": kind, "family": VISIBLE_DEFECTS.get(kind, "label"), **figures}
@@ -199,8 +225,12 @@ def flag_noisy_boxes(*, raw: list[str], images: str, boxes: str, folds: str, def
     tables.write_table(found, flags, tables.NOISY_FLAGS)
     gallery_lib.write_galleries(found, image_table, gallery, FAMILIES, boxes=box_table, **gallery_settings)
     summary = summarise_flags(found, cap_bound)
-    scored = score_against_defects(found, tables.read_table(defects[0], tables.DEFECTS),
-                                   fold_table["name"]) if defects else {"noisy_by_kind": {}}
+    scored: dict[str, Any] = {"noisy_by_kind": {}}
+    if defects:
+        defect_table = tables.read_table(defects[0], tables.DEFECTS)
+        scored = score_against_defects(found, defect_table, fold_table["name"])
+        scored["noisy_cleanlab_object_detection"] = compare_with_cleanlab(
+            cleanlab_flagged_images(detections, box_table, fold_table["name"]), defect_table, fold_table["name"])
     summary.update(scored)
     by_kind_table(scored["noisy_by_kind"]).to_csv(by_kind, index=False)
     return summary
