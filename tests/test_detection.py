@@ -326,3 +326,28 @@ def test_train_crops_match_one_to_one_and_fall_back_to_the_truth_below_the_floor
     dropped, _ = crops.train_crops(fitted, boxes, smears["images"], margin=0, giou_floor=0.0, detector="det2",
                                    drop_rows=[int(boxes["row"].iloc[0])])
     assert dropped["crop_id"].tolist() == [f"{two}#1"]
+
+
+def test_summarize_detection_carries_the_audit_figures(tmp_path):
+    from leukoflow.detection import summarize_detection
+    from leukoflow.engine.runtime import write_json
+
+    def put(name, payload):
+        write_json(tmp_path / "results" / f"{name}.json", payload)
+        return str(tmp_path / "results" / f"{name}.json")
+
+    detector = put("detection/det1/summary", {"oof_mean_rescaled_giou": 0.8, "full_image_baseline_giou": 0.5,
+                                              "oof_gain_over_baseline": 0.3, "giou_histogram": [1],
+                                              "per_fold": {"0": {"train_seconds": 3.0, "history": {}}}})
+    summary = summarize_detection(
+        detectors=[detector], exports=[put("detection/det1/export_summary", {"seconds": 1.0})],
+        predictions=[put("detection/det1/fold0/oof_summary", {"seconds": 2.0})],
+        noisy=put("detection/noisy_summary", {"noisy_precision": 0.9, "noisy_cap_bound": False, "seconds": 1.0}),
+        labels=put("detection/label_summary", {"label_noise_recall": 0.6, "seconds": 1.0}),
+        review=put("detection/review_summary", {"review_overrides": 0}),
+        backgrounds=put("detection/backgrounds_summary", {"n_backgrounds": 3}),
+        test=put("detection/test_summary", {"test_boxes": 4, "test_rows": 4, "ms_per_image_per_model": 9.0}),
+        crops=put("crops/summary", {"n_crops": 7, "crops_below_giou_floor": 2, "crops_dropped_noisy_boxes": 1}),
+        detector_names=["det1"], test_detector="det1")
+    assert (summary["noisy_precision"], summary["noisy_cap_bound"], summary["label_noise_recall"]) == (0.9, False, 0.6)
+    assert summary["crops_below_giou_floor"] == 2 and summary["timings_seconds"]["detection/noisy_summary"] == 1.0
