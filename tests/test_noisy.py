@@ -39,12 +39,13 @@ def images_for(names, path=""):
 
 
 def clean_background(n=24):
-    """n clean single-cell images whose detections fit their boxes at IoU 0.70-0.95 (the geometry null)."""
+    """n clean single-cell images of sides 36-44 px whose detections fit their boxes at IoU 0.70-0.95
+    (the geometry and size null)."""
     rows, found = [], []
     for k in range(n):
-        name, shrink = f"clean{k:02d}.jpg", 1 + (k % 6)  # IoU about 0.95 down to 0.72
-        rows.append((1000 + k, name, 20, 20, 60, 60))
-        found.append((name, 20 + shrink, 20, 60, 60 - shrink, 0.9))
+        name, shrink, side = f"clean{k:02d}.jpg", 1 + (k % 6), 36 + (k % 9)  # IoU about 0.95 down to 0.72
+        rows.append((1000 + k, name, 20, 20, 20 + side, 20 + side))
+        found.append((name, 20 + shrink, 20, 20 + side, 20 + side - shrink, 0.9))
     return rows, found
 
 
@@ -61,6 +62,8 @@ CASES = {
                     {("box_geometry", 4)}),
     # a box that covers only the middle of the cell (IoU 0.25)
     "small.jpg": ([(5, "small.jpg", 20, 20, 40, 40)], [("small.jpg", 10, 10, 50, 50, 0.9)], {("box_geometry", 5)}),
+    # a detector that boxes only part of a normal-sized cell: the nested pair alone condemns nothing
+    "partial.jpg": ([(9, "partial.jpg", 10, 10, 50, 50)], [("partial.jpg", 25, 25, 45, 45, 0.9)], set()),
     # an unannotated cell: a confident detection away from every box
     "extra.jpg": ([(6, "extra.jpg", 10, 10, 50, 50)],
                   [("extra.jpg", 10, 10, 50, 50, 0.9), ("extra.jpg", 60, 60, 90, 90, 0.8)], {("unannotated_cell", -1)}),
@@ -116,9 +119,13 @@ def test_unannotated_cell_cut_by_the_border_is_marked():
 
 def test_posterior_rule_stops_where_the_estimated_fdr_passes_the_target():
     selected = noisy.select_by_posterior_fdr(np.array([0.95, 0.9, 0.5, 0.1, 0.85]), 0.2)
-    # sorted 0.95, 0.9, 0.85 (mean miss 0.1), then 0.5 (mean 0.2), then 0.1 (0.34)
-    assert selected.tolist() == [True, True, True, False, True]
+    # sorted 0.95, 0.9, 0.85 (mean miss 0.1); 0.5 would keep the mean at 0.2 but is a coin toss
+    assert selected.tolist() == [True, True, False, False, True]
+    assert noisy.select_by_posterior_fdr(np.array([0.95, 0.9, 0.6, 0.1, 0.85]), 0.2).tolist() == [
+        True, True, True, False, True]  # 0.6: mean miss 0.175
     assert not noisy.select_by_posterior_fdr(np.full(5, 0.3), 0.2).any()
+    # the average would allow a zero after nine certain items; an item below 0.5 is never flagged
+    assert noisy.select_by_posterior_fdr(np.array([1.0] * 9 + [0.0]), 0.2).tolist() == [True] * 9 + [False]
 
 
 def test_safety_cap_keeps_the_strongest_and_says_it_bound():

@@ -122,7 +122,9 @@ def image_evidence(truth: pd.DataFrame, detections: pd.DataFrame, *, width: int,
             "det_inside": float(det_inside[index, best]) if best >= 0 else np.nan,
             "ann_inside": float(ann_inside[index, best]) if best >= 0 else np.nan,
         })
-    covered = np.maximum(det_inside.max(axis=0), iou.max(axis=0)) if len(truth_xyxy) else np.zeros(len(det_xyxy))
+    # a detection around an (undersized) annotation covers it as much as one inside an oversized one
+    covered = (np.maximum(np.maximum(det_inside, ann_inside), iou).max(axis=0) if len(truth_xyxy)
+               else np.zeros(len(det_xyxy)))
     loose = np.flatnonzero(confident & (covered < unmatched_overlap))
     loose = loose[boxes_lib.nms(det_xyxy[loose], p[loose], match_iou)] if len(loose) else loose
     surplus = int(confident.sum()) - len(truth)

@@ -9,7 +9,8 @@ boxed as white cells, boxes far too large, spurious boxes). We decide from the e
   of the image, so a detector that confirms nothing on an image never condemns it;
 * `box_geometry` (an oversized, undersized or shifted box): an annotation whose best confident
   detection overlaps it badly. The statistic is the logit of that IoU against an empirical null
-  fitted robustly (median, MAD) to every such annotation; one-sided p-values;
+  fitted robustly (median, MAD) to every such annotation; one-sided p-values; for nested boxes the
+  annotation's class-relative size must agree (see `geometry_pvalues`);
 * `unannotated_cell`: a confident detection on no annotation; evidence = its calibrated P(real
   cell) x (1 - its overlap with the annotations).
 
@@ -45,15 +46,18 @@ VISIBLE_DEFECTS = {
 }
 XYXY = ["x1", "y1", "x2", "y2"]
 LOGIT_CLIP = 0.01  # IoU is clipped to [0.01, 0.99] before the logit
+CONTAINED = 0.9  # share of one box inside the other above which the pair counts as nested
 
 
 def select_by_posterior_fdr(evidence: np.ndarray, target_fdr: float) -> np.ndarray:
-    """Largest top-evidence set whose mean (1 - evidence) is <= target_fdr (evidence read as P(defect))."""
+    """Largest top-evidence set whose mean (1 - evidence) is <= target_fdr (evidence read as P(defect)),
+    among the items with evidence above 0.5."""
     evidence = np.asarray(evidence, float)
     selected = np.zeros(len(evidence), dtype=bool)
     order = np.argsort(-evidence, kind="stable")
     estimated_fdr = np.cumsum(1.0 - evidence[order]) / np.arange(1, len(evidence) + 1)
-    passing = np.flatnonzero(estimated_fdr <= target_fdr)
+    # an item more likely clean than defective is never flagged, whatever the average allows
+    passing = np.flatnonzero((estimated_fdr <= target_fdr) & (evidence[order] > 0.5))
     if len(passing):
         selected[order[: passing[-1] + 1]] = True
     return selected
@@ -71,6 +75,24 @@ def low_tail_pvalues(statistic: np.ndarray) -> np.ndarray:
     return stats.norm.cdf((statistic - centre) / spread)
 
 
+def geometry_pvalues(annotations: pd.DataFrame) -> np.ndarray:
+    """One-sided p-value that an annotation's box is wrong, from its geometry against its best detection.
+
+    A low IoU alone is the test for a shifted box. When one box lies inside the other, the IoU is low
+    whether the annotation or the detector is wrong; then the annotation's log-area must also be
+    unusual for its class in the same direction (too large when the detection lies inside it, too
+    small when it lies inside the detection), and the larger of the two p-values counts (both tests
+    must pass, an intersection-union test).
+    """
+    iou = annotations["geom_iou"].clip(LOGIT_CLIP, 1 - LOGIT_CLIP).to_numpy()
+    pvalues = low_tail_pvalues(np.log(iou / (1 - iou)))
+    area_z = annotations["area_z"].to_numpy(float)
+    oversized = annotations["det_inside"].to_numpy(float) >= CONTAINED
+    undersized = annotations["ann_inside"].to_numpy(float) >= CONTAINED
+    pvalues = np.where(oversized, np.maximum(pvalues, stats.norm.sf(area_z)), pvalues)
+    return np.where(undersized & ~oversized, np.maximum(pvalues, stats.norm.cdf(area_z)), pvalues)
+
+
 def select_by_bh(pvalues: np.ndarray, target_fdr: float) -> np.ndarray:
     if not len(pvalues):
         return np.zeros(0, dtype=bool)
@@ -86,8 +108,7 @@ def decide(annotations: pd.DataFrame, cells: pd.DataFrame, *, target_fdr: float)
         frames.append(_flags(unconfirmed, "unconfirmed_box", evidence, select_by_posterior_fdr(evidence, target_fdr),
                              iou=np.zeros(len(unconfirmed)), score=unconfirmed["confirm_p"]))
         geometric = annotations[annotations["geom_iou"].notna()]
-        iou = geometric["geom_iou"].clip(LOGIT_CLIP, 1 - LOGIT_CLIP).to_numpy()
-        pvalues = low_tail_pvalues(np.log(iou / (1 - iou)))
+        pvalues = geometry_pvalues(geometric)
         frames.append(_flags(geometric, "box_geometry", 1.0 - pvalues, select_by_bh(pvalues, target_fdr),
                              iou=geometric["geom_iou"], score=geometric["geom_p"]))
     if len(cells):
