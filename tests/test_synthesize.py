@@ -20,6 +20,7 @@ from leukoflow.synthetic import challenge_layout, synthesize
 from leukoflow.synthetic.dataset import spread_rows
 from leukoflow.synthetic.defects import phash_distance
 from leukoflow.synthetic.plan import DEFECT_KINDS, draw_cell_counts, draw_image_classes
+from leukoflow.synthetic.visible_defects import VISIBLE_KINDS  # tested in tests/test_visible_defects.py
 
 NAME_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]\.jpg$")
 # The demo config's defect counts (config/config.yaml synthetic.defects).
@@ -159,7 +160,7 @@ def test_another_seed_gives_other_images(tmp_path):
 def test_every_defect_kind_is_recorded_with_the_requested_count(frames):
     counts = frames["defects"]["kind"].value_counts().to_dict()
     assert counts == {kind: count for kind, count in DEFECTS.items() if count}
-    assert set(counts) == set(DEFECT_KINDS)
+    assert set(counts) == set(DEFECT_KINDS) - set(VISIBLE_KINDS)
 
 
 def _boxes(frame: pd.DataFrame, name: str) -> list[tuple]:
