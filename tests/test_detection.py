@@ -18,8 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from leukoflow.detection import crops
-
+from leukoflow.detection import crops, datasets, fitting
 from leukoflow.detection import yolo as detection
 
 from leukoflow import tables
@@ -120,7 +119,7 @@ TRAIN_ARGS = {"imgsz": 64, "epochs": 2, "batch": 4, "nbs": 4, "warmup_epochs": 1
 
 
 def train(dataset: Path, run_dir: Path, **overrides) -> dict:
-    return detection.train_detector(dataset_yaml=dataset / "dataset.yaml", run_dir=run_dir,
+    return detection.fit_detector(dataset_yaml=dataset / "dataset.yaml", run_dir=run_dir,
                                     weights_out=run_dir.parent / f"{run_dir.name}.pt",
                                     history_out=run_dir.parent / f"{run_dir.name}.csv", arch="yolo11n.yaml",
                                     train_args={**TRAIN_ARGS, **overrides}, seed=7, threads=1, device="cpu")
@@ -129,7 +128,7 @@ def train(dataset: Path, run_dir: Path, **overrides) -> dict:
 @pytest.fixture(scope="module")
 def dataset(smears, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("yolo") / "fold0"
-    detection.write_yolo_dataset(images=smears["images"], boxes=smears["boxes"], folds=smears["folds"], fold=0,
+    datasets.write_yolo_dataset(images=smears["images"], boxes=smears["boxes"], folds=smears["folds"], fold=0,
                                  out_dir=out)
     return out
 
@@ -138,8 +137,8 @@ def dataset(smears, tmp_path_factory) -> Path:
 
 
 def test_yolo_label_lines_are_normalised_centre_size():
-    assert detection.yolo_label_lines(np.array([[10, 20, 30, 60]]), 100, 200) == ["0 0.200000 0.200000 0.200000 0.200000"]
-    assert detection.yolo_label_lines(np.zeros((0, 4)), 10, 10) == []
+    assert datasets.yolo_label_lines(np.array([[10, 20, 30, 60]]), 100, 200) == ["0 0.200000 0.200000 0.200000 0.200000"]
+    assert datasets.yolo_label_lines(np.zeros((0, 4)), 10, 10) == []
 
 
 def test_dataset_links_images_and_writes_labels(smears, dataset):
@@ -156,7 +155,7 @@ def test_dataset_links_images_and_writes_labels(smears, dataset):
 def test_dataset_excludes_noisy_images_and_adds_backgrounds(smears, tmp_path):
     backgrounds = pd.DataFrame({"name": ["bg_background.jpg"], "path": [smears["images"]["path"].iloc[0]],
                                 "fold": [1], "width": [96], "height": [96]})
-    summary = detection.write_yolo_dataset(images=smears["images"], boxes=smears["boxes"], folds=smears["folds"],
+    summary = datasets.write_yolo_dataset(images=smears["images"], boxes=smears["boxes"], folds=smears["folds"],
                                            fold=0, out_dir=tmp_path, exclude=["train000.jpg"],
                                            backgrounds=backgrounds)
     assert not (tmp_path / "val" / "images" / "train000.jpg").exists()
@@ -166,7 +165,7 @@ def test_dataset_excludes_noisy_images_and_adds_backgrounds(smears, tmp_path):
 
 def test_dataset_without_training_images_is_an_error(smears, tmp_path):
     with pytest.raises(ValueError, match="no training image"):
-        detection.write_yolo_dataset(images=smears["images"], boxes=smears["boxes"], folds=smears["folds"], fold=0,
+        datasets.write_yolo_dataset(images=smears["images"], boxes=smears["boxes"], folds=smears["folds"], fold=0,
                                      out_dir=tmp_path, exclude=smears["folds"]["name"][smears["folds"]["fold"] == 1])
 
 
@@ -239,7 +238,7 @@ def test_fit_oof_keeps_the_annotated_count(smears):
     detections = raw((two, 1, 1, 20, 20, 0.9), (two, 30, 30, 60, 60, 0.8), (two, 0, 0, 5, 5, 0.1),
                      ("train000.jpg", 10.4, 10.6, 40.5, 41.5, 0.7))
     folds = smears["folds"][smears["folds"]["name"].isin([two, "train000.jpg", "train001.jpg"])]
-    fitted = detection.fit_oof_boxes(detections, boxes, smears["images"], folds, "det1")
+    fitted = fitting.fit_oof_boxes(detections, boxes, smears["images"], folds, "det1")
     tables.validate(fitted, tables.OOF_BOXES)
     assert fitted.groupby("name").size().to_dict() == boxes[boxes["name"].isin(folds["name"])].groupby("name").size().to_dict()
     assert fitted.loc[fitted["name"] == "train000.jpg", ["x1", "y1", "x2", "y2"]].values.tolist() == [[10, 11, 40, 42]]
@@ -249,7 +248,7 @@ def test_fit_oof_keeps_the_annotated_count(smears):
 def test_evaluate_oof_perfect_boxes_beat_the_full_image_baseline(smears):
     boxes = smears["boxes"]
     fitted = boxes.assign(detector="det1", fold=0, rank=boxes.groupby("name").cumcount(), score=1.0, padded=False)
-    summary = detection.evaluate_oof(fitted[tables.OOF_BOXES.column_names], boxes, smears["images"])
+    summary = fitting.evaluate_oof(fitted[tables.OOF_BOXES.column_names], boxes, smears["images"])
     assert summary["oof_mean_rescaled_giou"] == pytest.approx(1.0)
     assert summary["full_image_baseline_giou"] < 0.8
     assert summary["cells"] == len(boxes)
@@ -262,7 +261,7 @@ def test_fuse_test_boxes_one_box_per_test_row(smears):
                            + [raw((two, 12, 12, 42, 42, 0.5))], ignore_index=True)
     quarantined = pd.DataFrame([{"row": len(test), "trustii_id": 9999, "name": "missing.jpg", "status": "ok",
                                  "reason": ""}])
-    fused = detection.fuse_test_boxes(detections, pd.concat([test, quarantined], ignore_index=True),
+    fused = fitting.fuse_test_boxes(detections, pd.concat([test, quarantined], ignore_index=True),
                                       smears["images"], wbf_iou=0.25, wbf_skip=1e-4)
     tables.validate(fused, tables.TEST_BOXES)
     assert len(fused) == len(test) + 1 and fused["row"].tolist() == list(range(len(test) + 1))
@@ -284,7 +283,7 @@ def test_train_crops_take_the_best_giou_prediction_plus_margin(smears):
     x1, y1, x2, y2 = boxes[["x1", "y1", "x2", "y2"]].iloc[0]
     fitted = pd.DataFrame({"detector": "det2", "fold": 0, "name": "train000.jpg", "rank": [0],
                            "x1": [x1 + 2], "y1": [y1], "x2": [x2], "y2": [y2], "score": [0.8], "padded": [False]})
-    table, giou = crops.train_crops(fitted, boxes, smears["images"], margin=16, detector="det2")
+    table, giou = crops.train_crops(fitted, boxes, smears["images"], margin=16, giou_floor=0.0, detector="det2")
     tables.validate(table, tables.CROPS)
     assert table[["x1", "y1", "x2", "y2"]].values.tolist() == [[max(x1 + 2 - 16, 0), max(y1 - 16, 0),
                                                                 min(x2 + 16, 96), min(y2 + 16, 96)]]
@@ -303,8 +302,54 @@ def test_test_crops_skip_unreadable_rows(smears):
 
 def test_dataset_digest_follows_content(smears, tmp_path):
     common = {"images": smears["images"], "boxes": smears["boxes"], "folds": smears["folds"], "fold": 0}
-    detection.write_yolo_dataset(out_dir=tmp_path / "a", **common)
-    detection.write_yolo_dataset(out_dir=tmp_path / "b", **common)
-    detection.write_yolo_dataset(out_dir=tmp_path / "c", exclude=["train001.jpg"], **common)
+    datasets.write_yolo_dataset(out_dir=tmp_path / "a", **common)
+    datasets.write_yolo_dataset(out_dir=tmp_path / "b", **common)
+    datasets.write_yolo_dataset(out_dir=tmp_path / "c", exclude=["train001.jpg"], **common)
     digests = [detection.dataset_digest(tmp_path / name / "dataset.yaml") for name in "abc"]
     assert digests[0] == digests[1] != digests[2]
+
+
+def test_train_crops_match_one_to_one_and_fall_back_to_the_truth_below_the_floor(smears):
+    two = smears["boxes"].groupby("name").size().idxmax()
+    boxes = smears["boxes"][smears["boxes"]["name"] == two]
+    truth = boxes[["x1", "y1", "x2", "y2"]].to_numpy(float)
+    # the first prediction fits the first cell; the second lies far from both (a padding-like box)
+    predicted = np.array([truth[0] + [1, 0, 1, 0], [0.0, 0.0, 8.0, 8.0]])
+    fitted = pd.DataFrame({"detector": "det2", "fold": 0, "name": two, "rank": [0, 1], "x1": predicted[:, 0],
+                           "y1": predicted[:, 1], "x2": predicted[:, 2], "y2": predicted[:, 3], "score": [0.9, 0.2],
+                           "padded": [False, False]})
+    table, giou = crops.train_crops(fitted, boxes, smears["images"], margin=0, giou_floor=0.0, detector="det2")
+    # best-GIoU matching would give both cells the first box; one-to-one gives the second cell the bad box,
+    # whose GIoU is below the floor, so its crop is its own ground-truth box
+    assert table["source"].tolist() == ["det2_oof", "ground_truth"]
+    assert table.iloc[1][["x1", "y1", "x2", "y2"]].tolist() == truth[1].tolist()
+    assert giou[1] < 0 and table.iloc[1]["score"] == 1.0
+    assert crops.summarise(table, table.iloc[:0], giou, 0)["crops_below_giou_floor"] == 1
+    dropped, _ = crops.train_crops(fitted, boxes, smears["images"], margin=0, giou_floor=0.0, detector="det2",
+                                   drop_rows=[int(boxes["row"].iloc[0])])
+    assert dropped["crop_id"].tolist() == [f"{two}#1"]
+
+
+def test_summarize_detection_carries_the_audit_figures(tmp_path):
+    from leukoflow.detection import summarize_detection
+    from leukoflow.engine.runtime import write_json
+
+    def put(name, payload):
+        write_json(tmp_path / "results" / f"{name}.json", payload)
+        return str(tmp_path / "results" / f"{name}.json")
+
+    detector = put("detection/det1/summary", {"oof_mean_rescaled_giou": 0.8, "full_image_baseline_giou": 0.5,
+                                              "oof_gain_over_baseline": 0.3, "giou_histogram": [1],
+                                              "per_fold": {"0": {"train_seconds": 3.0, "history": {}}}})
+    summary = summarize_detection(
+        detectors=[detector], exports=[put("detection/det1/export_summary", {"seconds": 1.0})],
+        predictions=[put("detection/det1/fold0/oof_summary", {"seconds": 2.0})],
+        noisy=put("detection/noisy_summary", {"noisy_precision": 0.9, "noisy_cap_bound": False, "seconds": 1.0}),
+        labels=put("detection/label_summary", {"label_noise_recall": 0.6, "seconds": 1.0}),
+        review=put("detection/review_summary", {"review_overrides": 0}),
+        backgrounds=put("detection/backgrounds_summary", {"n_backgrounds": 3}),
+        test=put("detection/test_summary", {"test_boxes": 4, "test_rows": 4, "ms_per_image_per_model": 9.0}),
+        crops=put("crops/summary", {"n_crops": 7, "crops_below_giou_floor": 2, "crops_dropped_noisy_boxes": 1}),
+        detector_names=["det1"], test_detector="det1")
+    assert (summary["noisy_precision"], summary["noisy_cap_bound"], summary["label_noise_recall"]) == (0.9, False, 0.6)
+    assert summary["crops_below_giou_floor"] == 2 and summary["timings_seconds"]["detection/noisy_summary"] == 1.0

@@ -1,4 +1,5 @@
-"""Noisy-box flags on hand-made OOF tables, the exclusion cap, defect scoring and the galleries."""
+"""Noisy-box evidence and decisions on hand-made OOF tables: each defect family caught, clean images
+and silent detectors left alone, the FDR rules, the safety cap, defect scoring and the galleries."""
 
 from __future__ import annotations
 
@@ -7,136 +8,192 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukoflow.detection import noisy
-
 from leukoflow import tables
+from leukoflow.detection import evidence, gallery, noisy
 
-RULES = {"confirm_score": 0.25, "match_iou": 0.5, "detect_score": 0.5, "unmatched_iou": 0.1}
+EVIDENCE = {"match_iou": 0.5, "detect_p": 0.5, "unmatched_overlap": 0.3, "border_px": 2}
+DECISION = {"target_fdr": 0.2, "max_excluded_fraction": 1.0}
+SIDE = 100
 
 
 def truth(*rows):
     """rows: (row, name, x1, y1, x2, y2)."""
-    frame = pd.DataFrame(rows, columns=["row", "name", "x1", "y1", "x2", "y2"]).astype({"x1": float, "y1": float,
-                                                                                     "x2": float, "y2": float})
-    return frame.assign(label="PNN", class_idx=0, clipped=False)
+    frame = pd.DataFrame(rows, columns=["row", "name", "x1", "y1", "x2", "y2"]).astype(
+        {"row": "int64", "x1": float, "y1": float, "x2": float, "y2": float})
+    return frame.assign(label="PNN", class_idx=0, clipped=False)[tables.CURATED_BOXES.column_names]
 
 
-def detections(*rows):
+def detections(*rows, fold=0):
     """rows: (name, x1, y1, x2, y2, score)."""
     frame = pd.DataFrame(rows, columns=["name", "x1", "y1", "x2", "y2", "score"])
-    return frame.assign(detector="det1", fold=0)[tables.DETECTIONS.column_names].astype(
-        {"x1": float, "y1": float, "x2": float, "y2": float})
+    return frame.assign(detector="det1", fold=fold)[tables.DETECTIONS.column_names].astype(
+        {"x1": float, "y1": float, "x2": float, "y2": float, "score": float, "fold": "int64"})
 
 
 def folds_for(names):
-    return pd.DataFrame({"name": names, "fold": 0})
+    return pd.DataFrame({"name": list(names), "fold": 0})
 
 
-def reasons(flags, name):
-    return sorted(flags.loc[flags["name"] == name, "reason"])
+def images_for(names, path=""):
+    return pd.DataFrame({"name": list(names), "path": path, "width": SIDE, "height": SIDE})
+
+
+def clean_background(n=24):
+    """n clean single-cell images of sides 36-44 px whose detections fit their boxes at IoU 0.70-0.95
+    (the geometry and size null)."""
+    rows, found = [], []
+    for k in range(n):
+        name, shrink, side = f"clean{k:02d}.jpg", 1 + (k % 6), 36 + (k % 9)  # IoU about 0.95 down to 0.72
+        rows.append((1000 + k, name, 20, 20, 20 + side, 20 + side))
+        found.append((name, 20 + shrink, 20, 20 + side, 20 + side - shrink, 0.9))
+    return rows, found
 
 
 CASES = {
     # one cell, confidently detected: nothing to say
-    "clean.jpg": ([(0, "clean.jpg", 10, 10, 50, 50)], [("clean.jpg", 11, 11, 50, 50, 0.95)], []),
-    # a red cell boxed as a white cell: only a weak detection there
+    "clean.jpg": ([(0, "clean.jpg", 10, 10, 50, 50)], [("clean.jpg", 11, 11, 50, 50, 0.95)], set()),
+    # a red cell boxed as a white cell, beside a confirmed cell: only a weak detection on it
     "red.jpg": ([(1, "red.jpg", 10, 10, 50, 50), (2, "red.jpg", 60, 60, 80, 80)],
-                [("red.jpg", 10, 10, 50, 50, 0.9), ("red.jpg", 60, 60, 80, 80, 0.1)],
-                ["count_mismatch", "unconfirmed_box"]),
-    # a box far too large: the confident detection inside it overlaps it at IoU 0.04, so the box is
-    # unconfirmed and the detection looks unannotated
-    "big.jpg": ([(3, "big.jpg", 0, 0, 99, 99)], [("big.jpg", 40, 40, 60, 60, 0.9)],
-                ["unannotated_cell", "unconfirmed_box"]),
+                [("red.jpg", 10, 10, 50, 50, 0.9), ("red.jpg", 60, 60, 80, 80, 0.05)], {("unconfirmed_box", 2)}),
+    # a box far too large: the confident detection lies wholly inside it (IoU 0.09)
+    "big.jpg": ([(3, "big.jpg", 0, 0, 99, 99)], [("big.jpg", 35, 35, 65, 65, 0.9)], {("box_geometry", 3)}),
+    # a box shifted by half its width (IoU 0.33)
+    "shifted.jpg": ([(4, "shifted.jpg", 10, 10, 50, 50)], [("shifted.jpg", 30, 10, 70, 50, 0.9)],
+                    {("box_geometry", 4)}),
+    # a box that covers only the middle of the cell (IoU 0.25)
+    "small.jpg": ([(5, "small.jpg", 20, 20, 40, 40)], [("small.jpg", 10, 10, 50, 50, 0.9)], {("box_geometry", 5)}),
+    # a detector that boxes only part of a normal-sized cell: the nested pair alone condemns nothing
+    "partial.jpg": ([(9, "partial.jpg", 10, 10, 50, 50)], [("partial.jpg", 25, 25, 45, 45, 0.9)], set()),
     # an unannotated cell: a confident detection away from every box
-    "extra.jpg": ([(4, "extra.jpg", 10, 10, 50, 50)],
-                  [("extra.jpg", 10, 10, 50, 50, 0.9), ("extra.jpg", 70, 70, 95, 95, 0.8)],
-                  ["count_mismatch", "unannotated_cell"]),
-    # no output at all for an annotated image
-    "none.jpg": ([(5, "none.jpg", 10, 10, 50, 50)], [], ["count_mismatch", "unconfirmed_box"]),
+    "extra.jpg": ([(6, "extra.jpg", 10, 10, 50, 50)],
+                  [("extra.jpg", 10, 10, 50, 50, 0.9), ("extra.jpg", 60, 60, 90, 90, 0.8)], {("unannotated_cell", -1)}),
+    # a silent detector: nothing found on either annotated cell, so nothing condemns them
+    "silent.jpg": ([(7, "silent.jpg", 10, 10, 50, 50), (8, "silent.jpg", 60, 60, 90, 90)], [], set()),
 }
 
 
+def run_case(name):
+    clean_rows, clean_found = clean_background()
+    truth_rows, detection_rows, _ = CASES[name]
+    boxes = truth(*clean_rows, *truth_rows)
+    names = sorted(set(boxes["name"]))
+    found, cap_bound = noisy.find_noisy_boxes(detections(*clean_found, *detection_rows), boxes, folds_for(names),
+                                              images_for(names), **EVIDENCE, **DECISION)
+    return found, cap_bound
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_flag_rules_on_hand_made_oof(name):
-    truth_rows, detection_rows, expected = CASES[name]
-    found = noisy.find_noisy_boxes(detections(*detection_rows) if detection_rows else detections(),
-                                   truth(*truth_rows), folds_for([name]), **RULES,
-                                   exclude_reasons=["unconfirmed_box", "unannotated_cell"],
-                                   max_excluded_fraction=1.0)
-    assert reasons(found, name) == sorted(expected)
+def test_each_defect_family_is_caught_and_nothing_else(name):
+    found, cap_bound = run_case(name)
     tables.validate(found, tables.NOISY_FLAGS)
+    assert set(zip(found["reason"], found["row"])) == CASES[name][2]
+    assert set(found["name"]) <= {name} and not cap_bound
+    assert found["excluded"].all()
 
 
-def test_big_box_is_not_an_unannotated_cell():
-    # with a lower unmatched_iou the detection inside the oversized box (IoU 400/9801) counts as matched
-    found = noisy.find_noisy_boxes(detections(("big.jpg", 40, 40, 60, 60, 0.9)), truth((3, "big.jpg", 0, 0, 99, 99)),
-                                   folds_for(["big.jpg"]), **{**RULES, "unmatched_iou": 0.01},
-                                   exclude_reasons=["unconfirmed_box"], max_excluded_fraction=1.0)
-    assert "unannotated_cell" not in set(found["reason"])
-    assert found["row"].max() == 3
+def test_all_clean_input_flags_nothing():
+    rows, found = clean_background(40)
+    boxes = truth(*rows)
+    names = sorted(set(boxes["name"]))
+    flags, cap_bound = noisy.find_noisy_boxes(detections(*found), boxes, folds_for(names), images_for(names),
+                                              **EVIDENCE, **DECISION)
+    assert len(flags) == 0 and not cap_bound
 
 
-def test_unconfirmed_flag_records_the_box_and_best_score():
-    found = noisy.find_noisy_boxes(detections(("red.jpg", 60, 60, 80, 80, 0.1)),
-                                   truth((2, "red.jpg", 60, 60, 80, 80)), folds_for(["red.jpg"]), **RULES,
-                                   exclude_reasons=["unconfirmed_box"], max_excluded_fraction=1.0)
-    flag = found[found["reason"] == "unconfirmed_box"].iloc[0]
-    assert (flag["row"], flag["x1"], flag["score"], flag["excluded"]) == (2, 60.0, 0.1, True)
+def test_oversized_box_records_its_geometry():
+    found, _ = run_case("big.jpg")
+    flag = found.iloc[0]
+    assert flag["det_inside"] == pytest.approx(1.0)
+    assert flag["ann_inside"] == pytest.approx(900 / 99 ** 2)
+    assert flag["iou"] == pytest.approx(900 / 99 ** 2)
 
 
-def test_exclusion_cap_keeps_strongest_evidence():
-    names = [f"img{i}.jpg" for i in range(10)]
-    boxes = truth(*[(i, name, 10, 10, 50, 50) for i, name in enumerate(names)])
-    # image i is confirmed at score i/10: lower score = stronger evidence against the annotation
-    dets = detections(*[(name, 10, 10, 50, 50, i / 10) for i, name in enumerate(names)])
-    found = noisy.find_noisy_boxes(dets, boxes, folds_for(names), **{**RULES, "confirm_score": 0.5},
-                                   exclude_reasons=["unconfirmed_box"], max_excluded_fraction=0.2)
-    assert noisy.excluded_images(found) == ["img0.jpg", "img1.jpg"]
-    assert found["name"].nunique() == 5  # scores 0.0-0.4 are below confirm_score: all audited, two excluded
+def test_unannotated_cell_cut_by_the_border_is_marked():
+    boxes = truth((0, "edge.jpg", 10, 10, 50, 50))
+    found = detections(("edge.jpg", 10, 10, 50, 50, 0.9), ("edge.jpg", 80, 40, 99, 70, 0.9))
+    flags, _ = noisy.find_noisy_boxes(found, boxes, folds_for(["edge.jpg"]), images_for(["edge.jpg"]),
+                                      **EVIDENCE, **DECISION)
+    cell = flags[flags["reason"] == "unannotated_cell"].iloc[0]
+    assert bool(cell["at_border"]) and cell["n_detected"] == 2 and cell["n_annotated"] == 1
 
 
-def test_unknown_exclude_reason_is_rejected():
-    with pytest.raises(ValueError, match="exclude_reasons"):
-        noisy.find_noisy_boxes(detections(), truth(), folds_for([]), **RULES, exclude_reasons=["typo"],
-                               max_excluded_fraction=1.0)
+def test_posterior_rule_stops_where_the_estimated_fdr_passes_the_target():
+    selected = noisy.select_by_posterior_fdr(np.array([0.95, 0.9, 0.5, 0.1, 0.85]), 0.2)
+    # sorted 0.95, 0.9, 0.85 (mean miss 0.1); 0.5 would keep the mean at 0.2 but is a coin toss
+    assert selected.tolist() == [True, True, False, False, True]
+    assert noisy.select_by_posterior_fdr(np.array([0.95, 0.9, 0.6, 0.1, 0.85]), 0.2).tolist() == [
+        True, True, True, False, True]  # 0.6: mean miss 0.175
+    assert not noisy.select_by_posterior_fdr(np.full(5, 0.3), 0.2).any()
+    # the average would allow a zero after nine certain items; an item below 0.5 is never flagged
+    assert noisy.select_by_posterior_fdr(np.array([1.0] * 9 + [0.0]), 0.2).tolist() == [True] * 9 + [False]
 
 
-def test_empty_inputs_give_an_empty_valid_table():
-    found = noisy.find_noisy_boxes(detections(), truth(), folds_for([]), **RULES, exclude_reasons=[],
-                                   max_excluded_fraction=1.0)
-    assert len(found) == 0
-    tables.validate(found, tables.NOISY_FLAGS)
+def test_safety_cap_keeps_the_strongest_and_says_it_bound():
+    clean_rows, clean_found = clean_background()
+    rows, found = list(clean_rows), list(clean_found)
+    for k, score in enumerate([0.99, 0.95, 0.9]):
+        name = f"extra{k}.jpg"
+        rows.append((k, name, 10, 10, 50, 50))
+        found += [(name, 10, 10, 50, 50, 0.9), (name, 60, 60, 90, 90, score)]
+    boxes = truth(*rows)
+    names = sorted(set(boxes["name"]))
+    cap = {**DECISION, "max_excluded_fraction": 2 / len(names)}
+    flags, cap_bound = noisy.find_noisy_boxes(detections(*found), boxes, folds_for(names), images_for(names),
+                                              **EVIDENCE, **cap)
+    assert cap_bound and flags["name"].nunique() == 3
+    assert noisy.excluded_images(flags) == ["extra0.jpg", "extra1.jpg"]
 
 
-def test_score_against_defects_counts_visible_kinds_only():
-    flags = pd.DataFrame({"name": ["a.jpg", "b.jpg", "c.jpg"], "reason": ["unconfirmed_box", "unannotated_cell",
-                                                                          "unconfirmed_box"],
+def test_calibration_is_fitted_on_the_other_folds():
+    boxes = truth((0, "a.jpg", 10, 10, 50, 50), (1, "b.jpg", 10, 10, 50, 50))
+    # fold 1: a score-0.3 box matches its cell and a score-0.2 box is junk; fold 0 holds the same scores
+    found = pd.concat([detections(("a.jpg", 10, 10, 50, 50, 0.3), ("a.jpg", 60, 60, 90, 90, 0.2), fold=0),
+                       detections(("b.jpg", 10, 10, 50, 50, 0.3), ("b.jpg", 60, 60, 90, 90, 0.2), fold=1)],
+                      ignore_index=True)
+    calibrated = evidence.calibrate_out_of_fold(found, boxes, match_iou=0.5)
+    assert calibrated.tolist() == [1.0, 0.0, 1.0, 0.0]
+    single = evidence.calibrate_out_of_fold(found.assign(fold=0), boxes, match_iou=0.5)
+    assert single.tolist() == found["score"].tolist()  # one fold: nothing to calibrate with, raw scores kept
+
+
+def test_score_against_defects_per_kind():
+    flags = pd.DataFrame({"name": ["a.jpg", "b.jpg", "c.jpg"], "row": [1, -1, 3],
+                          "reason": ["unconfirmed_box", "unannotated_cell", "box_geometry"],
                           "excluded": [True, True, True]})
-    defects = pd.DataFrame({"kind": ["red_cell_box", "unannotated_border_cell", "wrong_label", "oversized_box"],
-                            "name": ["a.jpg", "b.jpg", "d.jpg", "gone.jpg"], "source": "", "row": -1, "detail": ""})
-    scores = noisy.score_against_defects(flags, defects, evaluated=["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
-    # wrong_label is not visible to a box detector; gone.jpg had no OOF output
+    defects = pd.DataFrame({"kind": ["red_cell_box", "unannotated_border_cell", "wrong_label", "oversized_box",
+                                     "shifted_box"],
+                            "name": ["a.jpg", "b.jpg", "d.jpg", "gone.jpg", "e.jpg"], "source": "", "row": -1,
+                            "detail": ""})
+    scores = noisy.score_against_defects(flags, defects, evaluated=["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"])
+    # wrong_label is not visible to a box detector; gone.jpg had no OOF output; c.jpg is a false flag
     assert scores["noisy_precision"] == pytest.approx(2 / 3)
-    assert scores["noisy_recall"] == 1.0
-    assert set(scores["noisy_per_kind"]) == {"red_cell_box", "unannotated_border_cell"}
+    assert scores["noisy_recall"] == pytest.approx(2 / 3)
+    assert scores["noisy_by_kind"]["red_cell_box"] == {"n_true": 1, "recall": 1.0, "precision": 1.0}
+    assert scores["noisy_by_kind"]["shifted_box"] == {"n_true": 1, "recall": 0.0, "precision": 0.0}
+    assert scores["noisy_by_kind"]["oversized_box"]["n_true"] == 0
+    table = noisy.by_kind_table(scores["noisy_by_kind"])
+    assert set(table["kind"]) == set(noisy.VISIBLE_DEFECTS)
 
 
-def test_galleries_one_png_per_reason(tmp_path):
+def test_galleries_one_png_per_family(tmp_path):
     image_path = tmp_path / "a.jpg"
-    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(image_path)
-    images = pd.DataFrame({"name": ["a.jpg"], "path": [str(image_path)]})
-    found = noisy.find_noisy_boxes(detections(("a.jpg", 1, 1, 9, 9, 0.9)), truth((0, "a.jpg", 30, 30, 60, 60)),
-                                   folds_for(["a.jpg"]), **RULES, exclude_reasons=[], max_excluded_fraction=0)
-    written = noisy.write_galleries(found, images, tmp_path / "gallery", max_tiles=4, tile=32,
-                                    boxes=truth((0, "a.jpg", 30, 30, 60, 60)))
-    assert sorted(p.rsplit("/", 1)[-1] for p in written) == [f"{r}.png" for r in sorted(noisy.REASONS)]
-    assert Image.open(tmp_path / "gallery" / "unconfirmed_box.png").size == (32, 32)
+    Image.fromarray(np.full((SIDE, SIDE, 3), 200, np.uint8)).save(image_path)
+    boxes = truth((0, "a.jpg", 10, 10, 50, 50))
+    found, _ = noisy.find_noisy_boxes(detections(("a.jpg", 10, 10, 50, 50, 0.9), ("a.jpg", 60, 60, 90, 90, 0.9)),
+                                      boxes, folds_for(["a.jpg"]), images_for(["a.jpg"]), **EVIDENCE, **DECISION)
+    written = gallery.write_galleries(found, images_for(["a.jpg"], str(image_path)), tmp_path / "gallery",
+                                      noisy.FAMILIES, boxes=boxes, tiles=4, tile_px=32)
+    assert sorted(p.rsplit("/", 1)[-1] for p in written) == sorted(f"{f}.png" for f in noisy.FAMILIES)
+    assert Image.open(tmp_path / "gallery" / "box_geometry.png").size == (32, 32)  # nothing flagged: blank tile
+    assert Image.open(tmp_path / "gallery" / "unannotated_cell.png").size == (32, 32)
 
 
-def test_unconfirmed_box_beside_a_confident_detection_outranks_a_silent_detector():
-    boxes = truth((0, "red.jpg", 10, 10, 50, 50), (1, "red.jpg", 60, 60, 90, 90), (2, "miss.jpg", 10, 10, 50, 50))
-    dets = detections(("red.jpg", 10, 10, 50, 50, 0.9), ("red.jpg", 60, 60, 90, 90, 0.05),
-                      ("miss.jpg", 10, 10, 50, 50, 0.01))
-    found = noisy.find_noisy_boxes(dets, boxes, folds_for(["red.jpg", "miss.jpg"]), **RULES,
-                                   exclude_reasons=["unconfirmed_box"], max_excluded_fraction=0.5)
-    assert noisy.excluded_images(found) == ["red.jpg"]
+def test_cleanlab_object_detection_scorer_runs_side_by_side():
+    clean_rows, clean_found = clean_background()
+    boxes = truth(*clean_rows, (3, "big.jpg", 0, 0, 99, 99))
+    found = detections(*clean_found, ("big.jpg", 35, 35, 65, 65, 0.9))
+    flagged = noisy.cleanlab_flagged_images(found, boxes, sorted(set(boxes["name"])))
+    assert flagged <= set(boxes["name"])
+    defects = pd.DataFrame({"kind": ["oversized_box"], "name": ["big.jpg"], "source": "", "row": [3], "detail": ""})
+    compared = noisy.compare_with_cleanlab(flagged, defects, set(boxes["name"]))
+    assert compared["flagged_images"] == len(flagged) and compared["recall"] in (0.0, 1.0)

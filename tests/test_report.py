@@ -255,7 +255,7 @@ CATEGORIES = {
     "2. Curation": {"duplicate groups", "fold balance"},
     "3. Detection": {"OOF GIoU and mAP per fold", "detector figures per fold", "background images",
                      "noisy-box audit: unconfirmed_box", "noisy-box audit: unannotated_cell",
-                     "noisy-box audit: count_mismatch"},
+                     "noisy-box audit: box_geometry", "noisy-box precision/recall per defect kind"},
     "4. Classification": {"per-class F1", "confusion matrices"},
     "5. Ensemble": {"ensemble weights", "Optuna history"},
     "6. Scores": {"final scores"},

@@ -21,6 +21,7 @@ from leukoflow.synthetic.dataset import spread_rows
 from leukoflow.synthetic.defects import phash_distance
 from leukoflow.synthetic.near_duplicates import HARD_NEGATIVE_KIND, RETAKE_KINDS
 from leukoflow.synthetic.plan import DEFECT_KINDS, draw_cell_counts, draw_image_classes
+from leukoflow.synthetic.visible_defects import VISIBLE_KINDS  # tested in tests/test_visible_defects.py
 
 TESTED_IN_NEAR_DUPLICATES = (*RETAKE_KINDS, HARD_NEGATIVE_KIND)  # tests/test_near_duplicates.py
 
@@ -163,7 +164,7 @@ def test_another_seed_gives_other_images(tmp_path):
 def test_every_defect_kind_is_recorded_with_the_requested_count(frames):
     counts = frames["defects"]["kind"].value_counts().to_dict()
     assert counts == {kind: count for kind, count in DEFECTS.items() if count}
-    assert set(counts) == set(DEFECT_KINDS) - set(TESTED_IN_NEAR_DUPLICATES)
+    assert set(counts) == set(DEFECT_KINDS) - set(TESTED_IN_NEAR_DUPLICATES) - set(VISIBLE_KINDS)
 
 
 def _boxes(frame: pd.DataFrame, name: str) -> list[tuple]:

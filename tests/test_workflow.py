@@ -112,3 +112,13 @@ def test_two_runs_give_identical_tables(tiny_run, tmp_path):
     assert first.keys() == second.keys()
     differing = [name for name in first if first[name] != second[name]]
     assert not differing
+
+
+def test_noisy_and_label_audit_figures_are_present_and_in_range(tiny_run):
+    detection = _json(tiny_run, "results/detection/summary.json")
+    rates = ["noisy_precision", "noisy_recall", "label_noise_precision", "label_noise_recall"]
+    assert set(rates) | {"noisy_by_kind", "noisy_cap_bound", "crops_below_giou_floor"} <= detection.keys()
+    assert all(detection[key] is None or 0.0 <= detection[key] <= 1.0 for key in rates)
+    assert isinstance(detection["noisy_cap_bound"], bool) and detection["crops_below_giou_floor"] >= 0
+    for figures in detection["noisy_by_kind"].values():
+        assert figures["n_true"] >= 0 and all(figures[k] is None or 0 <= figures[k] <= 1 for k in ("precision", "recall"))

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from leukoflow.detection import yolo as detection
+from leukoflow.detection import datasets, yolo as detection
 
 from leukoflow import offline  # noqa: E402
 from tests.test_detection import make_smear_tables  # noqa: E402
@@ -47,14 +47,14 @@ def main() -> None:
     smears = make_smear_tables(root, n_train=args.images + n_val, n_test=0, n_folds=1, size=args.size)
     smears["folds"]["fold"] = [1] * args.images + [0] * n_val
     dataset = root / "dataset"
-    detection.write_yolo_dataset(images=smears["images"], boxes=smears["boxes"], folds=smears["folds"], fold=0,
+    datasets.write_yolo_dataset(images=smears["images"], boxes=smears["boxes"], folds=smears["folds"], fold=0,
                                  out_dir=dataset)
     offline.enforce()
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
     train_args = {**SETTINGS, "imgsz": args.imgsz}
     ours = f"""
 from leukoflow.detection import yolo as detection
-detection.train_detector(dataset_yaml={str(dataset / 'dataset.yaml')!r}, run_dir={str(root / 'ours')!r},
+detection.fit_detector(dataset_yaml={str(dataset / 'dataset.yaml')!r}, run_dir={str(root / 'ours')!r},
     weights_out={str(root / 'ours.pt')!r}, history_out={str(root / 'ours.csv')!r}, arch='yolo11n.yaml',
     train_args={ {k: v for k, v in train_args.items() if k not in ('workers', 'plots', 'deterministic', 'seed')}!r},
     seed=0, threads=2, device='cpu')

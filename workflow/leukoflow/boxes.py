@@ -9,15 +9,21 @@ Top-N fitting with full-image padding is the winner's `fit_format` (METHOD §4.2
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torchvision import ops
+import pandas as pd
+
+if TYPE_CHECKING:
+    import torch
 
 FULL_IMAGE_SCORE = 0.0  # score of a padding box (METHOD §4.2: "full" padding, score 0)
 
 
-def as_tensor(boxes: np.ndarray) -> torch.Tensor:
+def as_tensor(boxes: np.ndarray) -> "torch.Tensor":
     """(N, 4) float64 tensor; float64 so GIoU ties and rounding match the numpy metric."""
+    import torch  # lazily: the report reads the challenge-format helpers below without torch
+
     return torch.from_numpy(np.array(boxes, dtype=np.float64).reshape(-1, 4))
 
 
@@ -25,6 +31,8 @@ def giou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """Pairwise generalized IoU, shape (len(a), len(b)), for valid xyxy boxes."""
     if len(boxes_a) == 0 or len(boxes_b) == 0:
         return np.zeros((len(boxes_a), len(boxes_b)))
+    from torchvision import ops
+
     return ops.generalized_box_iou(as_tensor(boxes_a), as_tensor(boxes_b)).numpy()
 
 
@@ -32,6 +40,8 @@ def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """Pairwise IoU, shape (len(a), len(b))."""
     if len(boxes_a) == 0 or len(boxes_b) == 0:
         return np.zeros((len(boxes_a), len(boxes_b)))
+    from torchvision import ops
+
     return ops.box_iou(as_tensor(boxes_a), as_tensor(boxes_b)).numpy()
 
 
@@ -53,6 +63,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     """Indices kept by class-agnostic NMS, highest score first."""
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
+    import torch
+    from torchvision import ops
+
     keep = ops.nms(as_tensor(boxes), torch.as_tensor(np.asarray(scores, dtype=np.float64)), iou_threshold)
     return keep.numpy()
 
@@ -143,3 +156,35 @@ def expand_and_clip(boxes: np.ndarray, margin: float, width: int, height: int) -
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.array([-margin, -margin, margin, margin])
     upper = np.array([width, height, width, height], dtype=np.float64)
     return np.clip(boxes, 0.0, upper)
+
+
+# ----------------------------------------------------------------------------- challenge format
+
+def truth_table(boxes: pd.DataFrame) -> pd.DataFrame:
+    """CURATED_BOXES as metric truth; the train.csv row is the pseudo trustii_id (METHOD §4.2)."""
+    ordered = boxes.sort_values(["name", "row"], kind="stable")
+    return pd.DataFrame({"trustii_id": ordered["row"].to_numpy(), "NAME": ordered["name"].to_numpy(dtype=object),
+                         "x1": ordered["x1"].to_numpy(), "y1": ordered["y1"].to_numpy(),
+                         "x2": ordered["x2"].to_numpy(), "y2": ordered["y2"].to_numpy(),
+                         "class": ordered["label"].to_numpy(dtype=object)})
+
+
+def as_submission(fitted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Pair the k-th fitted box of an image with its k-th truth id (pairing does not change GIoU, §10.3).
+
+    The class is the truth class: only the GIoU part of the score is meaningful here.
+    """
+    truth = truth.assign(rank=truth.groupby("NAME").cumcount())
+    paired = truth[["trustii_id", "NAME", "class", "rank"]].merge(
+        fitted.rename(columns={"name": "NAME"})[["NAME", "rank", "x1", "y1", "x2", "y2"]], on=["NAME", "rank"])
+    return paired[["trustii_id", "NAME", "x1", "y1", "x2", "y2", "class"]]
+
+
+def full_image_submission(truth: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+    """The trivial baseline: every cell answered with the full-image box."""
+    size = images.set_index("name")[["width", "height"]]
+    width = size["width"].reindex(truth["NAME"]).to_numpy()
+    height = size["height"].reindex(truth["NAME"]).to_numpy()
+    return truth.assign(x1=0.0, y1=0.0, x2=np.maximum(width - 1, 1).astype(float),
+                        y2=np.maximum(height - 1, 1).astype(float))
+

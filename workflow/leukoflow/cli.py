@@ -165,6 +165,24 @@ SUBCOMMANDS.append(Subcommand("predict", "detect and classify white cells in new
                               _predict_arguments, _run_predict))
 
 
+# ----------------------------------------------------------------------------- review (detection stage)
+
+def _review_arguments(parser: argparse.ArgumentParser) -> None:
+    from leukoflow.detection import review
+
+    review.add_arguments(parser)
+
+
+def _run_review(args: argparse.Namespace) -> int:
+    from leukoflow.detection import review
+
+    return review.run_command(args)
+
+
+SUBCOMMANDS.append(Subcommand("review", "export flagged boxes/labels for review (Label Studio, COCO) and "
+                              "import the reviewed overrides", _review_arguments, _run_review))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leukoflow", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -257,23 +257,62 @@ TEST_BOXES = _register(Schema(
 
 NOISY_FLAGS = _register(Schema(
     "noisy_flags", "results/detection/noisy_flags.parquet",
-    "Audit of the automatic noisy-box search on detector-1 OOF output: one row per flag (METHOD §5).",
+    "Flags of the noisy-box search on calibrated detector-1 OOF output: one row per flagged annotation or "
+    "unannotated detection, each past its family's false-discovery-rate threshold.",
     (
         Column("name", "str", "NAME of the image"),
         Column("fold", "int", "validation fold of the image"),
-        Column("reason", "str", "unconfirmed_box | unannotated_cell | count_mismatch"),
-        Column("row", "int", "train.csv row of the annotation concerned (-1 for detections and image flags)"),
-        Column("x1", "float", "left of the box concerned, px (NaN for count_mismatch)"),
+        Column("reason", "str", "defect family: unconfirmed_box | box_geometry | unannotated_cell"),
+        Column("row", "int", "train.csv row of the annotation concerned (-1 for an unannotated detection)"),
+        Column("x1", "float", "left of the box concerned, px"),
         Column("y1", "float", "top, px"),
         Column("x2", "float", "right, px"),
         Column("y2", "float", "bottom, px"),
-        Column("iou", "float", "unconfirmed_box: best IoU of a confident detection with the annotation; "
-                               "unannotated_cell: best IoU of the detection with any annotation"),
-        Column("score", "float", "unconfirmed_box: highest confidence of a detection overlapping the annotation; "
-                                 "unannotated_cell: the detection's confidence"),
+        Column("iou", "float", "box_geometry: IoU of the best confident detection with the annotation; "
+                               "unannotated_cell: the detection's largest overlap with an annotation; else 0"),
+        Column("score", "float", "calibrated P(real cell): of the confirming detection (unconfirmed_box), of the "
+                                 "best-fitting detection (box_geometry), of the detection (unannotated_cell)"),
+        Column("evidence", "float", "strength of the flag in [0, 1] (posterior families: P(defect); "
+                                    "box_geometry: 1 - one-sided p-value)"),
+        Column("det_inside", "float", "share of the detection inside the annotation (NaN when none)"),
+        Column("ann_inside", "float", "share of the annotation inside the detection (NaN when none)"),
+        Column("area_z", "float", "log-area of the annotation vs its class, robust z (NaN for detections)"),
+        Column("at_border", "bool", "unannotated_cell: the image border cuts the detection"),
         Column("n_annotated", "int", "annotated boxes on the image"),
         Column("n_detected", "int", "confident detections on the image"),
-        Column("excluded", "bool", "the image is left out of detector 2 (the reason is in noisy.exclude_reasons)"),
+        Column("excluded", "bool", "the image is left out of detector 2 (false only where the safety cap bound)"),
+    ),
+))
+
+LABEL_FLAGS = _register(Schema(
+    "label_flags", "results/detection/label_flags.parquet",
+    "Label-quality audit of every ground-truth crop: confident learning (cleanlab) on the multiclass "
+    "classifiers' out-of-fold probabilities.",
+    (
+        Column("crop_id", "str", "crop id '<name>#<k>'"),
+        Column("name", "str", "NAME of the image"),
+        Column("row", "int", "train.csv row of the annotation"),
+        Column("label", "str", "given class code"),
+        Column("proposed", "str", "class code the classifiers prefer"),
+        Column("quality", "float", "cleanlab label quality score (low = likely wrong)"),
+        Column("issue", "bool", "cleanlab finds a label issue"),
+        Column("action", "str", "drop | relabel | keep (config noisy.labels.action) for an issue; '' otherwise"),
+    ),
+))
+
+REVIEW_OVERRIDES = _register(Schema(
+    "review_overrides", "config noisy.overrides (written by `leukoflow review import`)",
+    "Decisions of a human review of the flagged items, applied before detector 2 and the crops.",
+    (
+        Column("name", "str", "NAME of the image"),
+        Column("row", "int", "train.csv row concerned (-1 for a new box or a whole image)"),
+        Column("action", "str", "keep_image | delete_box | set_box | add_box | relabel"),
+        Column("label", "str", "class code after review (relabel, add_box; else the given one)"),
+        Column("x1", "float", "box after review, px (NaN when unchanged)"),
+        Column("y1", "float", "top, px"),
+        Column("x2", "float", "right, px"),
+        Column("y2", "float", "bottom, px"),
+        Column("reason", "str", "reviewer or tool note"),
     ),
 ))
 

@@ -63,14 +63,20 @@ wildcard_constraints:
     fold=r"\d+",
 
 
-def cleaned_training_inputs(wildcards):
-    """Detector 2 (`clean: true`) trains without the noisy images and with the backgrounds."""
-    if not config["detectors"][wildcards.detector]["clean"]:
-        return {}
-    return {
-        "noisy": "results/detection/noisy_flags.parquet",
-        "backgrounds": "results/detection/backgrounds.parquet",
-    }
+REVIEWED_BOXES = "results/detection/reviewed_boxes.parquet"
+REVIEWED_FLAGS = "results/detection/reviewed_flags.parquet"
+MULTICLASS_MODELS = [
+    m["name"] for m in config["classifiers"]["models"] if m["kind"] == "multiclass"
+]
+
+
+def is_clean(wildcards):
+    return config["detectors"][wildcards.detector]["clean"]
+
+
+def training_boxes(wildcards):
+    """Detector 2 (`clean: true`) trains on the reviewed boxes, without the noisy images, with backgrounds."""
+    return REVIEWED_BOXES if is_clean(wildcards) else rules.repair_boxes.output.boxes
 
 
 def uses_gpu(detector):

@@ -1,18 +1,22 @@
-# Detection stage (METHOD.md §4-§7, §10): fold-wise detectors, OOF boxes, noisy boxes,
-# background images, detector 2, classifier crops and the test boxes.
+# Detection stage (METHOD.md §4-§7, §10): fold-wise detectors, OOF boxes, noisy boxes, the
+# review round trip, background images, detector 2, classifier crops, the label audit and the test boxes.
 #   results/detection/{detector}/datasets/   one ultralytics dataset per fold (links + labels)
 #   results/detection/{detector}/fold{fold}/  train/ (ultralytics run), weights.pt, oof_raw.parquet
 #   results/detection/{detector}/oof.parquet  OOF boxes fitted to the known cell count
-#   results/detection/                        noisy_flags, backgrounds, test boxes, summary.json
+#   results/detection/                        noisy_flags, reviewed boxes/flags, label_flags, backgrounds,
+#                                             test boxes, summary.json
 #   results/crops/crops.parquet               classifier crops (pixels cached by the classification stage)
 
 
 rule export_yolo:
     input:
-        unpack(cleaned_training_inputs),
         images=rules.deduplicate.output.images,
-        boxes=rules.repair_boxes.output.boxes,
+        boxes=training_boxes,
         folds=rules.make_folds.output.folds,
+        noisy=lambda wc: [REVIEWED_FLAGS] if is_clean(wc) else [],
+        backgrounds=lambda wc: (
+            ["results/detection/backgrounds.parquet"] if is_clean(wc) else []
+        ),
     output:
         # one ultralytics dataset per fold: datasets/fold{k}/{dataset.yaml,train,val}
         datasets=directory("results/detection/{detector}/datasets"),
@@ -30,7 +34,7 @@ rule export_yolo:
         mem_mb=memory_mb("export_yolo"),
         runtime=runtime_min("export_yolo"),
     params:
-        n_folds=len(DETECTION_FOLDS),
+        n_folds=lookup(dpath="folds/n_folds", within=config),
     script:
         "../scripts/export_yolo.py"
 
@@ -58,11 +62,12 @@ rule train_detector:
     params:
         # not an output: it must survive a killed job so that the rerun resumes from last.pt
         run_dir="results/detection/{detector}/fold{fold}/train",
-        arch=lambda wc: config["detectors"][wc.detector]["arch"],
-        init_weights=lambda wc: config["detectors"][wc.detector]["init_weights"],
-        train_args=lambda wc: config["detectors"][wc.detector]["train"],
-        device=lambda wc: config["detectors"][wc.detector]["device"],
-        seed=config["seed"],
+        fold="{fold}",
+        arch=lookup(dpath="detectors/{detector}/arch", within=config),
+        init_weights=lookup(dpath="detectors/{detector}/init_weights", within=config),
+        train_args=lookup(dpath="detectors/{detector}/train", within=config),
+        device=lookup(dpath="detectors/{detector}/device", within=config),
+        seed=lookup(dpath="seed", within=config),
     script:
         "../scripts/train_detector.py"
 
@@ -89,8 +94,10 @@ rule predict_oof:
         runtime=runtime_min("predict_oof"),
         gpu=lambda wc: uses_gpu(wc.detector),
     params:
-        predict=lambda wc: config["detectors"][wc.detector]["predict"],
-        device=lambda wc: config["detectors"][wc.detector]["device"],
+        fold="{fold}",
+        detector="{detector}",
+        predict=lookup(dpath="detectors/{detector}/predict", within=config),
+        device=lookup(dpath="detectors/{detector}/device", within=config),
     script:
         "../scripts/predict_oof.py"
 
@@ -119,6 +126,8 @@ rule fit_oof:
     resources:
         mem_mb=memory_mb("fit_oof"),
         runtime=runtime_min("fit_oof"),
+    params:
+        detector="{detector}",
     script:
         "../scripts/fit_oof.py"
 
@@ -132,6 +141,12 @@ rule flag_noisy_boxes:
         defects=defects_if_synthetic,
     output:
         flags="results/detection/noisy_flags.parquet",
+        by_kind=report(
+            "results/detection/noisy_by_kind.csv",
+            caption="../report/noisy_by_kind.rst",
+            category=REPORT_CATEGORY["detection"],
+            labels={"item": "noisy-box precision/recall per defect kind"},
+        ),
         gallery=report(
             directory("results/detection/noisy_gallery"),
             patterns=["{reason}.png"],
@@ -153,15 +168,35 @@ rule flag_noisy_boxes:
         mem_mb=memory_mb("flag_noisy_boxes"),
         runtime=runtime_min("flag_noisy_boxes"),
     params:
-        rules={
-            k: v
-            for k, v in config["noisy"].items()
-            if k not in ("detector", "gallery_tiles", "tile_px")
-        },
-        gallery_tiles=config["noisy"]["gallery_tiles"],
-        tile_px=config["noisy"]["tile_px"],
+        evidence=lookup(dpath="noisy/evidence", within=config),
+        decision=lookup(dpath="noisy/decision", within=config),
+        gallery_settings=lookup(dpath="noisy/gallery", within=config),
     script:
         "../scripts/flag_noisy_boxes.py"
+
+
+rule apply_review:
+    input:
+        curated_boxes=rules.repair_boxes.output.boxes,
+        noisy=rules.flag_noisy_boxes.output.flags,
+        overrides=[config["noisy"]["overrides"]] if config["noisy"]["overrides"] else [],
+    output:
+        reviewed_boxes=REVIEWED_BOXES,
+        reviewed_flags=REVIEWED_FLAGS,
+        review_ledger="results/detection/review_ledger.csv",
+        summary="results/detection/review_summary.json",
+    log:
+        "logs/apply_review.log",
+    benchmark:
+        "benchmarks/apply_review.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("apply_review"),
+        runtime=runtime_min("apply_review"),
+    script:
+        "../scripts/apply_review.py"
 
 
 rule make_backgrounds:
@@ -176,7 +211,7 @@ rule make_backgrounds:
         ),
     output:
         table="results/detection/backgrounds.parquet",
-        images=directory("results/detection/backgrounds"),
+        background_images=directory("results/detection/backgrounds"),
         gallery=report(
             "results/detection/backgrounds_gallery.png",
             caption="../report/backgrounds_gallery.rst",
@@ -197,9 +232,9 @@ rule make_backgrounds:
         mem_mb=memory_mb("make_backgrounds"),
         runtime=runtime_min("make_backgrounds"),
     params:
-        settings=config["backgrounds"],
-        n_folds=config["folds"]["n_folds"],
-        seed=config["seed"],
+        settings=lookup(dpath="backgrounds", within=config),
+        n_folds=lookup(dpath="folds/n_folds", within=config),
+        seed=lookup(dpath="seed", within=config),
     script:
         "../scripts/make_backgrounds.py"
 
@@ -226,10 +261,10 @@ rule predict_test_boxes:
         gpu=uses_gpu(TEST_DETECTOR),
     params:
         detector=TEST_DETECTOR,
-        predict=config["detectors"][TEST_DETECTOR]["predict"],
-        device=config["detectors"][TEST_DETECTOR]["device"],
-        wbf_iou=config["detection"]["wbf_iou"],
-        wbf_skip=config["detection"]["wbf_skip"],
+        predict=lookup(dpath=f"detectors/{TEST_DETECTOR}/predict", within=config),
+        device=lookup(dpath=f"detectors/{TEST_DETECTOR}/device", within=config),
+        wbf_iou=lookup(dpath="detection/wbf_iou", within=config),
+        wbf_skip=lookup(dpath="detection/wbf_skip", within=config),
     script:
         "../scripts/predict_test_boxes.py"
 
@@ -237,7 +272,8 @@ rule predict_test_boxes:
 rule make_crops:
     input:
         oof=f"results/detection/{CROP_DETECTOR}/oof.parquet",
-        boxes=rules.repair_boxes.output.boxes,
+        reviewed_boxes=rules.apply_review.output.reviewed_boxes,
+        noisy=rules.apply_review.output.reviewed_flags,
         images=rules.deduplicate.output.images,
         test_boxes=rules.predict_test_boxes.output.boxes,
     output:
@@ -256,11 +292,41 @@ rule make_crops:
         mem_mb=memory_mb("make_crops"),
         runtime=runtime_min("make_crops"),
     params:
-        margin=config["crops"]["margin"],
+        margin=lookup(dpath="crops/margin", within=config),
+        giou_floor=lookup(dpath="crops/giou_floor", within=config),
         train_detector=CROP_DETECTOR,
         test_detector=TEST_DETECTOR,
     script:
         "../scripts/make_crops.py"
+
+
+rule clean_labels:
+    input:
+        crops=rules.make_crops.output.crops,
+        label_boxes=rules.apply_review.output.reviewed_boxes,
+        logits=expand(
+            "results/classification/{model}/oof_logits.parquet",
+            model=MULTICLASS_MODELS,
+        ),
+        defects=defects_if_synthetic,
+    output:
+        label_flags="results/detection/label_flags.parquet",
+        summary="results/detection/label_summary.json",
+    log:
+        "logs/clean_labels.log",
+    benchmark:
+        "benchmarks/clean_labels.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("clean_labels"),
+        runtime=runtime_min("clean_labels"),
+    params:
+        filter_by=lookup(dpath="noisy/labels/filter_by", within=config),
+        action=lookup(dpath="noisy/labels/action", within=config),
+    script:
+        "../scripts/clean_labels.py"
 
 
 localrules:
@@ -279,6 +345,8 @@ rule summarize_detection:
             for f in fold_outputs(rules.predict_oof.output.summary, d)
         ],
         noisy=rules.flag_noisy_boxes.output.summary,
+        labels=rules.clean_labels.output.summary,
+        review=rules.apply_review.output.summary,
         backgrounds=rules.make_backgrounds.output.summary,
         test=rules.predict_test_boxes.output.summary,
         crops=rules.make_crops.output.summary,
@@ -293,7 +361,7 @@ rule summarize_detection:
         mem_mb=memory_mb("summarize_detection"),
         runtime=runtime_min("summarize_detection"),
     params:
-        detectors=DETECTORS,
+        detector_names=DETECTORS,
         test_detector=TEST_DETECTOR,
     script:
         "../scripts/summarize_detection.py"

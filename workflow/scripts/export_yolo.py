@@ -1,9 +1,3 @@
-from leukoflow.detection import yolo as detection
+from leukoflow.detection import export_yolo
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return detection.export_yolo(**smk.input, datasets=smk.output.datasets, **smk.params)
-
-
-run_rule(snakemake, run)
+run_rule(snakemake, export_yolo)

@@ -1,9 +1,3 @@
-from leukoflow.detection import yolo as detection
+from leukoflow.detection import fit_oof
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return detection.fit_oof(**smk.input, detector=smk.wildcards.detector, oof=smk.output.oof)
-
-
-run_rule(snakemake, run, tracked=True)
+run_rule(snakemake, fit_oof)

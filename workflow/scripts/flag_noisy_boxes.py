@@ -1,9 +1,3 @@
-from leukoflow.detection import noisy
+from leukoflow.detection import flag_noisy_boxes
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return noisy.flag_noisy_boxes(**smk.input, flags=smk.output.flags, gallery=smk.output.gallery, **smk.params)
-
-
-run_rule(snakemake, run)
+run_rule(snakemake, flag_noisy_boxes)

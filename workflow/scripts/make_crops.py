@@ -1,9 +1,3 @@
-from leukoflow.detection import crops
+from leukoflow.detection import make_crops
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return crops.make_crops(**smk.input, crops=smk.output.crops, **smk.params)
-
-
-run_rule(snakemake, run)
+run_rule(snakemake, make_crops)

@@ -1,10 +1,3 @@
-from leukoflow.detection import yolo as detection
+from leukoflow.detection import predict_test_boxes
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return detection.predict_test_boxes(**smk.input, raw=smk.output.raw, boxes=smk.output.boxes,
-                                        threads=smk.threads, **smk.params)
-
-
-run_rule(snakemake, run, tracked=True)
+run_rule(snakemake, predict_test_boxes)

@@ -1,10 +1,3 @@
-from leukoflow.detection import yolo as detection
+from leukoflow.detection import summarize_detection
 from leukoflow.engine.runtime import run_rule
-
-
-def run(smk):
-    return detection.summarize_detection(**smk.input, detector_names=smk.params.detectors,
-                                         test_detector=smk.params.test_detector)
-
-
-run_rule(snakemake, run, tracked=True)
+run_rule(snakemake, summarize_detection)

@@ -179,7 +179,7 @@ def write_gallery(backgrounds: pd.DataFrame, images: pd.DataFrame, target: str |
     sheet.save(target)
 
 
-def make_backgrounds(*, oof: str, images: str, folds: str, test_boxes: list[str], table: str, out_dir: str,
+def make_backgrounds(*, oof: str, images: str, folds: str, test_boxes: list[str], table: str, background_images: str,
                      gallery: str, settings: dict[str, Any], n_folds: int, seed: int) -> dict[str, Any]:
     """Rule entry: pick sources from detector-1 boxes, paint the backgrounds, write table and gallery.
 
@@ -192,7 +192,7 @@ def make_backgrounds(*, oof: str, images: str, folds: str, test_boxes: list[str]
     sources = select_sources(tables.read_table(oof, tables.OOF_BOXES), tables.read_table(folds, tables.FOLDS),
                              count=settings.pop("count"), min_score=settings.pop("min_score"), test_boxes=test)
     pairs, tile = settings.pop("gallery_pairs"), settings.pop("tile_px")
-    painted, summary = paint_backgrounds(sources, image_table, out_dir, seed=seed, n_folds=n_folds, **settings)
+    painted, summary = paint_backgrounds(sources, image_table, background_images, seed=seed, n_folds=n_folds, **settings)
     tables.write_table(painted, table, tables.BACKGROUNDS)
     write_gallery(painted, image_table, gallery, max_pairs=pairs, tile=tile)
     return {**summary, "background_candidates": int(len(sources))}

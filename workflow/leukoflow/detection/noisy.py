@@ -1,117 +1,154 @@
-"""Noisy-box search for detector 2: the winner's hand cleaning made automatic (METHOD.md §5, "further" 2).
+"""Noisy-box search for detector 2: one decision rule per defect family, each with an honest threshold.
 
-The winner removed 28 images by hand, picked while looking at detector-1 out-of-fold output
-("low confidence probabilities + bad labels + too small boxes"): red cells boxed as white cells,
-boxes far too large, spurious boxes. We flag the same situations from the detector-1 OOF boxes:
+The winner removed 28 images by hand after looking at detector-1 out-of-fold output (red cells
+boxed as white cells, boxes far too large, spurious boxes). We decide from the evidence of
+`evidence` (calibrated detector-1 OOF boxes), one family at a time:
 
-* `unconfirmed_box`: an annotation that no detection confirms (no detection overlapping it at
-  IoU >= `match_iou` reaches `confirm_score`): likely not a white cell, or a wrong/oversized box;
-* `unannotated_cell`: a confident detection (score >= `detect_score`) that overlaps no annotation
-  (best IoU < `unmatched_iou`): likely a white cell left unannotated;
-* `count_mismatch`: the number of confident detections differs from the number of annotations.
+* `unconfirmed_box` (a red cell or debris boxed as a white cell): an annotation on which no
+  confident detection lies. Evidence = (1 - its confirmation) x the detector's activity on the rest
+  of the image, so a detector that confirms nothing on an image never condemns it;
+* `box_geometry` (an oversized, undersized or shifted box): an annotation whose best confident
+  detection overlaps it badly. The statistic is the logit of that IoU against an empirical null
+  fitted robustly (median, MAD) to every such annotation; one-sided p-values; for nested boxes the
+  annotation's class-relative size must agree (see `geometry_pvalues`);
+* `unannotated_cell`: a confident detection on no annotation; evidence = its calibrated P(real
+  cell) x (1 - its overlap with the annotations).
 
-Rule for detector 2: an image is left out of its training and validation when it carries a flag
-whose reason is in `exclude_reasons` (default: the first two; the count mismatch alone is too
-often a detector miss on a touching pair). On the synthetic data the flags are scored against the
-injected defects the detector can see (`VISIBLE_DEFECTS`); wrong class labels are the classifiers'
-business.
+Thresholds: the two posterior families flag the largest set whose mean (1 - evidence), the
+estimated false-discovery rate, stays within `target_fdr`; the geometry family flags the
+Benjamini-Hochberg set at `target_fdr`. Nothing is filled up to a quota: `max_excluded_fraction`
+is only a safety cap (strongest evidence kept) and the summary says whether it bound.
+Images with a flag leave detector 2 (training and validation); flagged annotations also leave
+the classifier crops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
+from scipy import stats
 
-from leukoflow import boxes as boxes_lib
 from leukoflow import tables
+from leukoflow.detection import evidence as evidence_lib
 
-REASONS = ("unconfirmed_box", "unannotated_cell", "count_mismatch")
-# defect kind (synthesize) -> the flag that should catch it
+FAMILIES = ("unconfirmed_box", "box_geometry", "unannotated_cell")
+# defect kind (synthesize) -> the family that should catch it
 VISIBLE_DEFECTS = {
     "red_cell_box": "unconfirmed_box",
-    "oversized_box": "unconfirmed_box",
+    "oversized_box": "box_geometry",
+    "undersized_box": "box_geometry",
+    "shifted_box": "box_geometry",
     "unannotated_border_cell": "unannotated_cell",
+    "unannotated_cell": "unannotated_cell",
 }
 XYXY = ["x1", "y1", "x2", "y2"]
+LOGIT_CLIP = 0.01  # IoU is clipped to [0.01, 0.99] before the logit
+CONTAINED = 0.9  # share of one box inside the other above which the pair counts as nested
 
 
-def flag_image(truth: pd.DataFrame, detections: pd.DataFrame, *, confirm_score: float, match_iou: float,
-               detect_score: float, unmatched_iou: float) -> list[dict[str, Any]]:
-    """Flags of one image. truth: its CURATED_BOXES rows; detections: its raw OOF boxes (DETECTIONS)."""
-    truth_xyxy, det_xyxy = truth[XYXY].to_numpy(float), detections[XYXY].to_numpy(float)
-    scores = detections["score"].to_numpy(float)
-    confident = scores >= detect_score
-    iou = boxes_lib.iou_matrix(truth_xyxy, det_xyxy)
-    flags = []
-    for index, row in enumerate(truth["row"].to_numpy()):
-        overlapping = iou[index] >= match_iou
-        best_score = float(scores[overlapping].max()) if overlapping.any() else 0.0
-        if best_score < confirm_score:
-            best_iou = float(iou[index, confident].max()) if confident.any() else 0.0
-            flags.append(_flag("unconfirmed_box", int(row), truth_xyxy[index], best_iou, best_score))
-    for index in np.flatnonzero(confident):
-        best_iou = float(iou[:, index].max()) if len(truth_xyxy) else 0.0
-        if best_iou < unmatched_iou:
-            flags.append(_flag("unannotated_cell", -1, det_xyxy[index], best_iou, float(scores[index])))
-    if int(confident.sum()) != len(truth_xyxy):
-        flags.append(_flag("count_mismatch", -1, np.full(4, np.nan), np.nan, np.nan))
-    return flags
+def select_by_posterior_fdr(evidence: np.ndarray, target_fdr: float) -> np.ndarray:
+    """Largest top-evidence set whose mean (1 - evidence) is <= target_fdr (evidence read as P(defect)),
+    among the items with evidence above 0.5."""
+    evidence = np.asarray(evidence, float)
+    selected = np.zeros(len(evidence), dtype=bool)
+    order = np.argsort(-evidence, kind="stable")
+    estimated_fdr = np.cumsum(1.0 - evidence[order]) / np.arange(1, len(evidence) + 1)
+    # an item more likely clean than defective is never flagged, whatever the average allows
+    passing = np.flatnonzero((estimated_fdr <= target_fdr) & (evidence[order] > 0.5))
+    if len(passing):
+        selected[order[: passing[-1] + 1]] = True
+    return selected
 
 
-def _flag(reason: str, row: int, xyxy: np.ndarray, iou: float, score: float) -> dict[str, Any]:
-    return {"reason": reason, "row": row, "x1": xyxy[0], "y1": xyxy[1], "x2": xyxy[2], "y2": xyxy[3],
-            "iou": iou, "score": score}
+def low_tail_pvalues(statistic: np.ndarray) -> np.ndarray:
+    """One-sided p-values of each value under a normal null fitted by median and MAD (1 where no spread)."""
+    statistic = np.asarray(statistic, float)
+    if not len(statistic):
+        return statistic
+    centre = np.median(statistic)
+    spread = evidence_lib.ROBUST_SD * np.median(np.abs(statistic - centre))
+    if spread <= 0:
+        return np.ones(len(statistic))
+    return stats.norm.cdf((statistic - centre) / spread)
 
 
-def find_noisy_boxes(detections: pd.DataFrame, boxes: pd.DataFrame, folds: pd.DataFrame, *,
-                     confirm_score: float, match_iou: float, detect_score: float, unmatched_iou: float,
-                     exclude_reasons: Iterable[str], max_excluded_fraction: float) -> pd.DataFrame:
-    """NOISY_FLAGS over every fold image that has OOF output (see the module docstring for the rules).
+def geometry_pvalues(annotations: pd.DataFrame) -> np.ndarray:
+    """One-sided p-value that an annotation's box is wrong, from its geometry against its best detection.
 
-    At most `max_excluded_fraction` of the images are excluded, those with the strongest evidence
-    first (see `exclusion_priority`): an undertrained detector flags nearly everything, and
-    detector 2 must keep a training set.
+    A low IoU alone is the test for a shifted box. When one box lies inside the other, the IoU is low
+    whether the annotation or the detector is wrong; then the annotation's log-area must also be
+    unusual for its class in the same direction (too large when the detection lies inside it, too
+    small when it lies inside the detection), and the larger of the two p-values counts (both tests
+    must pass, an intersection-union test).
     """
-    unknown = set(exclude_reasons) - set(REASONS)
-    if unknown:
-        raise ValueError(f"noisy.exclude_reasons: unknown reason(s) {sorted(unknown)}; known: {REASONS}")
-    truth_by_name = dict(tuple(boxes.groupby("name")))
-    det_by_name = dict(tuple(detections.groupby("name")))
-    records = []
-    for name, fold in folds[["name", "fold"]].itertuples(index=False):
-        truth = truth_by_name.get(name, boxes.iloc[:0])
-        found = det_by_name.get(name, detections.iloc[:0])
-        n_detected = int((found["score"] >= detect_score).sum())
-        for flag in flag_image(truth, found, confirm_score=confirm_score, match_iou=match_iou,
-                               detect_score=detect_score, unmatched_iou=unmatched_iou):
-            records.append({"name": name, "fold": int(fold), **flag, "n_annotated": len(truth),
-                            "n_detected": n_detected})
-    frame = pd.DataFrame.from_records(records, columns=[c for c in tables.NOISY_FLAGS.column_names if c != "excluded"])
-    candidates = exclusion_priority(frame[frame["reason"].isin(set(exclude_reasons))])
+    iou = annotations["geom_iou"].clip(LOGIT_CLIP, 1 - LOGIT_CLIP).to_numpy()
+    pvalues = low_tail_pvalues(np.log(iou / (1 - iou)))
+    area_z = annotations["area_z"].to_numpy(float)
+    oversized = annotations["det_inside"].to_numpy(float) >= CONTAINED
+    undersized = annotations["ann_inside"].to_numpy(float) >= CONTAINED
+    pvalues = np.where(oversized, np.maximum(pvalues, stats.norm.sf(area_z)), pvalues)
+    return np.where(undersized & ~oversized, np.maximum(pvalues, stats.norm.cdf(area_z)), pvalues)
+
+
+def select_by_bh(pvalues: np.ndarray, target_fdr: float) -> np.ndarray:
+    if not len(pvalues):
+        return np.zeros(0, dtype=bool)
+    return stats.false_discovery_control(pvalues, method="bh") <= target_fdr
+
+
+def decide(annotations: pd.DataFrame, cells: pd.DataFrame, *, target_fdr: float) -> pd.DataFrame:
+    """Flags of every family (columns of NOISY_FLAGS except `fold`'s neighbours `excluded`)."""
+    frames = []
+    if len(annotations):
+        unconfirmed = annotations[annotations["geom_iou"].isna()]
+        evidence = ((1.0 - unconfirmed["confirm_p"]) * unconfirmed["activity"]).to_numpy()
+        frames.append(_flags(unconfirmed, "unconfirmed_box", evidence, select_by_posterior_fdr(evidence, target_fdr),
+                             iou=np.zeros(len(unconfirmed)), score=unconfirmed["confirm_p"]))
+        geometric = annotations[annotations["geom_iou"].notna()]
+        pvalues = geometry_pvalues(geometric)
+        frames.append(_flags(geometric, "box_geometry", 1.0 - pvalues, select_by_bh(pvalues, target_fdr),
+                             iou=geometric["geom_iou"], score=geometric["geom_p"]))
+    if len(cells):
+        evidence = (cells["p"] * (1.0 - cells["covered"])).to_numpy()
+        frames.append(_flags(cells, "unannotated_cell", evidence, select_by_posterior_fdr(evidence, target_fdr),
+                             iou=cells["covered"], score=cells["p"]))
+    flagged = [frame for frame in frames if len(frame)]
+    if not flagged:
+        return tables.empty_frame(tables.NOISY_FLAGS).drop(columns="excluded")
+    return pd.concat(flagged, ignore_index=True)
+
+
+def _flags(items: pd.DataFrame, family: str, evidence: np.ndarray, selected: np.ndarray, *, iou, score) -> pd.DataFrame:
+    optional = {column: items[column].to_numpy() if column in items else np.nan
+                for column in ("det_inside", "ann_inside", "area_z")}
+    frame = pd.DataFrame({
+        "name": items["name"].to_numpy(), "fold": items["fold"].to_numpy(), "reason": family,
+        "row": items["row"].to_numpy(), **{c: items[c].to_numpy(float) for c in XYXY},
+        "iou": np.asarray(iou, float), "score": np.asarray(score, float), "evidence": np.asarray(evidence, float),
+        **optional, "at_border": items["at_border"].to_numpy() if "at_border" in items else False,
+        "n_annotated": items["n_annotated"].to_numpy(), "n_detected": items["n_detected"].to_numpy(),
+    })
+    return frame[np.asarray(selected, bool)]
+
+
+def find_noisy_boxes(detections: pd.DataFrame, boxes: pd.DataFrame, folds: pd.DataFrame, images: pd.DataFrame, *,
+                     match_iou: float, detect_p: float, unmatched_overlap: float, border_px: float,
+                     target_fdr: float, max_excluded_fraction: float) -> tuple[pd.DataFrame, bool]:
+    """(NOISY_FLAGS over every fold image with OOF output, whether the safety cap bound)."""
+    annotations, cells = evidence_lib.collect_evidence(
+        detections, boxes, folds, images, match_iou=match_iou, detect_p=detect_p,
+        unmatched_overlap=unmatched_overlap, border_px=border_px)
+    flags = decide(annotations, cells, target_fdr=target_fdr)
+    strongest = flags.groupby("name")["evidence"].max().sort_values(ascending=False, kind="stable")
     cap = int(np.floor(max_excluded_fraction * len(folds)))
-    frame["excluded"] = frame["name"].isin(set(candidates.index[:cap]))
+    flags["excluded"] = flags["name"].isin(set(strongest.index[:cap]))
     kinds = {"str": "str", "int": "int64", "float": "float64", "bool": "bool"}
-    return frame.astype({c.name: kinds[c.dtype] for c in tables.NOISY_FLAGS.columns})
-
-
-def exclusion_priority(flags: pd.DataFrame) -> pd.Series:
-    """Evidence per flagged image, strongest first (ties by name).
-
-    An unconfirmed annotation weighs 1 - the best confidence found at it, halved when the detector
-    is confident nowhere on the image (then it more likely missed a real cell than the annotation
-    is wrong); an unannotated cell weighs its detection confidence; an image takes its strongest flag.
-    """
-    detector_silent = np.where(flags["n_detected"].to_numpy() == 0, 0.5, 1.0)
-    evidence = np.where(flags["reason"] == "unconfirmed_box", (1.0 - flags["score"]) * detector_silent,
-                        flags["score"])
-    strongest = pd.Series(np.nan_to_num(evidence), index=flags["name"].to_numpy()).groupby(level=0).max()
-    order = np.lexsort((strongest.index.to_numpy(), -strongest.to_numpy()))
-    return strongest.iloc[order]
+    typed = flags[tables.NOISY_FLAGS.column_names].astype({c.name: kinds[c.dtype] for c in tables.NOISY_FLAGS.columns})
+    return typed.sort_values(["reason", "evidence", "name"], ascending=[True, False, True],
+                             kind="stable").reset_index(drop=True), len(strongest) > cap
 
 
 def excluded_images(flags: pd.DataFrame) -> list[str]:
@@ -119,94 +156,102 @@ def excluded_images(flags: pd.DataFrame) -> list[str]:
     return sorted(set(flags.loc[flags["excluded"], "name"]))
 
 
-def score_against_defects(flags: pd.DataFrame, defects: pd.DataFrame, evaluated: Iterable[str]) -> dict[str, Any]:
-    """Image-level precision/recall of the exclusion list against the visible injected defects.
+def flagged_rows(flags: pd.DataFrame) -> set[int]:
+    """Annotation rows (train.csv) condemned by a box family: their classifier crops are dropped."""
+    return set(flags.loc[flags["excluded"] & (flags["row"] >= 0), "row"].astype(int))
 
-    Args:
-        flags: NOISY_FLAGS.
-        defects: DEFECTS (synthetic ground truth).
-        evaluated: names that had OOF output (defects on removed or test images cannot be found).
+
+def score_against_defects(flags: pd.DataFrame, defects: pd.DataFrame, evaluated: Iterable[str]) -> dict[str, Any]:
+    """Image-level precision/recall of the exclusion list against the detector-visible injected defects.
+
+    Per kind: recall = share of its images excluded; precision = among the images its family
+    flagged that carry this kind or no visible defect at all, the share carrying this kind.
     """
     evaluated = set(evaluated)
     visible = defects[defects["kind"].isin(VISIBLE_DEFECTS) & defects["name"].isin(evaluated)]
     truth, flagged = set(visible["name"]), set(excluded_images(flags))
+    by_kind = {}
+    for kind, family in VISIBLE_DEFECTS.items():
+        names = set(visible.loc[visible["kind"] == kind, "name"])
+        by_family = set(flags.loc[flags["excluded"] & (flags["reason"] == family), "name"])
+        relevant = by_family & (names | (evaluated - truth))
+        by_kind[kind] = {"n_true": len(names),
+                         "recall": len(names & flagged) / len(names) if names else None,
+                         "precision": len(relevant & names) / len(relevant) if relevant else None}
     hits = truth & flagged
-    per_kind = {}
-    for kind, group in visible.groupby("kind"):
-        names = set(group["name"])
-        caught = names & set(flags.loc[flags["reason"] == VISIBLE_DEFECTS[kind], "name"])
-        per_kind[kind] = {"defects": len(names), "flagged_by_rule": len(caught),
-                          "recall": len(caught) / len(names)}
     return {
         "noisy_precision": len(hits) / len(flagged) if flagged else None,
         "noisy_recall": len(hits) / len(truth) if truth else None,
         "noisy_true_positive_images": len(hits),
         "noisy_defect_images": len(truth),
-        "noisy_per_kind": per_kind,
+        "noisy_by_kind": by_kind,
     }
 
 
-def summarise_flags(flags: pd.DataFrame) -> dict[str, Any]:
+def cleanlab_flagged_images(detections: pd.DataFrame, boxes: pd.DataFrame, names: Iterable[str]) -> set[str]:
+    """Images cleanlab's object-detection label-issue finder flags (for comparison on synthetic truth)."""
+    from cleanlab.object_detection.filter import find_label_issues
+
+    names = [name for name in names if name in set(boxes["name"])]
+    truth_by_name, det_by_name = dict(tuple(boxes.groupby("name"))), dict(tuple(detections.groupby("name")))
+    empty = np.zeros((0, 5))
+    labels = [{"bboxes": truth_by_name[n][XYXY].to_numpy(float), "labels": np.zeros(len(truth_by_name[n]), int)}
+              for n in names]
+    predictions = []
+    for name in names:
+        found = det_by_name[name][[*XYXY, "score"]].to_numpy(float) if name in det_by_name else empty
+        per_class = np.empty(1, dtype=object)
+        per_class[0] = found
+        predictions.append(per_class)
+    issues = find_label_issues(labels, predictions) if names else np.zeros(0, bool)
+    return {name for name, issue in zip(names, issues) if issue}
+
+
+def compare_with_cleanlab(flagged: set[str], defects: pd.DataFrame, evaluated: Iterable[str]) -> dict[str, Any]:
+    evaluated = set(evaluated)
+    truth = set(defects.loc[defects["kind"].isin(VISIBLE_DEFECTS) & defects["name"].isin(evaluated), "name"])
+    return {"flagged_images": len(flagged), "precision": len(flagged & truth) / len(flagged) if flagged else None,
+            "recall": len(flagged & truth) / len(truth) if truth else None}
+
+
+def by_kind_table(by_kind: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """The per-kind precision/recall table the report shows."""
+    return pd.DataFrame([{"kind": kind, "family": VISIBLE_DEFECTS.get(kind, "label"), **figures}
+                         for kind, figures in by_kind.items()], columns=["kind", "family", "n_true", "precision", "recall"])
+
+
+def summarise_flags(flags: pd.DataFrame, cap_bound: bool) -> dict[str, Any]:
     return {
-        "noisy_flags": {reason: int((flags["reason"] == reason).sum()) for reason in REASONS},
+        "noisy_flags": {family: int((flags["reason"] == family).sum()) for family in FAMILIES},
+        "noisy_thresholds": {family: (float(flags.loc[flags["reason"] == family, "evidence"].min())
+                                      if (flags["reason"] == family).any() else None) for family in FAMILIES},
         "noisy_flagged_images": int(flags["name"].nunique()),
         "noisy_excluded_images": len(excluded_images(flags)),
-        "noisy_excluded_boxes_rows": int(((flags["reason"] == "unconfirmed_box") & flags["excluded"]).sum()),
+        "noisy_excluded_boxes_rows": len(flagged_rows(flags)),
+        "noisy_cap_bound": bool(cap_bound),
     }
-
-
-def write_galleries(flags: pd.DataFrame, images: pd.DataFrame, out_dir: str | Path, *, max_tiles: int,
-                    tile: int, boxes: pd.DataFrame) -> list[str]:
-    """One PNG per reason: thumbnails of flagged images, annotations in green, the flagged box in red."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path_of = images.set_index("name")["path"]
-    written = []
-    for reason in REASONS:
-        chosen = flags[flags["reason"] == reason].sort_values(["score", "name"], na_position="last").head(max_tiles)
-        tiles = [_thumbnail(path_of[row.name], boxes[boxes["name"] == row.name][XYXY].to_numpy(float),
-                            np.array([row.x1, row.y1, row.x2, row.y2], float), tile)
-                 for row in chosen.itertuples(index=False)]
-        target = out_dir / f"{reason}.png"
-        _grid(tiles, tile).save(target)
-        written.append(str(target))
-    return written
-
-
-def _thumbnail(path: str, annotations: np.ndarray, flagged: np.ndarray, tile: int) -> Image.Image:
-    with Image.open(path) as handle:
-        image = handle.convert("RGB")
-    draw = ImageDraw.Draw(image)
-    width = max(1, image.width // 100)
-    for box in annotations:
-        draw.rectangle(box.tolist(), outline=(0, 160, 0), width=width)
-    if np.isfinite(flagged).all():
-        draw.rectangle(flagged.tolist(), outline=(220, 0, 0), width=width)
-    image.thumbnail((tile, tile))
-    return image
-
-
-def _grid(tiles: list[Image.Image], tile: int, columns: int = 6) -> Image.Image:
-    """Tiles on a white sheet; a single blank tile when there is nothing to show."""
-    rows = max(1, -(-len(tiles) // columns))
-    sheet = Image.new("RGB", (tile * min(columns, max(len(tiles), 1)), tile * rows), "white")
-    for index, image in enumerate(tiles):
-        sheet.paste(image, ((index % columns) * tile, (index // columns) * tile))
-    return sheet
 
 
 def flag_noisy_boxes(*, raw: list[str], images: str, boxes: str, folds: str, defects: list[str], flags: str,
-                     gallery: str, rules: dict[str, Any], gallery_tiles: int, tile_px: int) -> dict[str, Any]:
-    """Rule entry: flags from detector-1 OOF output, audit table, galleries, defect scores (synthetic)."""
+                     gallery: str, by_kind: str, evidence: dict[str, Any], decision: dict[str, Any],
+                     gallery_settings: dict[str, Any]) -> dict[str, Any]:
+    """Rule entry: flags from detector-1 OOF output, galleries, defect scores (synthetic data)."""
+    from leukoflow.detection import gallery as gallery_lib
+
     detections = pd.concat([tables.read_table(path, tables.DETECTIONS) for path in raw], ignore_index=True)
     box_table = tables.read_table(boxes, tables.CURATED_BOXES)
     fold_table = tables.read_table(folds, tables.FOLDS)
-    found = find_noisy_boxes(detections, box_table, fold_table, **rules)
+    image_table = tables.read_table(images, tables.CURATED_IMAGES)
+    found, cap_bound = find_noisy_boxes(detections, box_table, fold_table, image_table, **evidence, **decision)
     tables.write_table(found, flags, tables.NOISY_FLAGS)
-    write_galleries(found, tables.read_table(images, tables.CURATED_IMAGES), gallery, max_tiles=gallery_tiles,
-                    tile=tile_px, boxes=box_table)
-    summary = summarise_flags(found)
+    gallery_lib.write_galleries(found, image_table, gallery, FAMILIES, boxes=box_table, **gallery_settings)
+    summary = summarise_flags(found, cap_bound)
+    scored: dict[str, Any] = {"noisy_by_kind": {}}
     if defects:
-        summary.update(score_against_defects(found, tables.read_table(defects[0], tables.DEFECTS),
-                                             fold_table["name"]))
+        defect_table = tables.read_table(defects[0], tables.DEFECTS)
+        scored = score_against_defects(found, defect_table, fold_table["name"])
+        scored["noisy_cleanlab_object_detection"] = compare_with_cleanlab(
+            cleanlab_flagged_images(detections, box_table, fold_table["name"]), defect_table, fold_table["name"])
+    summary.update(scored)
+    by_kind_table(scored["noisy_by_kind"]).to_csv(by_kind, index=False)
     return summary

@@ -1,18 +1,18 @@
-"""Detection stage: fold-wise white-cell detectors with ultralytics (METHOD.md §4, §7.1, §10).
+"""Fold-wise white-cell detectors with ultralytics: training, resumption and prediction.
 
 The winner trained one single-class YOLOX detector per fold (detector 1 on every box, detector 2
 without the noisy images and with background images), predicted each fold's validation images
 out of fold and ran all fold models on the test images. We keep that structure with ultralytics
 YOLO models (architecture YAML from scratch, or a local weights file; never a download):
 
-* `export_yolo` writes one ultralytics dataset per fold: symlinks to the curated images and
-  single-class label files, so 69k images are never copied;
 * `train_detector` trains one fold, checkpointing every epoch. A killed training resumes from
   its last epoch (ultralytics `resume=True`). ultralytics' own checkpoint keeps only the EMA
   weights in fp16, so on top of it we save the exact training state each epoch (fp32 weights,
   optimizer, RNG streams, mosaic buffer) and restore it when resuming: the final weights then do
   not depend on the interruption (tests/test_detection.py checks this on CPU);
-* `predict_images` runs one model over a list of images and returns the raw boxes.
+* `predict_images` runs one model over a list of images and returns the raw boxes (`predict_oof`
+  on a fold's validation images, `predict_test_boxes` with every fold model on the test images).
+Datasets are written by `datasets`, boxes fitted to the challenge format by `fitting`.
 """
 
 from __future__ import annotations
@@ -32,100 +32,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from leukoflow import boxes as boxes_lib
+from leukoflow import tables
+from leukoflow.detection.datasets import SPLITS
+from leukoflow.boxes import truth_table  # noqa: F401 - transitional: ensemble reads it from `yolo as detection`
+from leukoflow.detection.fitting import fuse_test_boxes
 from leukoflow.engine import offline
 from leukoflow.engine.devices import resolve_device
-from leukoflow import tables
+from leukoflow.engine.runtime import tracked
 
 LOGGER = logging.getLogger(__name__)
-CLASS_NAME = "WBC"  # one class: the detector finds white cells, the classifiers name them
-SPLITS = ("train", "val")
 RESUME_STATE = "resume_state.pt"
 RUN_FINGERPRINT = "leukoflow_run.json"
 EPOCH_SEED_STRIDE = 100_003  # keeps (seed, epoch) pairs apart when deriving per-epoch seeds
 DETECTION_COLUMNS = ["name", "x1", "y1", "x2", "y2", "score"]
-
-
-# ----------------------------------------------------------------------------- export_yolo
-
-def yolo_label_lines(boxes_xyxy: np.ndarray, width: int, height: int) -> list[str]:
-    """Single-class YOLO label lines `0 cx cy w h` (normalised) for xyxy pixel boxes."""
-    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    centre_x = (boxes[:, 0] + boxes[:, 2]) / 2 / width
-    centre_y = (boxes[:, 1] + boxes[:, 3]) / 2 / height
-    box_w = (boxes[:, 2] - boxes[:, 0]) / width
-    box_h = (boxes[:, 3] - boxes[:, 1]) / height
-    return [f"0 {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for x, y, w, h in zip(centre_x, centre_y, box_w, box_h)]
-
-
-def fold_membership(folds: pd.DataFrame, fold: int, exclude: Iterable[str] = ()) -> pd.DataFrame:
-    """name -> split ('train' | 'val') for one fold; excluded images leave both splits (METHOD §5)."""
-    kept = folds[~folds["name"].isin(set(exclude))]
-    split = np.where(kept["fold"].to_numpy() == fold, "val", "train")
-    return pd.DataFrame({"name": kept["name"].to_numpy(), "split": split})
-
-
-def write_yolo_dataset(*, images: pd.DataFrame, boxes: pd.DataFrame, folds: pd.DataFrame, fold: int,
-                       out_dir: str | Path, exclude: Iterable[str] = (),
-                       backgrounds: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Write the ultralytics dataset of one fold: `{train,val}/images` links, labels, `dataset.yaml`.
-
-    Args:
-        images: CURATED_IMAGES (path, width, height per name).
-        boxes: CURATED_BOXES; every box of a member image becomes a label line.
-        folds: FOLDS; the `fold` images are validation, the others training.
-        exclude: image names left out of both splits (detector 2's noisy images).
-        backgrounds: BACKGROUNDS rows (name, path, fold) added as images without labels.
-
-    Returns:
-        Summary: images, boxes and backgrounds per split.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    members = fold_membership(folds, fold, exclude).merge(
-        images[["name", "path", "width", "height"]], on="name", how="left", validate="one_to_one")
-    _require_known_images(members, "folds")
-    if backgrounds is not None and len(backgrounds):
-        extra = backgrounds.assign(split=np.where(backgrounds["fold"].to_numpy() == fold, "val", "train"))
-        members = pd.concat([members, extra[["name", "split", "path", "width", "height"]]], ignore_index=True)
-    if not (members["split"] == "train").any():
-        raise ValueError(f"fold {fold}: no training image left after excluding {len(set(exclude))} image(s)")
-    boxes_by_name = {name: group[["x1", "y1", "x2", "y2"]].to_numpy() for name, group in boxes.groupby("name")}
-    summary: dict[str, Any] = {"fold": int(fold), "excluded_images": len(set(exclude))}
-    for split in SPLITS:
-        rows = members[members["split"] == split]
-        counts = _write_split(rows, boxes_by_name, out_dir / split)
-        summary.update({f"{split}_{key}": value for key, value in counts.items()})
-    _write_dataset_yaml(out_dir)
-    return summary
-
-
-def _require_known_images(members: pd.DataFrame, source: str) -> None:
-    unknown = members.loc[members["path"].isna(), "name"]
-    if len(unknown):
-        raise ValueError(f"{source}: {len(unknown)} image(s) missing from the curated image table, "
-                         f"e.g. {unknown.iloc[0]!r}")
-
-
-def _write_split(rows: pd.DataFrame, boxes_by_name: Mapping[str, np.ndarray], split_dir: Path) -> dict[str, int]:
-    image_dir, label_dir = split_dir / "images", split_dir / "labels"
-    image_dir.mkdir(parents=True)
-    label_dir.mkdir(parents=True)
-    n_boxes = n_empty = 0
-    for name, path, width, height in rows[["name", "path", "width", "height"]].itertuples(index=False):
-        (image_dir / name).symlink_to(Path(path).resolve())
-        lines = yolo_label_lines(boxes_by_name.get(name, np.zeros((0, 4))), int(width), int(height))
-        (label_dir / Path(name).with_suffix(".txt").name).write_text("".join(line + "\n" for line in lines))
-        n_boxes += len(lines)
-        n_empty += not lines
-    return {"images": len(rows), "boxes": n_boxes, "empty_images": n_empty}
-
-
-def _write_dataset_yaml(out_dir: Path) -> None:
-    text = (f"path: {out_dir.resolve()}\ntrain: train/images\nval: val/images\n"
-            f"names:\n  0: {CLASS_NAME}\n")
-    (out_dir / "dataset.yaml").write_text(text)
 
 
 # ----------------------------------------------------------------------------- train_detector
@@ -139,10 +58,20 @@ def import_yolo():
     return YOLO
 
 
-def train_detector(*, dataset_yaml: str | Path, run_dir: str | Path, weights_out: str | Path,
-                   history_out: str | Path, arch: str, init_weights: str = "",
-                   train_args: Mapping[str, Any], seed: int, threads: int = 1,
-                   device: str = "auto") -> dict[str, Any]:
+@tracked
+def train_detector(*, datasets: str, fold: str, run_dir: str, weights: str, history: str, arch: str,
+                   init_weights: str, train_args: Mapping[str, Any], seed: int, device: str,
+                   threads: int) -> dict[str, Any]:
+    """Rule entry: one fold's detector on its dataset `datasets/fold{fold}` (see `fit_detector`)."""
+    return fit_detector(dataset_yaml=Path(datasets) / f"fold{int(fold)}" / "dataset.yaml", run_dir=run_dir,
+                        weights_out=weights, history_out=history, arch=arch, init_weights=init_weights,
+                        train_args=train_args, seed=seed, threads=threads, device=device)
+
+
+def fit_detector(*, dataset_yaml: str | Path, run_dir: str | Path, weights_out: str | Path,
+                 history_out: str | Path, arch: str, init_weights: str = "",
+                 train_args: Mapping[str, Any], seed: int, threads: int = 1,
+                 device: str = "auto") -> dict[str, Any]:
     """Train (or resume, or reuse) one fold's detector and copy its weights and history out.
 
     Args:
@@ -382,10 +311,6 @@ def image_paths_of(images: pd.DataFrame, names: Iterable[str]) -> dict[str, str]
     return {name: str(path_of[name]) for name in names}
 
 
-def read(path: str | Path, schema: tables.Schema) -> pd.DataFrame:
-    return tables.read_table(path, schema)
-
-
 def raw_detections(predicted: pd.DataFrame, detector: str, fold: int) -> pd.DataFrame:
     """predict_images output in the DETECTIONS schema."""
     frame = predicted.copy()
@@ -395,164 +320,14 @@ def raw_detections(predicted: pd.DataFrame, detector: str, fold: int) -> pd.Data
     frame["fold"] = frame["fold"].astype("int64")
     return frame[tables.DETECTIONS.column_names]
 
-
-# ----------------------------------------------------------------------------- fitting to the known count
-
-def fit_image(raw: pd.DataFrame, n: int, width: int, height: int) -> pd.DataFrame:
-    """One image's boxes rounded, clipped and cut/padded to exactly n (METHOD §4.2 `fit_format`)."""
-    xyxy = boxes_lib.round_and_clip(raw[["x1", "y1", "x2", "y2"]].to_numpy(), width, height)
-    kept, scores, padded = boxes_lib.top_n_with_padding(xyxy, raw["score"].to_numpy(), n, width, height)
-    frame = pd.DataFrame(kept, columns=["x1", "y1", "x2", "y2"])
-    frame.insert(0, "rank", np.arange(n, dtype=np.int64))
-    frame["score"] = scores
-    frame["padded"] = padded
-    return frame
-
-
-def fit_oof_boxes(raw: pd.DataFrame, boxes: pd.DataFrame, images: pd.DataFrame, folds: pd.DataFrame,
-                  detector: str) -> pd.DataFrame:
-    """OOF_BOXES: every fold image's raw OOF boxes fitted to its annotated box count."""
-    counts = boxes.groupby("name").size()
-    size = images.set_index("name")[["width", "height"]]
-    raw_by_name = dict(tuple(raw.groupby("name")))
-    empty = raw.iloc[:0]
-    frames = []
-    for name, fold in folds[["name", "fold"]].itertuples(index=False):
-        n = int(counts.get(name, 0))
-        if n == 0:
-            continue
-        fitted = fit_image(raw_by_name.get(name, empty), n, int(size.at[name, "width"]), int(size.at[name, "height"]))
-        fitted.insert(0, "name", name)
-        fitted.insert(0, "fold", int(fold))
-        frames.append(fitted)
-    table = pd.concat(frames, ignore_index=True) if frames else tables.empty_frame(tables.OOF_BOXES)
-    table.insert(0, "detector", detector)
-    return _typed(table, tables.OOF_BOXES)
-
-
-def _typed(frame: pd.DataFrame, schema: tables.Schema) -> pd.DataFrame:
-    kinds = {"str": "str", "int": "int64", "float": "float64", "bool": "bool"}
-    frame = frame[schema.column_names]
-    return frame.astype({column.name: kinds[column.dtype] for column in schema.columns})
-
-
-# ----------------------------------------------------------------------------- OOF scoring
-
-def truth_table(boxes: pd.DataFrame) -> pd.DataFrame:
-    """CURATED_BOXES as metric truth; the train.csv row is the pseudo trustii_id (METHOD §4.2)."""
-    ordered = boxes.sort_values(["name", "row"], kind="stable")
-    return pd.DataFrame({"trustii_id": ordered["row"].to_numpy(), "NAME": ordered["name"].to_numpy(dtype=object),
-                         "x1": ordered["x1"].to_numpy(), "y1": ordered["y1"].to_numpy(),
-                         "x2": ordered["x2"].to_numpy(), "y2": ordered["y2"].to_numpy(),
-                         "class": ordered["label"].to_numpy(dtype=object)})
-
-
-def as_submission(fitted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
-    """Pair the k-th fitted box of an image with its k-th truth id (pairing does not change GIoU, §10.3).
-
-    The class is the truth class: only the GIoU part of the score is meaningful here.
-    """
-    truth = truth.assign(rank=truth.groupby("NAME").cumcount())
-    paired = truth[["trustii_id", "NAME", "class", "rank"]].merge(
-        fitted.rename(columns={"name": "NAME"})[["NAME", "rank", "x1", "y1", "x2", "y2"]], on=["NAME", "rank"])
-    return paired[["trustii_id", "NAME", "x1", "y1", "x2", "y2", "class"]]
-
-
-def full_image_submission(truth: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
-    """The trivial baseline: every cell answered with the full-image box."""
-    size = images.set_index("name")[["width", "height"]]
-    width = size["width"].reindex(truth["NAME"]).to_numpy()
-    height = size["height"].reindex(truth["NAME"]).to_numpy()
-    return truth.assign(x1=0.0, y1=0.0, x2=np.maximum(width - 1, 1).astype(float),
-                        y2=np.maximum(height - 1, 1).astype(float))
-
-
-def evaluate_oof(fitted: pd.DataFrame, boxes: pd.DataFrame, images: pd.DataFrame) -> dict[str, Any]:
-    """Mean rescaled GIoU (official matching) of the OOF boxes and of the full-image baseline, per fold too."""
-    from leukoflow import metric
-
-    truth = truth_table(boxes[boxes["name"].isin(set(fitted["name"]))])
-    oof = metric.score(truth, as_submission(fitted, truth)).per_row
-    baseline = metric.score(truth, full_image_submission(truth, images)).per_row
-    fold_of = fitted.drop_duplicates("name").set_index("name")["fold"]
-    per_fold = oof.groupby(oof["NAME"].map(fold_of))["rescaled_giou"].mean()
-    return {
-        "oof_mean_rescaled_giou": float(oof["rescaled_giou"].mean()),
-        "full_image_baseline_giou": float(baseline["rescaled_giou"].mean()),
-        "oof_gain_over_baseline": float(oof["rescaled_giou"].mean() - baseline["rescaled_giou"].mean()),
-        "per_fold_mean_rescaled_giou": {str(int(k)): float(v) for k, v in per_fold.items()},
-        "cells": int(len(oof)),
-        "padded_boxes": int(fitted["padded"].sum()),
-        "giou_histogram": np.histogram(oof["giou"].to_numpy(), bins=10, range=(-1, 1))[0].tolist(),
-    }
-
-
-# ----------------------------------------------------------------------------- test boxes
-
-def fuse_test_boxes(raw: pd.DataFrame, test: pd.DataFrame, images: pd.DataFrame, *, wbf_iou: float,
-                    wbf_skip: float) -> pd.DataFrame:
-    """TEST_BOXES: per image, every fold's boxes fused as one list (WBF), top-N by the test.csv count.
-
-    Test rows whose image is not a kept test image (quarantined, unreadable) get the full-image box
-    of the size recorded (a 2x2 box when unknown) with source 'unreadable'.
-    """
-    size = images.set_index("name")[["width", "height"]]
-    usable = set(images.loc[(images["split"] == "test") & images["keep"], "name"])
-    raw_by_name = dict(tuple(raw.groupby("name")))
-    frames = []
-    for name, rows in test.groupby("name", sort=False):
-        width, height = (int(v) for v in size.loc[name]) if name in size.index else (0, 0)
-        fitted = _fused_for_image(raw_by_name.get(name, raw.iloc[:0]), len(rows), width, height,
-                                  wbf_iou, wbf_skip) if name in usable else None
-        frames.append(_pair_with_rows(rows, fitted, width, height))
-    table = pd.concat(frames).sort_values("row", kind="stable") if frames else tables.empty_frame(tables.TEST_BOXES)
-    return _typed(table.reset_index(drop=True), tables.TEST_BOXES)
-
-
-def _fused_for_image(raw: pd.DataFrame, n: int, width: int, height: int, wbf_iou: float,
-                     wbf_skip: float) -> pd.DataFrame:
-    fused_norm, scores = boxes_lib.weighted_boxes_fusion(
-        boxes_lib.normalise(raw[["x1", "y1", "x2", "y2"]].to_numpy(), width, height), raw["score"].to_numpy(),
-        iou_threshold=wbf_iou, skip_threshold=wbf_skip)
-    fused = pd.DataFrame(boxes_lib.denormalise(fused_norm, width, height), columns=["x1", "y1", "x2", "y2"])
-    fused["score"] = scores
-    return fit_image(fused, n, width, height)
-
-
-def _pair_with_rows(rows: pd.DataFrame, fitted: pd.DataFrame | None, width: int, height: int) -> pd.DataFrame:
-    out = rows[["row", "trustii_id", "name"]].reset_index(drop=True)
-    if fitted is None:
-        box = boxes_lib.full_image_box(max(width, 2), max(height, 2))
-        return out.assign(x1=box[0], y1=box[1], x2=box[2], y2=box[3], score=0.0, source="unreadable")
-    out[["x1", "y1", "x2", "y2", "score"]] = fitted[["x1", "y1", "x2", "y2", "score"]].to_numpy()
-    out["source"] = np.where(fitted["padded"].to_numpy(), "padded", "detected")
-    return out
-
-
-# ----------------------------------------------------------------------------- rule entries (paths in, summary out)
-
-def export_yolo(*, images: str, boxes: str, folds: str, n_folds: int, datasets: str, noisy: str | None = None,
-                backgrounds: str | None = None) -> dict[str, Any]:
-    """Rule entry: every fold's dataset under `datasets/fold{k}`; with `noisy`/`backgrounds` (detector 2)
-    the cleaned variant."""
-    from leukoflow.detection import noisy as noisy_lib
-
-    exclude = noisy_lib.excluded_images(read(noisy, tables.NOISY_FLAGS)) if noisy else []
-    inputs = {"images": read(images, tables.CURATED_IMAGES), "boxes": read(boxes, tables.CURATED_BOXES),
-              "folds": read(folds, tables.FOLDS), "exclude": exclude,
-              "backgrounds": read(backgrounds, tables.BACKGROUNDS) if backgrounds else None}
-    per_fold = {str(fold): write_yolo_dataset(fold=fold, out_dir=Path(datasets) / f"fold{fold}", **inputs)
-                for fold in range(n_folds)}
-    return {"excluded_images": len(exclude), "folds": per_fold}
-
-
+@tracked
 def predict_oof(*, weights: str, images: str, folds: str, fold: int, detector: str, raw: str,
                 predict: Mapping[str, Any], device: str, threads: int) -> dict[str, Any]:
     """Rule entry: the fold model on every image of its validation fold (noisy ones included)."""
-    fold_table = read(folds, tables.FOLDS)
+    fold_table = tables.read_table(folds, tables.FOLDS)
     names = fold_table.loc[fold_table["fold"] == int(fold), "name"]
     started = time.perf_counter()
-    predicted = predict_images(weights, image_paths_of(read(images, tables.CURATED_IMAGES), names),
+    predicted = predict_images(weights, image_paths_of(tables.read_table(images, tables.CURATED_IMAGES), names),
                                device=device, threads=threads, **predict)
     seconds = time.perf_counter() - started
     tables.write_table(raw_detections(predicted, detector, int(fold)), raw, tables.DETECTIONS)
@@ -560,31 +335,13 @@ def predict_oof(*, weights: str, images: str, folds: str, fold: int, detector: s
             "ms_per_image": round(1000 * seconds / max(len(names), 1), 2)}
 
 
-def fit_oof(*, raw: list[str], training: list[str], images: str, boxes: str, folds: str, detector: str,
-            oof: str) -> dict[str, Any]:
-    """Rule entry: OOF boxes fitted to the cell counts, scored against the full-image baseline."""
-    from leukoflow.engine.runtime import read_json
 
-    box_table, image_table = read(boxes, tables.CURATED_BOXES), read(images, tables.CURATED_IMAGES)
-    detections = pd.concat([read(path, tables.DETECTIONS) for path in raw], ignore_index=True)
-    fitted = fit_oof_boxes(detections, box_table, image_table, read(folds, tables.FOLDS), detector)
-    tables.write_table(fitted, oof, tables.OOF_BOXES)
-    trained = [read_json(path) for path in training]
-    summary = evaluate_oof(fitted, box_table, image_table)
-    summary["per_fold"] = {str(k): {"map50": t["map50"], "map50_95": t["map50_95"],
-                                    "mean_rescaled_giou": summary["per_fold_mean_rescaled_giou"].get(str(k)),
-                                    "train_seconds": t["train_seconds"], "resumed_from_epoch": t["resumed_from_epoch"],
-                                    "history": t["history"]}
-                           for k, t in enumerate(trained)}
-    summary["detector"] = detector
-    return summary
-
-
+@tracked
 def predict_test_boxes(*, weights: list[str], images: str, test: str, raw: str, boxes: str, detector: str,
                        predict: Mapping[str, Any], device: str, threads: int, wbf_iou: float,
                        wbf_skip: float) -> dict[str, Any]:
     """Rule entry: every fold model on each unique test image once, WBF, top-N by the known count."""
-    image_table, test_table = read(images, tables.CURATED_IMAGES), read(test, tables.INGEST_TEST)
+    image_table, test_table = tables.read_table(images, tables.CURATED_IMAGES), tables.read_table(test, tables.INGEST_TEST)
     usable = image_table[(image_table["split"] == "test") & image_table["keep"]]
     names = [name for name in dict.fromkeys(test_table["name"]) if name in set(usable["name"])]
     started = time.perf_counter()
@@ -602,41 +359,3 @@ def predict_test_boxes(*, weights: list[str], images: str, test: str, raw: str, 
             "ms_per_image_per_model": round(1000 * seconds / max(len(names) * len(weights), 1), 2)}
 
 
-def summarize_detection(*, detectors: list[str], exports: list[str], predictions: list[str], noisy: str,
-                        backgrounds: str, test: str, crops: str, detector_names: list[str],
-                        test_detector: str) -> dict[str, Any]:
-    """Rule entry: the stage's headline figures in one JSON (read by acceptance checks and tracking)."""
-    from leukoflow.engine.runtime import read_json
-
-    per_detector = {name: read_json(path) for name, path in zip(detector_names, detectors)}
-    for summary in per_detector.values():
-        for fold in summary["per_fold"].values():
-            fold.pop("history", None)
-        summary.pop("giou_histogram", None)
-    head = per_detector[test_detector]
-    noisy_summary, background_summary = read_json(noisy), read_json(backgrounds)
-    test_summary, crop_summary = read_json(test), read_json(crops)
-    return {
-        "oof_mean_rescaled_giou": head["oof_mean_rescaled_giou"],
-        "full_image_baseline_giou": head["full_image_baseline_giou"],
-        "baseline_mean_rescaled_giou": head["full_image_baseline_giou"],
-        "oof_gain_over_baseline": head["oof_gain_over_baseline"],
-        "detectors": per_detector,
-        **{key: value for key, value in noisy_summary.items() if key.startswith("noisy")},
-        "n_backgrounds": background_summary["n_backgrounds"],
-        "n_crops": crop_summary["n_crops"],
-        "test_boxes": test_summary["test_boxes"],
-        "test_rows": test_summary["test_rows"],
-        "timings_seconds": _stage_timings(exports + predictions + [noisy, backgrounds, test, crops]),
-        "train_seconds": {name: {k: f["train_seconds"] for k, f in s["per_fold"].items()}
-                          for name, s in per_detector.items()},
-        "test_ms_per_image_per_model": test_summary["ms_per_image_per_model"],
-    }
-
-
-def _stage_timings(summaries: list[str]) -> dict[str, float]:
-    """Seconds per job, keyed by its summary path below results/ (e.g. 'detection/det1/fold0/oof_summary')."""
-    from leukoflow.engine.runtime import read_json
-
-    return {str(Path(path).with_suffix("")).split("results/", 1)[-1]: read_json(path).get("seconds")
-            for path in summaries}

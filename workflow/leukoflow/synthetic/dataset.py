@@ -37,6 +37,7 @@ import pandas as pd
 from leukoflow import tables
 from leukoflow.synthetic.annotations import BoxRow, Dataset
 from leukoflow.synthetic.defects import inject_box_defects, inject_duplicates, inject_file_defects
+from leukoflow.synthetic.visible_defects import inject_visible_defects
 from leukoflow.synthetic.morphology import SMEAR_STYLE
 from leukoflow.synthetic.near_duplicates import (
     HARD_NEGATIVE_KIND, inject_retakes, render_similar_smears,
@@ -186,6 +187,7 @@ def synthesize(*, images: str | Path, train_csv: str | Path, test_csv: str | Pat
     defect_rng = np.random.default_rng(np.random.SeedSequence([seed, DEFECT_STREAM]))
     by_name = {image.name: image for image in rendered}
     inject_box_defects(data, defect_rng, targets, by_name)
+    inject_visible_defects(data, defect_rng, targets)
     inject_duplicates(data, defect_rng, targets, copy_names, jpeg_quality, near_duplicate_max_distance)
     inject_retakes(data, defect_rng, targets, copy_names, jpeg_quality)
     render_similar_smears(data, plans, targets[HARD_NEGATIVE_KIND], copy_names[HARD_NEGATIVE_KIND], seed=seed,

@@ -20,11 +20,13 @@ DEFECT_KINDS: tuple[str, ...] = (
     "exact_duplicate", "near_duplicate", "conflicting_duplicate", "train_test_duplicate",
     "out_of_image_box", "red_cell_box", "oversized_box", "wrong_label", "unannotated_border_cell",
     "truncated_jpeg", "unreadable_file", "greyscale_image",
+    "undersized_box", "shifted_box", "unannotated_cell",  # synthetic.visible_defects
 ) + (
     # realistic retakes and hard negatives (near_duplicates.py); last, so the earlier kinds keep their draws
     "shifted_duplicate", "refocused_duplicate", "recoloured_duplicate", "similar_smear",
 )
 COPY_KINDS: tuple[str, ...] = DEFECT_KINDS[:4] + DEFECT_KINDS[-4:]  # defects that add an image file
+MIN_CELLS_FOR_UNANNOTATED = 2  # an unannotated_cell target keeps at least one annotated cell
 
 # Independent random streams under one seed.
 PLAN_STREAM, RENDER_STREAM, TEXTURE_STREAM, DEFECT_STREAM = 1, 2, 3, 4
@@ -163,8 +165,10 @@ def plan_images(*, n_base: int, n_test: int, names: list[str], defects: dict[str
     is_test = splits == "test"
     n_cells = np.where(is_test, draw_cell_counts(rng, n_base, TEST_CELLS_PER_IMAGE),
                        draw_cell_counts(rng, n_base, TRAIN_CELLS_PER_IMAGE))
-    classes = draw_image_classes(rng, n_cells)
     targets = assign_defect_targets(rng, np.flatnonzero(~is_test), defects)
+    unannotated = targets["unannotated_cell"]  # a cell loses its annotation: the image needs another one
+    n_cells[unannotated] = np.maximum(n_cells[unannotated], MIN_CELLS_FOR_UNANNOTATED)
+    classes = draw_image_classes(rng, n_cells)
     border = set(targets["unannotated_border_cell"])
     free_red = set(targets["red_cell_box"])
     border_codes = rng.choice(len(CLASSES), size=n_base, p=_class_weights(multi=False))

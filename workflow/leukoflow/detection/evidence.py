@@ -1,0 +1,170 @@
+"""Evidence against the training boxes from detector-1 out-of-fold output.
+
+Every fold model predicted only images it never trained on, so its boxes are an independent
+opinion of each image. Three kinds of evidence come out of them:
+
+* calibration: a raw detector score becomes P(real white cell) by isotonic regression fitted on
+  the *other* folds' detections (a detection is "real" when it is matched one-to-one to an
+  annotation at IoU >= `match_iou`), so no image calibrates itself;
+* per annotation: its confirmation (best calibrated score at IoU >= `match_iou`), the geometry
+  against the best-fitting confident detection on it (IoU, share of the detection inside the
+  annotation: an oversized box; share of the annotation inside the detection: an undersized or
+  shifted box), its log-area relative to its class (robust z), and how active the detector is on
+  the rest of its image (a detector that confirms nothing there cannot condemn this box);
+* per confident detection that lies on no annotation: its calibrated score, whether the image
+  border cuts it, and the image's surplus of confident detections over annotations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.isotonic import IsotonicRegression
+
+from leukoflow import boxes as boxes_lib
+
+XYXY = ["x1", "y1", "x2", "y2"]
+ROBUST_SD = 1.4826  # MAD -> standard deviation of a normal distribution
+
+
+def intersection_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection areas, shape (len(a), len(b))."""
+    a, b = np.asarray(boxes_a, float).reshape(-1, 1, 4), np.asarray(boxes_b, float).reshape(1, -1, 4)
+    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    return width * height
+
+
+def areas(boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    return np.clip(boxes[:, 2] - boxes[:, 0], 1e-9, None) * np.clip(boxes[:, 3] - boxes[:, 1], 1e-9, None)
+
+
+def matched_to_annotation(truth_xyxy: np.ndarray, det_xyxy: np.ndarray, scores: np.ndarray,
+                          match_iou: float) -> np.ndarray:
+    """Greedy one-to-one matching, highest score first (the COCO rule): True where a detection is matched."""
+    matched = np.zeros(len(det_xyxy), dtype=bool)
+    if not len(truth_xyxy) or not len(det_xyxy):
+        return matched
+    iou = boxes_lib.iou_matrix(det_xyxy, truth_xyxy)
+    free = np.ones(len(truth_xyxy), dtype=bool)
+    for index in np.argsort(-scores, kind="stable"):
+        candidates = np.where(free, iou[index], -1.0)
+        best = int(candidates.argmax())
+        if candidates[best] >= match_iou:
+            matched[index], free[best] = True, False
+    return matched
+
+
+def calibrate_out_of_fold(detections: pd.DataFrame, boxes: pd.DataFrame, *, match_iou: float) -> np.ndarray:
+    """P(real white cell) of every detection (row order kept), isotonic regression fitted out of fold.
+
+    With a single fold (or a fold whose complement has only one outcome) the raw score is kept.
+    """
+    detections = detections.reset_index(drop=True)
+    truth_by_name = {name: group[XYXY].to_numpy(float) for name, group in boxes.groupby("name")}
+    real = np.zeros(len(detections), dtype=bool)
+    for name, group in detections.groupby("name", sort=False):
+        real[group.index.to_numpy()] = matched_to_annotation(
+            truth_by_name.get(name, np.zeros((0, 4))), group[XYXY].to_numpy(float),
+            group["score"].to_numpy(float), match_iou)
+    scores, folds = detections["score"].to_numpy(float), detections["fold"].to_numpy()
+    calibrated = scores.copy()
+    for fold in np.unique(folds):
+        others = folds != fold
+        if not others.any() or real[others].all() or not real[others].any():
+            continue
+        model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
+        model.fit(scores[others], real[others].astype(float))
+        calibrated[~others] = model.predict(scores[~others])
+    return calibrated
+
+
+def robust_z(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """(value - group median) / (1.4826 * group MAD); 0 where a group has no spread."""
+    z = np.zeros(len(values))
+    for group in np.unique(groups):
+        member = groups == group
+        centre = np.median(values[member])
+        spread = ROBUST_SD * np.median(np.abs(values[member] - centre))
+        if spread > 0:
+            z[member] = (values[member] - centre) / spread
+    return z
+
+
+def image_evidence(truth: pd.DataFrame, detections: pd.DataFrame, *, width: int, height: int,
+                   match_iou: float, detect_p: float, unmatched_overlap: float, border_px: float
+                   ) -> tuple[list[dict], list[dict]]:
+    """Evidence rows of one image: (one per annotation, one per confident detection on no annotation).
+
+    truth: its CURATED_BOXES rows; detections: its OOF boxes with a calibrated `p` column.
+    """
+    truth_xyxy, det_xyxy = truth[XYXY].to_numpy(float), detections[XYXY].to_numpy(float)
+    p = detections["p"].to_numpy(float)
+    iou = boxes_lib.iou_matrix(truth_xyxy, det_xyxy)
+    inter = intersection_matrix(truth_xyxy, det_xyxy)
+    det_inside = inter / areas(det_xyxy)[None, :]
+    ann_inside = inter / areas(truth_xyxy)[:, None]
+    confident = p >= detect_p
+    confirm = np.where(iou >= match_iou, p[None, :], 0.0).max(axis=1) if len(det_xyxy) else np.zeros(len(truth))
+    confirmed = confirm >= detect_p
+    annotations = []
+    for index, row in enumerate(truth["row"].to_numpy()):
+        others = np.delete(confirmed, index)
+        # a confident detection belongs to this annotation unless another one fits it better
+        mine = confident & (inter[index] > 0) & (iou[index] >= iou.max(axis=0))
+        best = int(np.argmax(np.where(mine, iou[index], -1.0))) if mine.any() else -1
+        annotations.append({
+            "row": int(row), "confirm_p": float(confirm[index]),
+            "activity": float(others.mean()) if len(others) else 0.0,
+            "geom_iou": float(iou[index, best]) if best >= 0 else np.nan,
+            "geom_p": float(p[best]) if best >= 0 else np.nan,
+            "det_inside": float(det_inside[index, best]) if best >= 0 else np.nan,
+            "ann_inside": float(ann_inside[index, best]) if best >= 0 else np.nan,
+        })
+    # a detection around an (undersized) annotation covers it as much as one inside an oversized one
+    covered = (np.maximum(np.maximum(det_inside, ann_inside), iou).max(axis=0) if len(truth_xyxy)
+               else np.zeros(len(det_xyxy)))
+    loose = np.flatnonzero(confident & (covered < unmatched_overlap))
+    loose = loose[boxes_lib.nms(det_xyxy[loose], p[loose], match_iou)] if len(loose) else loose
+    surplus = int(confident.sum()) - len(truth)
+    cells = [{"row": -1, "x1": det_xyxy[k, 0], "y1": det_xyxy[k, 1], "x2": det_xyxy[k, 2], "y2": det_xyxy[k, 3],
+              "p": float(p[k]), "covered": float(covered[k]), "surplus": surplus,
+              "at_border": bool(det_xyxy[k, 0] <= border_px or det_xyxy[k, 1] <= border_px
+                                or det_xyxy[k, 2] >= width - 1 - border_px or det_xyxy[k, 3] >= height - 1 - border_px)}
+             for k in loose]
+    return annotations, cells
+
+
+def collect_evidence(detections: pd.DataFrame, boxes: pd.DataFrame, folds: pd.DataFrame, images: pd.DataFrame, *,
+                     match_iou: float, detect_p: float, unmatched_overlap: float, border_px: float
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(annotation evidence, unannotated-detection evidence) over every fold image.
+
+    detections: DETECTIONS of every fold of detector 1; boxes: CURATED_BOXES; folds: FOLDS;
+    images: CURATED_IMAGES (sizes, for the border feature).
+    """
+    detections = detections[detections["name"].isin(set(folds["name"]))].reset_index(drop=True)
+    detections = detections.assign(p=calibrate_out_of_fold(detections, boxes, match_iou=match_iou))
+    size = images.set_index("name")[["width", "height"]]
+    truth_by_name = dict(tuple(boxes.groupby("name")))
+    det_by_name = dict(tuple(detections.groupby("name")))
+    annotation_rows, cell_rows = [], []
+    for name, fold in folds[["name", "fold"]].itertuples(index=False):
+        truth = truth_by_name.get(name, boxes.iloc[:0]).sort_values("row", kind="stable")
+        found = det_by_name.get(name, detections.iloc[:0])
+        annotations, cells = image_evidence(truth, found, width=int(size.at[name, "width"]),
+                                            height=int(size.at[name, "height"]), match_iou=match_iou,
+                                            detect_p=detect_p, unmatched_overlap=unmatched_overlap,
+                                            border_px=border_px)
+        n_confident = int((found["p"] >= detect_p).sum())
+        for entry in annotations + cells:
+            entry.update(name=name, fold=int(fold), n_annotated=len(truth), n_detected=n_confident)
+        annotation_rows += annotations
+        cell_rows += cells
+    annotated = pd.DataFrame(annotation_rows)
+    if len(annotated):
+        merged = annotated.merge(boxes[["row", "label", *XYXY]], on="row", how="left", validate="one_to_one")
+        log_area = np.log(areas(merged[XYXY].to_numpy(float)))
+        annotated = merged.assign(area_z=robust_z(log_area, merged["label"].to_numpy()))
+    return annotated, pd.DataFrame(cell_rows)
