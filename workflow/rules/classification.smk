@@ -7,10 +7,17 @@
 #   results/classification/{model}/oof_logits.parquet          every fold's OOF logits (schema logits)
 #   results/classification/{model}/test_logits.parquet         fold- and TTA-averaged test logits
 #   results/classification/summary.json, confusion.png         OOF macro F1 per model, fold and class
-from leukoflow.classification import crop_cache
+#   results/weights/summary.json                               fetch_weights: declared weights verified
+from leukoflow.classification.spec import model_defaults, with_defaults
 
 CLASSIFIER_SETTINGS = config["classifiers"]
-CLASSIFIERS = {entry["name"]: entry for entry in CLASSIFIER_SETTINGS["models"]}
+CLASSIFIER_DEFAULTS = model_defaults(
+    os.path.join(workflow.basedir, "config", "schema.yaml")
+)
+CLASSIFIERS = {
+    entry["name"]: with_defaults(entry, CLASSIFIER_DEFAULTS)
+    for entry in CLASSIFIER_SETTINGS["models"]
+}
 CLASSIFIER_FOLDS = list(range(config["folds"]["n_folds"]))
 CLASSIFIER_DIR = "results/classification"
 CLASSIFIER_CACHE = f"{CLASSIFIER_DIR}/cache"
@@ -22,13 +29,91 @@ CLASSIFIER_CROPS = (
 )
 CLASSIFIER_BACKGROUNDS = "results/detection/backgrounds.parquet"
 CLASSIFIER_GPUS = gpu_token(CLASSIFIER_SETTINGS["device"])
+CACHE_SOURCES = ["crops", "images", "background_crops", "background_images"]
+
+
+def cache_files(source, size):
+    stem = f"{CLASSIFIER_CACHE}/{source}_{size}"
+    return {"pixels": f"{stem}.npy", "index": f"{stem}.parquet"}
+
+
+def model_caches(entry):
+    """(source, size) of every pixel cache one model reads."""
+    multiclass = entry["kind"] == "multiclass"
+    caches = [("crops" if multiclass else "images", entry["img_size"])]
+    if entry["background"]:
+        source = "background_crops" if multiclass else "background_images"
+        caches.append((source, entry["img_size"]))
+    return caches
+
+
+CLASSIFIER_CACHES = sorted(
+    {cache for entry in CLASSIFIERS.values() for cache in model_caches(entry)}
+)
+
+
+def cache_tables(wildcards):
+    """The tables one pixel cache is built from (an empty list for a table it does not use)."""
+    source = wildcards.source
+    return {
+        "images": rules.deduplicate.output.images,
+        "crops": CLASSIFIER_CROPS if source == "crops" else [],
+        "folds": rules.make_folds.output.folds if source == "images" else [],
+        "backgrounds": CLASSIFIER_BACKGROUNDS if source.startswith("background") else [],
+    }
+
+
+def classifier_data(wildcards):
+    """Pixel cache and truth tables of one model (training and prediction)."""
+    entry = CLASSIFIERS[wildcards.model]
+    multiclass = entry["kind"] == "multiclass"
+    return {
+        **cache_files(*model_caches(entry)[0]),
+        "crops": CLASSIFIER_CROPS if multiclass else [],
+        "boxes": [] if multiclass else rules.repair_boxes.output.boxes,
+        "folds": [] if multiclass else rules.make_folds.output.folds,
+    }
+
+
+def classifier_start(wildcards):
+    """Background cache, declared start weights and the init_from model's checkpoint of one fold."""
+    entry = CLASSIFIERS[wildcards.model]
+    caches = model_caches(entry)
+    background = cache_files(*caches[1]) if len(caches) > 1 else {}
+    return {
+        "background_pixels": background.get("pixels", []),
+        "background_index": background.get("index", []),
+        "weights": entry["weights"] or [],
+        "init": (
+            f"{CLASSIFIER_DIR}/{entry['init_from']}/fold{wildcards.fold}/best.pt"
+            if entry["init_from"]
+            else []
+        ),
+    }
+
+
+localrules:
+    fetch_weights,
+    evaluate_classifiers,
+
+
+rule fetch_weights:
+    output:
+        summary="results/weights/summary.json",
+    log:
+        "logs/classification/fetch_weights.log",
+    params:
+        weights=lookup(dpath="weights/files", within=config),
+        timeout_s=lookup(dpath="weights/timeout_s", within=config),
+    script:
+        "../scripts/fetch_weights.py"
 
 
 rule ground_truth_crops:
     input:
-        boxes=crop_cache.CURATED_BOXES_PATH,
-        folds=crop_cache.FOLDS_PATH,
-        images=crop_cache.CURATED_IMAGES_PATH,
+        boxes=rules.repair_boxes.output.boxes,
+        folds=rules.make_folds.output.folds,
+        images=rules.deduplicate.output.images,
     output:
         crops=f"{CLASSIFIER_DIR}/ground_truth_crops.parquet",
     log:
@@ -40,20 +125,14 @@ rule ground_truth_crops:
         mem_mb=memory_mb("ground_truth_crops"),
         runtime=runtime_min("ground_truth_crops"),
     params:
-        margin=CLASSIFIER_SETTINGS["ground_truth_margin"],
+        margin=lookup(dpath="classifiers/ground_truth_margin", within=config),
     script:
         "../scripts/ground_truth_crops.py"
 
 
 rule cache_classifier_inputs:
     input:
-        unpack(
-            lambda wildcards: crop_cache.cache_tables(
-                wildcards.source,
-                crops_table=CLASSIFIER_CROPS,
-                backgrounds_table=CLASSIFIER_BACKGROUNDS,
-            )
-        ),
+        unpack(cache_tables),
     output:
         pixels=f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.npy",
         index=f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.parquet",
@@ -63,7 +142,7 @@ rule cache_classifier_inputs:
     benchmark:
         "benchmarks/cache_classifier_inputs/{source}_{size}.tsv"
     wildcard_constraints:
-        source="|".join(crop_cache.SOURCES),
+        source="|".join(CACHE_SOURCES),
         size=r"\d+",
     group:
         "between_models"
@@ -74,21 +153,18 @@ rule cache_classifier_inputs:
         mem_mb=memory_mb("cache_classifier_inputs"),
         runtime=runtime_min("cache_classifier_inputs"),
     params:
-        seed=config["seed"],
-        background=CLASSIFIER_SETTINGS["background_crops"],
+        source="{source}",
+        size=lambda wildcards: int(wildcards.size),
+        seed=lookup(dpath="seed", within=config),
+        background=lookup(dpath="classifiers/background_crops", within=config),
     script:
         "../scripts/cache_classifier_inputs.py"
 
 
 rule train_classifier:
     input:
-        unpack(
-            lambda wildcards: crop_cache.model_inputs(
-                CLASSIFIERS[wildcards.model],
-                cache_dir=CLASSIFIER_CACHE,
-                crops_table=CLASSIFIER_CROPS,
-            )
-        ),
+        unpack(classifier_data),
+        unpack(classifier_start),
     output:
         best=f"{CLASSIFIER_DIR}/{{model}}/fold{{fold}}/best.pt",
         oof=f"{CLASSIFIER_DIR}/{{model}}/fold{{fold}}/oof_logits.parquet",
@@ -108,25 +184,23 @@ rule train_classifier:
         runtime=runtime_min("train_classifier"),
         gpu=CLASSIFIER_GPUS,
     params:
-        # state.pt in out_dir is not an output: it must survive a killed job so the rerun resumes
-        out_dir=lambda wildcards: f"{CLASSIFIER_DIR}/{wildcards.model}/fold{wildcards.fold}",
-        spec=lambda wildcards: CLASSIFIERS[wildcards.model],
-        settings=CLASSIFIER_SETTINGS,
-        seed=config["seed"],
+        # one model's block only: editing a model re-runs that model's jobs alone
+        spec=lookup(dpath="{model}", within=CLASSIFIERS),
+        fold=lambda wildcards: int(wildcards.fold),
+        seed=lookup(dpath="seed", within=config),
+        device=lookup(dpath="classifiers/device", within=config),
+        amp=lookup(dpath="classifiers/amp", within=config),
+        deterministic=lookup(dpath="classifiers/deterministic", within=config),
+        channels_last=lookup(dpath="classifiers/channels_last", within=config),
+        prefetch=lookup(dpath="classifiers/prefetch", within=config),
     script:
         "../scripts/train_classifier.py"
 
 
 rule predict_classifier:
     input:
-        unpack(
-            lambda wildcards: crop_cache.model_inputs(
-                CLASSIFIERS[wildcards.model],
-                cache_dir=CLASSIFIER_CACHE,
-                crops_table=CLASSIFIER_CROPS,
-            )
-        ),
-        best=lambda wildcards: expand(
+        unpack(classifier_data),
+        checkpoints=lambda wildcards: expand(
             rules.train_classifier.output.best,
             model=wildcards.model,
             fold=CLASSIFIER_FOLDS,
@@ -154,22 +228,22 @@ rule predict_classifier:
         runtime=runtime_min("predict_classifier"),
         gpu=CLASSIFIER_GPUS,
     params:
-        spec=lambda wildcards: CLASSIFIERS[wildcards.model],
-        settings=CLASSIFIER_SETTINGS,
-        seed=config["seed"],
+        spec=lookup(dpath="{model}", within=CLASSIFIERS),
+        seed=lookup(dpath="seed", within=config),
+        device=lookup(dpath="classifiers/device", within=config),
+        amp=lookup(dpath="classifiers/amp", within=config),
+        deterministic=lookup(dpath="classifiers/deterministic", within=config),
+        channels_last=lookup(dpath="classifiers/channels_last", within=config),
+        prefetch=lookup(dpath="classifiers/prefetch", within=config),
     script:
         "../scripts/predict_classifier.py"
-
-
-localrules:
-    evaluate_classifiers,
 
 
 rule evaluate_classifiers:
     input:
         oof=expand(rules.predict_classifier.output.oof, model=CLASSIFIERS),
         test=expand(rules.predict_classifier.output.test, model=CLASSIFIERS),
-        folds=expand(
+        fold_summaries=expand(
             rules.train_classifier.output.summary,
             model=CLASSIFIERS,
             fold=CLASSIFIER_FOLDS,
@@ -193,15 +267,7 @@ rule evaluate_classifiers:
         mem_mb=memory_mb("evaluate_classifiers"),
         runtime=runtime_min("evaluate_classifiers"),
     params:
-        names=list(CLASSIFIERS),
         specs=list(CLASSIFIERS.values()),
-        fold_summaries={
-            name: expand(
-                rules.train_classifier.output.summary,
-                model=name,
-                fold=CLASSIFIER_FOLDS,
-            )
-            for name in CLASSIFIERS
-        },
+        n_folds=len(CLASSIFIER_FOLDS),
     script:
         "../scripts/evaluate_classifiers.py"

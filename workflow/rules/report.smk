@@ -7,16 +7,7 @@
 REPORT_DIR = "results/report"
 REPORT_SETTINGS = config["report"]
 # (source, size) of every pixel cache the classifiers read ("{source}_{size}.npy")
-REPORT_CACHES = sorted(
-    {
-        tuple(os.path.basename(path)[: -len(".npy")].rsplit("_", 1))
-        for entry in CLASSIFIERS.values()
-        for path in crop_cache.model_inputs(
-            entry, cache_dir=CLASSIFIER_CACHE, crops_table=CLASSIFIER_CROPS
-        ).values()
-        if path.endswith(".npy")
-    }
-)
+REPORT_CACHES = CLASSIFIER_CACHES
 
 
 # the benchmark TSV of every heavy job this configuration runs
