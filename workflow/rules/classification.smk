@@ -59,7 +59,9 @@ def cache_tables(wildcards):
         "images": rules.deduplicate.output.images,
         "crops": CLASSIFIER_CROPS if source == "crops" else [],
         "folds": rules.make_folds.output.folds if source == "images" else [],
-        "backgrounds": CLASSIFIER_BACKGROUNDS if source.startswith("background") else [],
+        "backgrounds": (
+            CLASSIFIER_BACKGROUNDS if source.startswith("background") else []
+        ),
     }
 
 

@@ -21,7 +21,9 @@ SUBMISSION_TRUTH = (
 # The `metric` objective scores detector-1 OOF boxes carrying the blended crop classes.
 ENSEMBLE_METRIC = ENSEMBLE_SETTINGS["objective"] == "metric"
 ENSEMBLE_OBJECTIVE_INPUTS = {
-    "oof_boxes": f"results/detection/{TEST_DETECTOR}/oof.parquet" if ENSEMBLE_METRIC else [],
+    "oof_boxes": (
+        f"results/detection/{TEST_DETECTOR}/oof.parquet" if ENSEMBLE_METRIC else []
+    ),
     "crops": CLASSIFIER_CROPS if ENSEMBLE_METRIC else [],
     "boxes": rules.repair_boxes.output.boxes if ENSEMBLE_METRIC else [],
 }

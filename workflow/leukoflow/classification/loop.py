@@ -16,7 +16,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ import torch
 
 from leukoflow.classification.augment import augment_batch, normalise, to_model_input
 from leukoflow.classification.items import ItemSet, gather_pixels
-from leukoflow.classification.model import BEST_FILE, batches, initial_model, predict_logits, resolve_device, save_best
+from leukoflow.classification.model import BEST_FILE, atomic_save, batches, initial_model, predict_logits, resolve_device, save_best
 from leukoflow.classification.scoring import batch_loss, selection_score
 from leukoflow.classification.spec import ClassifierSpec, TrainSettings
 
@@ -78,12 +77,6 @@ def _fingerprint(spec: ClassifierSpec, settings: TrainSettings, fold: int, train
     payload = json.dumps({"spec": asdict(spec), "seed": settings.seed, "fold": fold, "init": list(init),
                           "train": train.ids.tolist(), "valid": valid.ids.tolist()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def atomic_save(payload: Any, path: Path) -> None:
-    partial = path.with_suffix(path.suffix + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
 
 
 def _validation_points(n_batches: int, per_epoch: int) -> set[int]:

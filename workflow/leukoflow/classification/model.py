@@ -8,6 +8,7 @@ Weights from outside the run (ImageNet checkpoints) are read by timm with safete
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -79,10 +80,15 @@ def initial_model(spec: ClassifierSpec, init: Sequence[str]) -> Classifier:
 
 def save_best(path: Path, spec: ClassifierSpec, fold: int, state: dict[str, torch.Tensor], best_score: float,
               best_at: float | None) -> None:
-    from leukoflow.classification.loop import atomic_save
-
     atomic_save({"spec": asdict(spec), "fold": fold, "model": state, "best_score": best_score,
                  "best_at": best_at}, path)
+
+
+def atomic_save(payload: Any, path: Path) -> None:
+    """torch.save to a partial file, then rename: a killed job never leaves half a checkpoint."""
+    partial = path.with_suffix(path.suffix + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
 
 
 def load_best(path: str | Path, device: torch.device | str = "cpu") -> tuple[ClassifierSpec, Classifier]:

@@ -2,7 +2,8 @@
 
 `fetch_weights` runs where the internet is (a login node; compute nodes are usually offline):
 each declared file is downloaded with urllib into a partial file while its SHA-256 is computed,
-and only a matching hash is moved into place. A file already present with the declared hash is
+and only a matching hash is moved into place (an entry without a declared hash is kept and its
+hash reported, to be pinned). A file already present with the declared hash is
 kept without touching the network, so a re-run offline uses the cache. Training rules list their
 weight files as inputs, so a missing file stops a run at planning time, naming the file.
 """
@@ -38,8 +39,8 @@ def fetch_one(name: str, entry: dict[str, Any], *, timeout: float) -> dict[str, 
     expected = entry["sha256"].lower()
     if target.is_file():
         found = sha256_of(target)
-        if found == expected:
-            return {"name": name, "file": str(target), "sha256": found, "action": "cached"}
+        if found == expected or not expected:
+            return {"name": name, "file": str(target), "sha256": found, "action": "cached", "pinned": bool(expected)}
         raise WeightsError(f"weights {name!r}: {target} has SHA-256 {found}, the config declares {expected}; "
                            "delete the file to fetch it again")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -53,13 +54,16 @@ def fetch_one(name: str, entry: dict[str, Any], *, timeout: float) -> dict[str, 
     except OSError as error:
         partial.unlink(missing_ok=True)
         raise WeightsError(f"weights {name!r}: cannot download {entry['url']}: {error}") from error
-    if digest.hexdigest() != expected:
+    if expected and digest.hexdigest() != expected:
         partial.unlink(missing_ok=True)
         raise WeightsError(f"weights {name!r}: {entry['url']} has SHA-256 {digest.hexdigest()}, "
                            f"the config declares {expected}; refused")
     os.replace(partial, target)
-    LOGGER.info("weights %s: %s verified (%s)", name, target, expected)
-    return {"name": name, "file": str(target), "sha256": expected, "action": "downloaded"}
+    if not expected:
+        LOGGER.warning("weights %s: no SHA-256 declared; pin %s in the config", name, digest.hexdigest())
+    LOGGER.info("weights %s: %s (%s)", name, target, digest.hexdigest())
+    return {"name": name, "file": str(target), "sha256": digest.hexdigest(), "action": "downloaded",
+            "pinned": bool(expected)}
 
 
 def fetch_weights(*, weights: dict[str, dict[str, Any]], timeout_s: float) -> dict[str, Any]:
@@ -67,4 +71,5 @@ def fetch_weights(*, weights: dict[str, dict[str, Any]], timeout_s: float) -> di
     results = [fetch_one(name, entry, timeout=timeout_s) for name, entry in sorted(weights.items())]
     return {"files": results, "downloaded": sum(r["action"] == "downloaded" for r in results),
             "cached": sum(r["action"] == "cached" for r in results),
+            "unpinned": [r["name"] for r in results if not r["pinned"]],
             "licences": {name: entry["licence"] for name, entry in sorted(weights.items())}}
