@@ -408,3 +408,19 @@ def test_spec_has_no_defaults_of_its_own():
     with pytest.raises(ValueError, match="missing key"):
         cls.ClassifierSpec.from_config({"name": "x", "backbone": "resnet10t", "kind": "multiclass", "img_size": 32,
                                         "epochs": 1, "batch_size": 2, "lr": 0.1})
+
+
+def test_cuda_out_of_memory_is_retried_with_half_the_batch():
+    seen = []
+
+    def run(spec):
+        seen.append(spec.batch_size)
+        if spec.batch_size > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return {"model": spec.name}
+
+    summary = stage.with_halved_batch_on_oom(_spec(batch_size=32), run)
+    assert seen == [32, 16, 8] and summary["batch_size_used"] == 8
+    with pytest.raises(torch.OutOfMemoryError):
+        stage.with_halved_batch_on_oom(_spec(batch_size=2), lambda spec: (_ for _ in ()).throw(
+            torch.OutOfMemoryError("always")))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +87,40 @@ def train_classifier(*, pixels: Path_, index: Path_, crops: Optional, boxes: Opt
     settings = _settings(seed, device, amp, deterministic, channels_last, prefetch, threads)
     truth = truth_from_paths(model_spec, crops=_one(crops), boxes=_one(boxes), folds=_one(folds))
     background = (_one(background_pixels), _one(background_index)) if model_spec.background else None
-    summary = run_train_fold(model_spec, int(fold), main_cache=(str(pixels), str(index)), truth=truth,
-                             out_dir=Path(best).parent, oof_path=oof, background_cache=background,
-                             settings=settings, init=[path for path in [_one(init)] if path])
+    summary = with_halved_batch_on_oom(
+        model_spec, lambda batch_spec: run_train_fold(
+            batch_spec, int(fold), main_cache=(str(pixels), str(index)), truth=truth, out_dir=Path(best).parent,
+            oof_path=oof, background_cache=background, settings=settings,
+            init=[path for path in [_one(init)] if path]))
     if Path(best).name != BEST_FILE:
         raise ValueError(f"train_classifier: output best must be named {BEST_FILE}, got {best}")
     return summary
+
+
+def with_halved_batch_on_oom(spec: ClassifierSpec, run: Callable[[ClassifierSpec], dict[str, Any]]
+                             ) -> dict[str, Any]:
+    """run(spec); on a CUDA out-of-memory error, again with half the batch (down to 1).
+
+    More host memory (the scheduler's retry) does not help a full GPU; a smaller batch does. The
+    summary records the batch size that fitted.
+    """
+    import torch
+
+    batch_size = spec.batch_size
+    while True:
+        try:
+            summary = run(replace(spec, batch_size=batch_size))
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            LOGGER.warning("%s: CUDA out of memory at batch %d; retrying with %d", spec.name, batch_size,
+                           batch_size // 2)
+            batch_size //= 2
+            continue
+        summary["batch_size_used"] = batch_size
+        return summary
 
 
 def run_train_fold(spec: ClassifierSpec, fold: int, *, main_cache: tuple[Path_, Path_], truth: pd.DataFrame,
