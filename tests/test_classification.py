@@ -108,7 +108,6 @@ def _spec(**overrides) -> cls.ClassifierSpec:
 
 SETTINGS = cls.TrainSettings(seed=7, device="cpu", threads=1, amp=True, deterministic=True, channels_last=True,
                              prefetch=True)
-RUN_KEYS = dict(seed=7, device="cpu", amp=True, deterministic=True, channels_last=True, prefetch=True, threads=1)
 
 
 def _fold_data(dataset, spec, fold=0):
@@ -263,13 +262,17 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
     for fold in range(N_FOLDS):
         summaries.append(cls.run_train_fold(spec, fold, main_cache=dataset["cache"], truth=dataset["crops"],
                                             out_dir=tmp_path / f"fold{fold}", oof_path=tmp_path / f"oof{fold}.parquet",
-                                            settings=SETTINGS, background_cache=None, init=[]))
+                                            settings=SETTINGS, background_cache=None, init=[],
+                                            test_path=tmp_path / f"test{fold}.parquet"))
     assert summaries[0]["mixed_batch_share"] > 0  # mix_prob 0.5 by default
     result = stage.predict_classifier(
-        pixels=dataset["cache"][0], index=dataset["cache"][1], crops=dataset["crops_path"], boxes=[], folds=[],
-        checkpoints=[tmp_path / f"fold{f}" / cls.BEST_FILE for f in range(N_FOLDS)],
-        fold_oof=[tmp_path / f"oof{f}.parquet" for f in range(N_FOLDS)], oof=tmp_path / "oof.parquet",
-        test=tmp_path / "test.parquet", spec=_entry(epochs=1), **RUN_KEYS)
+        fold_oof=[tmp_path / f"oof{f}.parquet" for f in range(N_FOLDS)],
+        fold_test=[tmp_path / f"test{f}.parquet" for f in range(N_FOLDS)], oof=tmp_path / "oof.parquet",
+        test=tmp_path / "test.parquet", spec=_entry(epochs=1))
+    # the test logits are the fold mean, as predicting with every fold's best weights gives
+    arrays, main, _, _ = cls.load_items(spec, dataset["cache"], dataset["crops"])
+    direct = cls.predict_test([tmp_path / f"fold{f}" / cls.BEST_FILE for f in range(N_FOLDS)], arrays,
+                              main.subset(main.role == "test"), settings=SETTINGS)
     oof = tables.read_table(tmp_path / "oof.parquet", schema)
     test = tables.read_table(tmp_path / "test.parquet", schema)
     assert oof.columns.tolist()[:6] == ["id", "name", "fold", "trustii_id", "truth", "truth_labels"]
@@ -279,6 +282,7 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
     assert (oof["truth"] == train_crops.set_index("crop_id").loc[oof["id"], "class_idx"].to_numpy()).all()
     assert len(test) == 6 and (test["fold"] == -1).all() and (test["truth"] == -1).all()
     assert sorted(test["trustii_id"]) == list(range(1036, 1042))
+    assert np.allclose(cls.frame_logits(test), direct, atol=1e-5)
     assert result["test_rows"] == 6 and result["oof_rows"] == len(train_crops)
     evaluation = cls.evaluate_oof(spec, oof)
     from sklearn.metrics import f1_score
@@ -424,3 +428,23 @@ def test_cuda_out_of_memory_is_retried_with_half_the_batch():
     with pytest.raises(torch.OutOfMemoryError):
         stage.with_halved_batch_on_oom(_spec(batch_size=2), lambda spec: (_ for _ in ()).throw(
             torch.OutOfMemoryError("always")))
+
+
+def test_pseudo_labels_join_the_training_of_their_fold_only(tmp_path, dataset):
+    from leukoflow.classification import pseudo_labels
+
+    test_ids = dataset["crops"].loc[dataset["crops"]["split"] == "test", "crop_id"].tolist()
+    table = pd.DataFrame({"crop_id": test_ids[:4], "name": [i.split("#")[0] for i in test_ids[:4]],
+                          "fold": [0, 0, 1, 1], "class_idx": [0, 3, 7, 7], "confidence": 0.99})
+    spec = _spec(epochs=1)
+    summary = cls.run_train_fold(spec, 0, main_cache=dataset["cache"], truth=dataset["crops"],
+                                 out_dir=tmp_path / "f0", oof_path=tmp_path / "oof0.parquet", settings=SETTINGS,
+                                 background_cache=None, init=[], test_path=tmp_path / "test0.parquet", pseudo=table)
+    assert summary["pseudo_labels"] == 2
+    oof = tables.read_table(tmp_path / "oof0.parquet", tables.logits_schema(len(CLASSES)))
+    assert not set(oof["id"]) & set(test_ids)
+    test = tables.read_table(tmp_path / "test0.parquet", tables.logits_schema(len(CLASSES)))
+    assert sorted(test["id"]) == sorted(test_ids)
+    _, main, _, _ = cls.load_items(spec, dataset["cache"], dataset["crops"])
+    items = pseudo_labels.pseudo_items(main, table, 1, spec.n_outputs)
+    assert sorted(items.ids) == sorted(test_ids[2:4]) and (items.target.argmax(1) == 7).all()

@@ -30,6 +30,13 @@ CLASSIFIER_CROPS = (
 CLASSIFIER_BACKGROUNDS = "results/detection/backgrounds.parquet"
 CLASSIFIER_GPUS = gpu_token(CLASSIFIER_SETTINGS["device"])
 CACHE_SOURCES = ["crops", "images", "background_crops", "background_images"]
+PSEUDO_DIR = "results/pseudo_labels"
+PSEUDO_ROUNDS = max(entry["pseudo_round"] for entry in CLASSIFIERS.values())
+if PSEUDO_ROUNDS > len(config["pseudo_labels"]["thresholds"]):
+    raise ValueError(
+        f"pseudo_labels.thresholds lists {len(config['pseudo_labels']['thresholds'])} "
+        f"round(s), a classifier has pseudo_round {PSEUDO_ROUNDS}"
+    )
 
 
 CLASSIFIER_CACHES = sorted(
@@ -40,6 +47,8 @@ CLASSIFIER_CACHES = sorted(
 localrules:
     fetch_weights,
     evaluate_classifiers,
+    select_pseudo_labels,
+    summarize_pseudo_labels,
 
 
 rule fetch_weights:
@@ -115,6 +124,7 @@ rule train_classifier:
     output:
         best=f"{CLASSIFIER_DIR}/{{model}}/fold{{fold}}/best.pt",
         oof=f"{CLASSIFIER_DIR}/{{model}}/fold{{fold}}/oof_logits.parquet",
+        fold_test=f"{CLASSIFIER_DIR}/{{model}}/fold{{fold}}/test_logits.parquet",
         summary=f"{CLASSIFIER_DIR}/{{model}}/fold{{fold}}/summary.json",
     log:
         "logs/classification/train_{model}_fold{fold}.log",
@@ -146,14 +156,13 @@ rule train_classifier:
 
 rule predict_classifier:
     input:
-        unpack(classifier_data),
-        checkpoints=lambda wildcards: expand(
-            rules.train_classifier.output.best,
+        fold_oof=lambda wildcards: expand(
+            rules.train_classifier.output.oof,
             model=wildcards.model,
             fold=CLASSIFIER_FOLDS,
         ),
-        fold_oof=lambda wildcards: expand(
-            rules.train_classifier.output.oof,
+        fold_test=lambda wildcards: expand(
+            rules.train_classifier.output.fold_test,
             model=wildcards.model,
             fold=CLASSIFIER_FOLDS,
         ),
@@ -169,25 +178,84 @@ rule predict_classifier:
         model=CLASSIFIER_MODELS,
     conda:
         ENV
-    threads: CLASSIFIER_SETTINGS["threads"]
+    threads: 1
     resources:
         mem_mb=memory_mb("predict_classifier"),
         runtime=runtime_min("predict_classifier"),
-        gpu=CLASSIFIER_GPUS,
     params:
         spec=lookup(dpath="{model}", within=CLASSIFIERS),
-        seed=lookup(dpath="seed", within=config),
-        device=lookup(dpath="classifiers/device", within=config),
-        amp=lookup(dpath="classifiers/amp", within=config),
-        deterministic=lookup(dpath="classifiers/deterministic", within=config),
-        channels_last=lookup(dpath="classifiers/channels_last", within=config),
-        prefetch=lookup(dpath="classifiers/prefetch", within=config),
     script:
         "../scripts/predict_classifier.py"
 
 
+rule select_pseudo_labels:
+    input:
+        fold_test=lambda wildcards: expand(
+            rules.train_classifier.output.fold_test,
+            model=round_models(int(wildcards.round) - 1),
+            fold=CLASSIFIER_FOLDS,
+        ),
+        crops=CLASSIFIER_CROPS,
+    output:
+        pseudo=f"{PSEUDO_DIR}/round{{round}}.parquet",
+        summary=f"{PSEUDO_DIR}/round{{round}}.json",
+    log:
+        "logs/classification/select_pseudo_labels_{round}.log",
+    wildcard_constraints:
+        round=r"[1-9]\d*",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("select_pseudo_labels"),
+        runtime=runtime_min("select_pseudo_labels"),
+    params:
+        round=lambda wildcards: int(wildcards.round),
+        threshold=lambda wildcards: config["pseudo_labels"]["thresholds"][
+            int(wildcards.round) - 1
+        ],
+        models=lambda wildcards: round_models(int(wildcards.round) - 1),
+        n_folds=len(CLASSIFIER_FOLDS),
+    script:
+        "../scripts/select_pseudo_labels.py"
+
+
+rule summarize_pseudo_labels:
+    input:
+        rounds=expand(
+            rules.select_pseudo_labels.output.summary,
+            round=range(1, PSEUDO_ROUNDS + 1),
+        ),
+        oof=expand(
+            rules.predict_classifier.output.oof,
+            model=[name for r in range(PSEUDO_ROUNDS + 1) for name in round_models(r)],
+        ),
+    output:
+        summary=f"{PSEUDO_DIR}/summary.json",
+    log:
+        "logs/classification/summarize_pseudo_labels.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("summarize_pseudo_labels"),
+        runtime=runtime_min("summarize_pseudo_labels"),
+    params:
+        models=[name for r in range(PSEUDO_ROUNDS + 1) for name in round_models(r)],
+        model_rounds=[r for r in range(PSEUDO_ROUNDS + 1) for name in round_models(r)],
+        n_outputs=[
+            23 + int(CLASSIFIERS[name]["background"])
+            for r in range(PSEUDO_ROUNDS + 1)
+            for name in round_models(r)
+        ],
+    script:
+        "../scripts/summarize_pseudo_labels.py"
+
+
 rule evaluate_classifiers:
     input:
+        # the pseudo-label summary is part of the stage's results when rounds are on
+        rules.summarize_pseudo_labels.output.summary if PSEUDO_ROUNDS else [],
         oof=expand(rules.predict_classifier.output.oof, model=CLASSIFIERS),
         test=expand(rules.predict_classifier.output.test, model=CLASSIFIERS),
         fold_summaries=expand(

@@ -145,4 +145,18 @@ def classifier_start(wildcards):
             if entry["init_from"]
             else []
         ),
+        "pseudo": (
+            f"{PSEUDO_DIR}/round{entry['pseudo_round']}.parquet"
+            if entry["pseudo_round"]
+            else []
+        ),
     }
+
+
+def round_models(round_):
+    """The multiclass models of one pseudo-label round (round 0: no pseudo-labels)."""
+    return [
+        name
+        for name, entry in CLASSIFIERS.items()
+        if entry["kind"] == "multiclass" and entry["pseudo_round"] == round_
+    ]

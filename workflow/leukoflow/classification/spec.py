@@ -57,6 +57,7 @@ class ClassifierSpec:
     tta: str
     weights: str
     init_from: str
+    pseudo_round: int
     selection: str
     validations_per_epoch: int
 
@@ -70,6 +71,8 @@ class ClassifierSpec:
                 problems.append(f"{key} must be >= 1")
         if self.init_from == self.name:
             problems.append("init_from names the model itself")
+        if self.pseudo_round < 0 or (self.pseudo_round and self.kind != "multiclass"):
+            problems.append("pseudo_round must be >= 0, and > 0 only for a multiclass model")
         if problems:
             raise ValueError(f"classifier {self.name!r}: " + "; ".join(problems))
 

@@ -8,7 +8,6 @@ no curated boxes, a model without `init_from` no start checkpoint).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +18,10 @@ import pandas as pd
 
 from leukoflow import tables
 from leukoflow.classification import crop_cache
-from leukoflow.classification.items import crops_from_ground_truth, load_items, split_fold, truth_from_paths
+from leukoflow.classification.items import (ItemSet, crops_from_ground_truth, load_items, split_fold,
+                                            truth_from_paths)
 from leukoflow.classification.loop import train_fold
+from leukoflow.classification.pseudo_labels import pseudo_items
 from leukoflow.classification.model import BEST_FILE, load_best, predict_logits, resolve_device
 from leukoflow.classification.scoring import (argmax_macro_f1, evaluate_oof, frame_logits, frame_targets,
                                               logits_frame, plot_confusion)
@@ -76,12 +77,15 @@ def _settings(seed: int, device: str, amp: bool, deterministic: bool, channels_l
 @tracked
 def train_classifier(*, pixels: Path_, index: Path_, crops: Optional, boxes: Optional, folds: Optional,
                      background_pixels: Optional, background_index: Optional, weights: Optional, init: Optional,
-                     best: Path_, oof: Path_, spec: dict[str, Any], fold: int, seed: int, device: str, amp: bool,
-                     deterministic: bool, channels_last: bool, prefetch: bool, threads: int) -> dict[str, Any]:
-    """Train one (model, fold), then write its OOF logits (best weights, no TTA, real items only).
+                     pseudo: Optional, best: Path_, oof: Path_, fold_test: Path_, spec: dict[str, Any], fold: int,
+                     seed: int, device: str, amp: bool, deterministic: bool, channels_last: bool, prefetch: bool,
+                     threads: int) -> dict[str, Any]:
+    """Train one (model, fold), then write its OOF logits (best weights, no TTA, real items only) and
+    its test logits (TTA as the spec says).
 
     `weights`: the model's declared start weights (the spec names the same file); `init`: the
-    fold checkpoint of the `init_from` model. `state.pt` beside `best` makes a killed job resume.
+    fold checkpoint of the `init_from` model; `pseudo`: the round's PSEUDO_LABELS table (rows of
+    this fold join training). `state.pt` beside `best` makes a killed job resume.
     """
     model_spec = ClassifierSpec.from_config(spec)
     settings = _settings(seed, device, amp, deterministic, channels_last, prefetch, threads)
@@ -91,7 +95,8 @@ def train_classifier(*, pixels: Path_, index: Path_, crops: Optional, boxes: Opt
         model_spec, lambda batch_spec: run_train_fold(
             batch_spec, int(fold), main_cache=(str(pixels), str(index)), truth=truth, out_dir=Path(best).parent,
             oof_path=oof, background_cache=background, settings=settings,
-            init=[path for path in [_one(init)] if path]))
+            init=[path for path in [_one(init)] if path], test_path=fold_test,
+            pseudo=tables.read_table(_one(pseudo), tables.PSEUDO_LABELS) if _one(pseudo) else None))
     if Path(best).name != BEST_FILE:
         raise ValueError(f"train_classifier: output best must be named {BEST_FILE}, got {best}")
     return summary
@@ -125,10 +130,16 @@ def with_halved_batch_on_oom(spec: ClassifierSpec, run: Callable[[ClassifierSpec
 
 def run_train_fold(spec: ClassifierSpec, fold: int, *, main_cache: tuple[Path_, Path_], truth: pd.DataFrame,
                    out_dir: Path_, oof_path: Path_, settings: TrainSettings,
-                   background_cache: tuple[Path_, Path_] | None, init: list[str]) -> dict[str, Any]:
-    """Train one fold from cache files, write the OOF logits of its best weights."""
+                   background_cache: tuple[Path_, Path_] | None, init: list[str], test_path: Path_ | None = None,
+                   pseudo: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Train one fold from cache files, write the OOF logits of its best weights (and, given
+    `test_path`, its test logits); `pseudo` rows of this fold join the training items."""
     arrays, main, background, skipped = load_items(spec, main_cache, truth, background_cache)
     train, valid = split_fold(main, fold, background)
+    n_pseudo = 0
+    if pseudo is not None:
+        extra = pseudo_items(main, pseudo, fold, spec.n_outputs)
+        train, n_pseudo = ItemSet.concat([train, extra]), len(extra)
     summary = train_fold(spec, arrays, train, valid, out_dir, fold=fold, settings=settings, init=init)
     device = resolve_device(settings.device)
     _, model = load_best(Path(out_dir) / BEST_FILE, device)
@@ -137,7 +148,14 @@ def run_train_fold(spec: ClassifierSpec, fold: int, *, main_cache: tuple[Path_, 
                             amp=settings.amp, channels_last=settings.channels_last)
     tables.write_table(logits_frame(real_valid, logits, np.full(len(real_valid), fold)), oof_path,
                        tables.logits_schema(spec.n_outputs))
+    if test_path is not None:
+        test_items = main.subset(main.role == "test")
+        test_logits = predict_logits(model, arrays, test_items, batch_size=spec.batch_size, device=device,
+                                     tta=spec.tta, amp=settings.amp, channels_last=settings.channels_last)
+        tables.write_table(logits_frame(test_items, test_logits, np.full(len(test_items), -1)), test_path,
+                           tables.logits_schema(spec.n_outputs))
     summary.update(skipped)
+    summary["pseudo_labels"] = n_pseudo
     summary["oof_macro_f1"] = round(argmax_macro_f1(real_valid.target, logits), 6)
     return summary
 
@@ -163,28 +181,25 @@ def predict_test(checkpoints: list[Path_], arrays: list[np.ndarray], items, *, s
 
 
 @tracked
-def predict_classifier(*, pixels: Path_, index: Path_, crops: Optional, boxes: Optional, folds: Optional,
-                       checkpoints: list[Path_], fold_oof: list[Path_], oof: Path_, test: Path_,
-                       spec: dict[str, Any], seed: int, device: str, amp: bool, deterministic: bool,
-                       channels_last: bool, prefetch: bool, threads: int) -> dict[str, Any]:
-    """Concatenate the fold OOF tables and write the fold-averaged, TTA-averaged test logits."""
-    started = time.perf_counter()
+def predict_classifier(*, fold_oof: list[Path_], fold_test: list[Path_], oof: Path_, test: Path_,
+                       spec: dict[str, Any]) -> dict[str, Any]:
+    """Concatenate the fold OOF tables; average the folds' (TTA) test logits, the winner's fold mean."""
     model_spec = ClassifierSpec.from_config(spec)
-    settings = _settings(seed, device, amp, deterministic, channels_last, prefetch, threads)
     schema = tables.logits_schema(model_spec.n_outputs)
     oof_frame = pd.concat([tables.read_table(path, schema) for path in fold_oof], ignore_index=True)
     tables.write_table(oof_frame, oof, schema)
-    truth = truth_from_paths(model_spec, crops=_one(crops), boxes=_one(boxes), folds=_one(folds))
-    arrays, main, _, _ = load_items(model_spec, (str(pixels), str(index)), truth, with_background=False)
-    test_items = main.subset(main.role == "test")
-    logits = (predict_test(list(checkpoints), arrays, test_items, settings=settings) if len(test_items)
-              else np.zeros((0, model_spec.n_outputs), dtype=np.float32))
-    tables.write_table(logits_frame(test_items, logits, np.full(len(test_items), -1)), test, schema)
-    return {"model": model_spec.name, "oof_rows": len(oof_frame), "test_rows": len(test_items),
-            "folds": len(checkpoints), "tta": model_spec.tta,
+    folds = [tables.read_table(path, schema) for path in fold_test]
+    mean = folds[0].copy()
+    columns = [c for c in mean.columns if c.startswith("logit_")]
+    for frame in folds[1:]:
+        if not frame["id"].equals(mean["id"]):
+            raise ValueError(f"{model_spec.name}: fold test logits list other crops than {fold_test[0]}")
+    mean[columns] = np.mean([frame[columns].to_numpy(np.float64) for frame in folds], axis=0)
+    tables.write_table(mean, test, schema)
+    return {"model": model_spec.name, "oof_rows": len(oof_frame), "test_rows": len(mean), "folds": len(folds),
+            "tta": model_spec.tta,
             "oof_macro_f1": round(argmax_macro_f1(frame_targets(oof_frame, model_spec.n_outputs),
-                                                  frame_logits(oof_frame)), 6),
-            "predict_seconds": round(time.perf_counter() - started, 3)}
+                                                  frame_logits(oof_frame)), 6)}
 
 
 @tracked
