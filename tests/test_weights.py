@@ -45,8 +45,9 @@ def served(tmp_path):
 
 
 def _declared(served, target: Path, sha256: str | None = None) -> dict:
-    return {"resnet10t_test": {"url": served["url"], "sha256": served["sha256"] if sha256 is None else sha256,
-                               "file": str(target), "licence": "generated for the test"}}
+    return [{"name": "resnet10t_test", "url": served["url"],
+             "sha256": served["sha256"] if sha256 is None else sha256, "file": str(target),
+             "licence": "generated for the test"}]
 
 
 def test_download_verify_then_offline_rerun_uses_the_cache(served, tmp_path):

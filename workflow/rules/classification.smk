@@ -58,6 +58,10 @@ rule fetch_weights:
         "logs/classification/fetch_weights.log",
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=memory_mb("fetch_weights"),
+        runtime=runtime_min("fetch_weights"),
     params:
         weights=lookup(dpath="weights/files", within=config),
         timeout_s=lookup(dpath="weights/timeout_s", within=config),

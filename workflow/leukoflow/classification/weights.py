@@ -66,10 +66,10 @@ def fetch_one(name: str, entry: dict[str, Any], *, timeout: float) -> dict[str, 
             "pinned": bool(expected)}
 
 
-def fetch_weights(*, weights: dict[str, dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+def fetch_weights(*, weights: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
     """Rule entry: fetch and verify every declared weight file; the summary lists what was done."""
-    results = [fetch_one(name, entry, timeout=timeout_s) for name, entry in sorted(weights.items())]
+    results = [fetch_one(entry["name"], entry, timeout=timeout_s) for entry in weights]
     return {"files": results, "downloaded": sum(r["action"] == "downloaded" for r in results),
             "cached": sum(r["action"] == "cached" for r in results),
             "unpinned": [r["name"] for r in results if not r["pinned"]],
-            "licences": {name: entry["licence"] for name, entry in sorted(weights.items())}}
+            "licences": {entry["name"]: entry["licence"] for entry in weights}}
