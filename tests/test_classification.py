@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from leukoflow.classification import training as cls
-from leukoflow.classification import crop_cache
+from leukoflow.classification import crop_cache, stage
 from leukoflow import tables
 from leukoflow.constants import CLASSES
 
@@ -76,21 +76,38 @@ def dataset(tmp_path_factory) -> dict:
     text_columns = ("crop_id", "name", "split", "label", "source")
     crops = pd.concat([crops, test_crops], ignore_index=True).astype({c: "str" for c in text_columns})
     tables.validate(crops, tables.CROPS)
+    tables.write_table(crops, root / "crops.parquet", tables.CROPS)
     cache = (root / "crops_32.npy", root / "crops_32.parquet")
-    crop_cache.build_cache("crops", SIZE, *cache, images=images, crops=crops)
+    _build_cache("crops", *cache, images=images, crops=crops)
     image_cache = (root / "images_32.npy", root / "images_32.parquet")
-    crop_cache.build_cache("images", SIZE, *image_cache, images=images, folds=folds)
+    _build_cache("images", *image_cache, images=images, folds=folds)
     return {"root": root, "images": images, "boxes": boxes, "folds": folds, "crops": crops, "cache": cache,
-            "image_cache": image_cache}
+            "image_cache": image_cache, "crops_path": root / "crops.parquet"}
+
+
+def _build_cache(source, pixels, index, *, images, crops=None, folds=None, backgrounds=None, per_image=4,
+                 min_side=88, max_side=224, valid_side=146):
+    return crop_cache.build_cache(source, SIZE, pixels, index, images=images, crops=crops, folds=folds,
+                                  backgrounds=backgrounds, seed=42, threads=1, background_crops_per_image=per_image,
+                                  background_min_side=min_side, background_max_side=max_side,
+                                  background_valid_side=valid_side, background_valid_position=(0.05, 0.05))
+
+
+DEFAULTS = cls.model_defaults(REPO / "config" / "schema.yaml")
+
+
+def _entry(**overrides) -> dict:
+    base = dict(name="tiny", backbone="resnet10t", kind="multiclass", img_size=SIZE, epochs=2, batch_size=8,
+                lr=3e-3, validations_per_epoch=1, tta="hflip")
+    return cls.with_defaults({**base, **overrides}, DEFAULTS)
 
 
 def _spec(**overrides) -> cls.ClassifierSpec:
-    base = dict(name="tiny", backbone="resnet10t", img_size=SIZE, epochs=2, batch_size=8, lr=3e-3,
-                validations_per_epoch=1, tta="hflip")
-    return cls.ClassifierSpec(**{**base, **overrides})
+    return cls.ClassifierSpec.from_config(_entry(**overrides))
 
 
-SETTINGS = cls.TrainSettings(seed=7, device="cpu", threads=1, prefetch=True)
+SETTINGS = cls.TrainSettings(seed=7, device="cpu", threads=1, amp=True, deterministic=True, channels_last=True,
+                             prefetch=True)
 
 
 def _fold_data(dataset, spec, fold=0):
@@ -131,7 +148,7 @@ def test_cache_refuses_an_empty_box(tmp_path, dataset):
     bad.loc[bad.index[1], "x2"] = bad.loc[bad.index[1], "x1"]
     with pytest.raises(ValueError, match=r"img01\.png.*empty"):
         crop_cache.build_crop_cache(bad, dict(zip(dataset["images"]["name"], dataset["images"]["path"])), SIZE,
-                                    tmp_path / "bad.npy")
+                                    tmp_path / "bad.npy", threads=1)
 
 
 def test_background_crops_fold_and_roles(tmp_path):
@@ -143,7 +160,8 @@ def test_background_crops_fold_and_roles(tmp_path):
         rows.append({"name": f"bg{k}.jpg", "path": str(path), "fold": k % 2})
     backgrounds = pd.DataFrame(rows)
     index = crop_cache.build_background_crop_cache(backgrounds, 16, tmp_path / "bg.npy", seed=3, n_train_crops=3,
-                                                   min_side=20, max_side=200, valid_side=40)
+                                                   min_side=20, max_side=200, valid_side=40,
+                                                   valid_position=(0.05, 0.05), threads=1)
     assert len(index) == 4 * 4 and (index["role"] == "valid").sum() == 4
     train, valid = crop_cache.background_crop_boxes(100, 120, np.random.default_rng(0), n_train_crops=50,
                                                     min_side=20, max_side=200, valid_side=40,
@@ -161,13 +179,34 @@ def test_macro_f1_matches_a_hand_check():
     predicted = np.array([0, 1, 1, 2, 2, 0])
     # class 0: tp1 fp1 fn1 -> 0.5; class 1: tp1 fp1 fn0 -> 2/3; class 2: tp2 fp0 fn1 -> 0.8
     expected = (0.5 + 2 / 3 + 0.8) / 3
-    target = np.eye(5)[truth]
-    logits = np.eye(5)[predicted] * 3.0
-    assert cls.macro_f1("multiclass", target, logits) == pytest.approx(expected)
-    # multilabel: labels absent from truth and prediction do not count
+    target = np.eye(24)[truth]
+    logits = np.eye(24)[predicted] * 3.0
+    assert cls.argmax_macro_f1(target, logits) == pytest.approx(expected)
+    # multilabel at sigmoid > 0.5: labels absent from truth and prediction do not count
     ml_target = np.array([[1, 0, 0], [1, 1, 0]])
     ml_logits = np.array([[2.0, -1.0, -1.0], [2.0, -1.0, -1.0]])
-    assert cls.macro_f1("multilabel", ml_target, ml_logits) == pytest.approx((1.0 + 0.0) / 2)
+    assert cls.thresholded_macro_f1(ml_target, ml_logits) == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_multilabel_is_scored_by_the_argmax_the_ensemble_uses():
+    # an under-trained focal-loss model: every sigmoid below 0.5, yet the right class on top
+    truth = np.array([0, 3, 7, 3])
+    target = np.eye(24)[truth]
+    target[:, 23] = 0
+    logits = np.full((4, 24), -4.0)
+    logits[np.arange(4), truth] = -1.0
+    logits[:, 23] = 5.0  # the Background logit never counts
+    assert cls.thresholded_macro_f1(target, logits) == 0.0
+    assert cls.argmax_macro_f1(target, logits) == 1.0
+    # images with two classes and background items are left out of the argmax score
+    two = target.copy()
+    two[0, 5] = 1
+    assert cls.argmax_macro_f1(two, logits) == 1.0
+    spec = _spec(kind="multilabel", loss="focal_bce", background=True)
+    assert cls.selection_score(spec, target, logits) == 1.0
+    loss_spec = _spec(kind="multilabel", loss="focal_bce", background=True, selection="val_loss")
+    assert cls.selection_score(loss_spec, target, logits) == pytest.approx(
+        -cls.batch_loss(loss_spec, torch.tensor(logits), torch.tensor(target)).item())
 
 
 def test_focal_bce_is_the_winners_formula():
@@ -213,7 +252,7 @@ def test_training_lowers_the_loss_and_learns_the_colours(tmp_path, dataset):
     summary = cls.train_fold(spec, arrays, train, valid, tmp_path, fold=0, settings=SETTINGS)
     losses = summary["train_losses"]
     assert len(losses) == 4 and losses[-1] < losses[0]
-    assert summary["best_val_f1"] > 0.5 and summary["mixed_batch_share"] == 0.0
+    assert summary["best_val_score"] > 0.5 and summary["mixed_batch_share"] == 0.0
     assert (tmp_path / cls.BEST_FILE).exists() and (tmp_path / cls.STATE_FILE).exists()
 
 
@@ -225,12 +264,17 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
     for fold in range(N_FOLDS):
         summaries.append(cls.run_train_fold(spec, fold, main_cache=dataset["cache"], truth=dataset["crops"],
                                             out_dir=tmp_path / f"fold{fold}", oof_path=tmp_path / f"oof{fold}.parquet",
-                                            settings=SETTINGS))
+                                            settings=SETTINGS, background_cache=None, init=[],
+                                            test_path=tmp_path / f"test{fold}.parquet"))
     assert summaries[0]["mixed_batch_share"] > 0  # mix_prob 0.5 by default
-    result = cls.run_predict(spec, [tmp_path / f"fold{f}" / cls.BEST_FILE for f in range(N_FOLDS)],
-                             [tmp_path / f"oof{f}.parquet" for f in range(N_FOLDS)], main_cache=dataset["cache"],
-                             truth=dataset["crops"], oof_path=tmp_path / "oof.parquet",
-                             test_path=tmp_path / "test.parquet", settings=SETTINGS)
+    result = stage.predict_classifier(
+        fold_oof=[tmp_path / f"oof{f}.parquet" for f in range(N_FOLDS)],
+        fold_test=[tmp_path / f"test{f}.parquet" for f in range(N_FOLDS)], oof=tmp_path / "oof.parquet",
+        test=tmp_path / "test.parquet", spec=_entry(epochs=1))
+    # the test logits are the fold mean, as predicting with every fold's best weights gives
+    arrays, main, _, _ = cls.load_items(spec, dataset["cache"], dataset["crops"])
+    direct = cls.predict_test([tmp_path / f"fold{f}" / cls.BEST_FILE for f in range(N_FOLDS)], arrays,
+                              main.subset(main.role == "test"), settings=SETTINGS)
     oof = tables.read_table(tmp_path / "oof.parquet", schema)
     test = tables.read_table(tmp_path / "test.parquet", schema)
     assert oof.columns.tolist()[:6] == ["id", "name", "fold", "trustii_id", "truth", "truth_labels"]
@@ -240,8 +284,9 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
     assert (oof["truth"] == train_crops.set_index("crop_id").loc[oof["id"], "class_idx"].to_numpy()).all()
     assert len(test) == 6 and (test["fold"] == -1).all() and (test["truth"] == -1).all()
     assert sorted(test["trustii_id"]) == list(range(1036, 1042))
+    assert np.allclose(cls.frame_logits(test), direct, atol=1e-5)
     assert result["test_rows"] == 6 and result["oof_rows"] == len(train_crops)
-    evaluation = cls.evaluate_oof("multiclass", oof, list(CLASSES))
+    evaluation = cls.evaluate_oof(spec, oof)
     from sklearn.metrics import f1_score
     assert evaluation["oof_macro_f1"] == pytest.approx(
         f1_score(oof["truth"], cls.frame_logits(oof).argmax(1), average="macro"), abs=1e-6)
@@ -293,15 +338,13 @@ def test_background_class_adds_a_24th_output_kept_out_of_the_oof(tmp_path, datas
         Image.fromarray(np.full((72, 72, 3), 225, dtype=np.uint8) + speckle).save(path)
         rows.append({"name": f"bg{k}.png", "path": str(path), "fold": k % N_FOLDS})
     bg_cache = (tmp_path / "bg.npy", tmp_path / "bg.parquet")
-    crop_cache.build_cache("background_crops", SIZE, *bg_cache, images=dataset["images"],
-                           backgrounds=pd.DataFrame(rows),
-                           background_crops_per_image=2, background_min_side=20, background_max_side=60,
-                           background_valid_side=30)
+    _build_cache("background_crops", *bg_cache, images=dataset["images"], backgrounds=pd.DataFrame(rows),
+                 per_image=2, min_side=20, max_side=60, valid_side=30)
     spec = _spec(epochs=1, background=True)
     assert spec.n_outputs == 24 and spec.class_names[-1] == "Background"
     summary = cls.run_train_fold(spec, 0, main_cache=dataset["cache"], truth=dataset["crops"],
                                  background_cache=bg_cache, out_dir=tmp_path / "fold0",
-                                 oof_path=tmp_path / "oof0.parquet", settings=SETTINGS)
+                                 oof_path=tmp_path / "oof0.parquet", settings=SETTINGS, init=[])
     assert summary["n_train_background"] == 4 * 2 and summary["n_valid_background"] == 2
     oof = tables.read_table(tmp_path / "oof0.parquet", tables.logits_schema(24))
     assert len(oof) == summary["n_valid"] - 2 and not oof["id"].str.startswith("bg").any()
@@ -310,11 +353,41 @@ def test_background_class_adds_a_24th_output_kept_out_of_the_oof(tmp_path, datas
 def test_multilabel_model_on_whole_images(tmp_path, dataset):
     spec = _spec(kind="multilabel", loss="focal_bce", epochs=1, tta="none")
     truth = cls.image_labels(dataset["boxes"], dataset["folds"])
-    cls.run_train_fold(spec, 0, main_cache=dataset["image_cache"], truth=truth, out_dir=tmp_path / "f0",
-                       oof_path=tmp_path / "oof0.parquet", settings=SETTINGS)
+    summary = cls.run_train_fold(spec, 0, main_cache=dataset["image_cache"], truth=truth, out_dir=tmp_path / "f0",
+                                 oof_path=tmp_path / "oof0.parquet", settings=SETTINGS, background_cache=None,
+                                 init=[])
     oof = tables.read_table(tmp_path / "oof0.parquet", tables.logits_schema(23))
     assert (oof["id"] == oof["name"]).all() and (oof["truth"] >= 0).all()
     assert oof["truth_labels"].tolist() == oof["truth"].astype(str).tolist()
+    # the kept checkpoint is the best validation argmax F1, and the OOF figure is that same score
+    checks = [point["val_score"] for point in summary["history"] if "val_score" in point]
+    assert summary["best_val_score"] == pytest.approx(max(checks), abs=1e-6)
+    assert summary["oof_macro_f1"] == pytest.approx(summary["best_val_score"], abs=1e-6)
+    assert summary["oof_macro_f1"] == pytest.approx(
+        cls.argmax_macro_f1(cls.frame_targets(oof, 23), cls.frame_logits(oof)), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- fine-tuning stages
+
+def test_init_from_starts_from_the_other_models_fold_weights(tmp_path, dataset):
+    first = _spec(name="stage1", epochs=1)
+    arrays, train, valid = _fold_data(dataset, first, fold=0)
+    cls.train_fold(first, arrays, train, valid, tmp_path / "stage1", fold=0, settings=SETTINGS)
+    saved = _weights(tmp_path / "stage1" / cls.BEST_FILE)
+    same_head = cls.initial_model(_spec(name="stage2", init_from="stage1"), [tmp_path / "stage1" / cls.BEST_FILE])
+    assert all(torch.equal(value, saved[key]) for key, value in same_head.state_dict().items())
+    wider = cls.initial_model(_spec(name="stage2_bg", init_from="stage1", background=True),
+                              [tmp_path / "stage1" / cls.BEST_FILE])
+    state = wider.state_dict()
+    assert all(torch.equal(state[key], saved[key]) for key in saved if not key.startswith("head."))
+    assert state["head.weight"].shape[0] == 24
+    # its own epochs and lr: a second stage trains on from there and reports where it started
+    second = _spec(name="stage2", init_from="stage1", epochs=1, lr=1e-4)
+    summary = cls.train_fold(second, arrays, train, valid, tmp_path / "stage2", fold=0, settings=SETTINGS,
+                             init=[str(tmp_path / "stage1" / cls.BEST_FILE)])
+    assert summary["init_from"] == "stage1" and summary["epochs"] == 1
+    with pytest.raises(ValueError, match="init_from names the model itself"):
+        _spec(name="loop", init_from="loop")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -328,7 +401,7 @@ def test_every_config_model_is_a_valid_spec():
             continue
         section = yaml.safe_load(path.read_text()).get("classifiers", {})
         for entry in section.get("models", []):
-            spec = cls.ClassifierSpec.from_config(entry)
+            spec = cls.ClassifierSpec.from_config(cls.with_defaults(entry, DEFAULTS))
             assert replace(spec).n_outputs in (23, 24)
 
 
@@ -338,7 +411,44 @@ def test_logits_schema_expands_the_placeholder():
     assert tables.LOGIT_PLACEHOLDER in tables.LOGITS.column_names
 
 
-def test_granted_threads_win_over_the_configured_count():
-    section = {"device": "cpu", "threads": 1, "amp": False}
-    assert cls.settings_from_config(section, seed=3).threads == 1
-    assert cls.settings_from_config(section, seed=3, threads=4).threads == 4
+def test_spec_has_no_defaults_of_its_own():
+    assert all(field.default is field.default_factory for field in fields(cls.ClassifierSpec))
+    with pytest.raises(ValueError, match="missing key"):
+        cls.ClassifierSpec.from_config({"name": "x", "backbone": "resnet10t", "kind": "multiclass", "img_size": 32,
+                                        "epochs": 1, "batch_size": 2, "lr": 0.1})
+
+
+def test_cuda_out_of_memory_is_retried_with_half_the_batch():
+    seen = []
+
+    def run(spec):
+        seen.append(spec.batch_size)
+        if spec.batch_size > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return {"model": spec.name}
+
+    summary = stage.with_halved_batch_on_oom(_spec(batch_size=32), run)
+    assert seen == [32, 16, 8] and summary["batch_size_used"] == 8
+    with pytest.raises(torch.OutOfMemoryError):
+        stage.with_halved_batch_on_oom(_spec(batch_size=2), lambda spec: (_ for _ in ()).throw(
+            torch.OutOfMemoryError("always")))
+
+
+def test_pseudo_labels_join_the_training_of_their_fold_only(tmp_path, dataset):
+    from leukoflow.classification import pseudo_labels
+
+    test_ids = dataset["crops"].loc[dataset["crops"]["split"] == "test", "crop_id"].tolist()
+    table = pd.DataFrame({"crop_id": test_ids[:4], "name": [i.split("#")[0] for i in test_ids[:4]],
+                          "fold": [0, 0, 1, 1], "class_idx": [0, 3, 7, 7], "confidence": 0.99})
+    spec = _spec(epochs=1)
+    summary = cls.run_train_fold(spec, 0, main_cache=dataset["cache"], truth=dataset["crops"],
+                                 out_dir=tmp_path / "f0", oof_path=tmp_path / "oof0.parquet", settings=SETTINGS,
+                                 background_cache=None, init=[], test_path=tmp_path / "test0.parquet", pseudo=table)
+    assert summary["pseudo_labels"] == 2
+    oof = tables.read_table(tmp_path / "oof0.parquet", tables.logits_schema(len(CLASSES)))
+    assert not set(oof["id"]) & set(test_ids)
+    test = tables.read_table(tmp_path / "test0.parquet", tables.logits_schema(len(CLASSES)))
+    assert sorted(test["id"]) == sorted(test_ids)
+    _, main, _, _ = cls.load_items(spec, dataset["cache"], dataset["crops"])
+    items = pseudo_labels.pseudo_items(main, table, 1, spec.n_outputs)
+    assert sorted(items.ids) == sorted(test_ids[2:4]) and (items.target.argmax(1) == 7).all()

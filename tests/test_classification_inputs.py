@@ -1,5 +1,7 @@
 """The rule scripts read only the truth tables their rule declares (snakemake's named inputs)."""
 
+from pathlib import Path
+
 import pandas as pd
 from snakemake.iocontainers import InputFiles
 
@@ -17,8 +19,10 @@ def test_truth_from_tables_reads_the_declared_crop_table(tmp_path):
     })
     path = tmp_path / "crops.parquet"
     tables.write_table(crops, path, tables.CROPS)
-    spec = classification.ClassifierSpec.from_config(
-        {"name": "mc", "backbone": "resnet10t", "kind": "multiclass", "img_size": 32})
+    defaults = classification.model_defaults(Path(__file__).resolve().parents[1] / "config" / "schema.yaml")
+    spec = classification.ClassifierSpec.from_config(classification.with_defaults(
+        {"name": "mc", "backbone": "resnet10t", "kind": "multiclass", "img_size": 32, "epochs": 1, "batch_size": 2,
+         "lr": 0.1}, defaults))
     expected = classification.truth_for(spec, crops=tables.read_table(path, tables.CROPS))
     got = classification.truth_from_tables(spec, InputFiles(fromdict={"crops": str(path)}))
     pd.testing.assert_frame_equal(got, expected)

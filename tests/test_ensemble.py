@@ -147,15 +147,18 @@ def test_metric_objective_equals_the_official_score(world, inputs):
     assert objective(predicted, fold0) == pytest.approx(subset.score, abs=1e-12)
 
 
+SEARCH = dict(n_startup_trials=3, alpha_range=(0.0, 1.0), storage=None, study_name="test", enqueue=[])
+
+
 def _trials(study) -> list[tuple]:
     return [(t.number, tuple(sorted(t.params.items())), t.value) for t in study.trials]
 
 
 def test_search_is_deterministic_for_a_seed(inputs):
     score = ensemble.CropF1(inputs)
-    first = ensemble.search(inputs, score, n_trials=6, seed=7, n_startup_trials=3)
-    second = ensemble.search(inputs, score, n_trials=6, seed=7, n_startup_trials=3)
-    other = ensemble.search(inputs, score, n_trials=6, seed=8, n_startup_trials=3)
+    first = ensemble.search(inputs, score, n_trials=6, seed=7, **SEARCH)
+    second = ensemble.search(inputs, score, n_trials=6, seed=7, **SEARCH)
+    other = ensemble.search(inputs, score, n_trials=6, seed=8, **SEARCH)
     assert _trials(first) == _trials(second)
     assert _trials(first) != _trials(other)
 
@@ -164,14 +167,14 @@ def test_resumed_study_continues_like_an_uninterrupted_one(inputs, tmp_path):
     score = ensemble.CropF1(inputs)
     enqueue = [("equal", ensemble.equal_scheme(inputs)), ("winner", ensemble.winner_scheme(inputs, [], 0.457))]
     storage = tmp_path / "study.db"
-    short = ensemble.search(inputs, score, n_trials=4, seed=3, n_startup_trials=3, storage=storage, enqueue=enqueue)
+    common = dict(n_startup_trials=3, alpha_range=(0.0, 1.0), study_name="test", enqueue=enqueue)
+    short = ensemble.search(inputs, score, n_trials=4, seed=3, storage=storage, **common)
     assert len(short.trials) == 4
-    resumed = ensemble.search(inputs, score, n_trials=7, seed=3, n_startup_trials=3, storage=storage, enqueue=enqueue)
+    resumed = ensemble.search(inputs, score, n_trials=7, seed=3, storage=storage, **common)
     assert len(resumed.trials) == 7
     params = [tuple(sorted(t.params.items())) for t in resumed.trials]
     assert len(set(params)) == len(params)
-    straight = ensemble.search(inputs, score, n_trials=7, seed=3, n_startup_trials=3, storage=tmp_path / "other.db",
-                               enqueue=enqueue)
+    straight = ensemble.search(inputs, score, n_trials=7, seed=3, storage=tmp_path / "other.db", **common)
     assert _trials(resumed) == _trials(straight)
     assert [t.user_attrs.get("origin") for t in resumed.trials[:2]] == ["enqueued:equal", "enqueued:winner"]
 
@@ -193,25 +196,72 @@ def _write_inputs(world, tmp_path) -> dict:
     return paths
 
 
-def test_run_search_writes_valid_outputs_and_beats_its_baselines(world, tmp_path):
+def _run(world, tmp_path, **overrides) -> tuple[dict, object]:
     paths = _write_inputs(world, tmp_path)
-    pick = (lambda kind, split: {name: paths[(kind, name, split)] for name in world[kind]})
+    pick = (lambda kind, split: [paths[(kind, name, split)] for name in world[kind]])
     out = tmp_path / "ensemble"
-    summary = ensemble.run_search(
-        multiclass_oof=pick("mc", "oof"), multilabel_oof=pick("ml", "oof"), multiclass_test=pick("mc", "test"),
-        multilabel_test=pick("ml", "test"), weights_out=str(out / "weights.json"),
-        oof_classes_out=str(out / "oof_classes.parquet"), test_classes_out=str(out / "test_classes.parquet"),
-        trials_out=str(out / "trials.csv"), plot_out=str(out / "history.png"), storage=str(out / "study.db"),
-        objective="metric", oof_boxes=str(tmp_path / "oof_boxes.parquet"), crops=str(tmp_path / "crops.parquet"),
-        boxes=str(tmp_path / "boxes.parquet"), margin=MARGIN, n_trials=8, nested_trials=4, n_startup_trials=4,
-        seed=1)
-    assert summary["n_trials"] == 8
+    settings = dict(objective="metric", n_trials=8, nested_trials=4, n_startup_trials=4, alpha_range=[0, 1],
+                    winner_alpha=0.457, groups=[], apply="best", study_name="ensemble", seed=1,
+                    class_offsets={"search": True, "apply": False, "max_abs": 1.0, "steps": 5, "passes": 1})
+    summary = ensemble.search_ensemble_weights(
+        mc_oof=pick("mc", "oof"), ml_oof=pick("ml", "oof"), mc_test=pick("mc", "test"), ml_test=pick("ml", "test"),
+        oof_boxes=str(tmp_path / "oof_boxes.parquet"), crops=str(tmp_path / "crops.parquet"),
+        boxes=str(tmp_path / "boxes.parquet"), weights=str(out / "weights.json"),
+        oof_classes=str(out / "oof_classes.parquet"), test_classes=str(out / "test_classes.parquet"),
+        trials=str(out / "trials.csv"), plot=str(out / "history.png"), storage=str(out / "study.db"),
+        multiclass=list(world["mc"]), multilabel=list(world["ml"]), margin=MARGIN, **{**settings, **overrides})
+    return summary, out
+
+
+def test_run_search_writes_valid_outputs_and_beats_its_baselines(world, tmp_path):
+    summary, out = _run(world, tmp_path)
+    assert summary["n_trials"] == 8 and summary["alpha_range"] == [0.0, 1.0]
     assert summary["best_oof"] >= max(summary["equal_weights_oof"], summary["winner_scheme_oof"]) - 1e-12
+    assert summary["best_oof"] >= summary["best_single_model_oof"]
     assert summary["nested_estimate"] is not None and set(summary["nested"]) == {"0", "1", "2"}
     assert summary["best_single_model"] in {"mc_a", "mc_b"}
     weights = json.loads((out / "weights.json").read_text())
     assert set(weights["weights"]) == {"mc_a", "mc_b"} and sum(weights["weights"].values()) == pytest.approx(1, abs=1e-5)
+    assert weights["class_offsets"] is None  # searched and reported, not applied
+    offsets = summary["class_offsets"]
+    assert set(offsets["offsets"]) == set(CLASSES) and offsets["oof"] >= summary["best_oof"] - 1e-12
+    assert offsets["nested_estimate"] is not None and set(offsets["nested"]) == {"0", "1", "2"}
     test_classes = tables.read_table(out / "test_classes.parquet", tables.ENSEMBLE_CLASSES)
     assert len(test_classes) == len(world["mc"]["mc_a"]) and (test_classes["trustii_id"] >= 100).all()
     trials = tables.read_table(out / "trials.csv", tables.ENSEMBLE_TRIALS)
     assert len(trials) == 8 and (out / "history.png").stat().st_size > 0
+    assert {"enqueued:single:mc_a", "enqueued:single:mc_b"} <= set(trials["origin"])
+
+
+def test_the_ensemble_never_loses_to_its_best_member(tmp_path):
+    """A useful model, a noisy one and a noisy multilabel model: one sampled trial cannot find the
+    strong model alone, but its enqueued trial does (more enqueued trials than n_trials all run)."""
+    world = make_world(seed=3)
+    rng = np.random.default_rng(5)
+    ml = world["ml"]["ml"]
+    world["ml"]["ml"] = ml.assign(**{f"logit_{k}": rng.normal(0, 3, len(ml)) for k in range(len(CLASSES))})
+    weak = world["mc"]["mc_b"]
+    world["mc"]["mc_b"] = weak.assign(**{f"logit_{k}": rng.normal(0, 3, len(weak)) for k in range(len(CLASSES))})
+    summary, out = _run(world, tmp_path, n_trials=1, nested_trials=0, objective="crop_f1")
+    assert summary["n_trials"] == 4  # equal, winner, mc_a alone, mc_b alone
+    assert summary["best_oof"] >= summary["best_single_model_oof"] > summary["equal_weights_oof"]
+    assert summary["weights"]["alpha"] == 1.0  # the noisy multilabel model is left out
+
+
+def test_class_offsets_correct_a_biased_blend_and_never_lose_where_fitted():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 400)
+    probability = np.eye(4)[truth] * 0.5 + rng.random((400, 4)) * 0.6
+    probability[:, 2] *= 0.4  # class 2 under-called
+    folds = np.arange(400) % 2
+
+    def objective(class_idx, rows=None):
+        from sklearn.metrics import f1_score
+        rows = np.ones(len(truth), bool) if rows is None else rows
+        return f1_score(truth[rows], class_idx[rows], average="macro")
+
+    plain = objective(probability.argmax(1))
+    offsets, value = ensemble.fit_offsets(probability, objective, max_abs=1.5, steps=7, passes=2)
+    assert value >= plain and value > plain + 0.05 and offsets[2] > 0
+    nested = ensemble.nested_offsets(probability, folds, objective, max_abs=1.5, steps=7, passes=2)
+    assert nested["score"] > plain and set(nested["per_fold"]) == {"0", "1"}

@@ -37,7 +37,15 @@ REPO = Path(__file__).resolve().parents[1]
 PREDICT_ARGS = {"imgsz": 64, "conf": 0.001, "iou": 0.3, "max_det": 20, "batch": 8}
 WBF = {"wbf_iou": 0.25, "wbf_skip": 0.0001}
 MARGIN = 16
-SETTINGS = classification.TrainSettings(device="cpu", threads=1, amp=False, channels_last=True)
+SETTINGS = classification.TrainSettings(seed=42, device="cpu", threads=1, amp=False, deterministic=True,
+                                        channels_last=True, prefetch=False)
+SPEC_DEFAULTS = classification.model_defaults(REPO / "config" / "schema.yaml")
+
+
+def _spec(**entry) -> classification.ClassifierSpec:
+    """A classifier spec completed with the schema defaults (training keys unused here)."""
+    return classification.ClassifierSpec.from_config(
+        classification.with_defaults({"epochs": 1, "batch_size": 4, "lr": 1e-3, **entry}, SPEC_DEFAULTS))
 N_FOLDS = 2
 
 
@@ -85,7 +93,7 @@ def _detector_weights(out_dir: Path) -> list[Path]:
 
 
 def _classifier_checkpoints(out_dir: Path, name: str, kind: str) -> list[Path]:
-    spec = classification.ClassifierSpec(name=name, backbone="resnet10t", kind=kind, img_size=32, batch_size=4,
+    spec = _spec(name=name, backbone="resnet10t", kind=kind, img_size=32, batch_size=4,
                                          tta="hflip" if kind == "multiclass" else "none",
                                          loss="cross_entropy" if kind == "multiclass" else "focal_bce")
     paths = []
@@ -117,7 +125,7 @@ def _workflow_test_predictions(smear: dict, root: Path, detectors: list[Path], c
     image_index = crop_cache.build_image_cache(rows, 32, root / "cache_images.npy", threads=1)
     frames = {}
     for name, (kind, checkpoints) in classifiers.items():
-        spec = classification.ClassifierSpec(name=name, backbone="resnet10t", kind=kind, img_size=32)
+        spec = _spec(name=name, backbone="resnet10t", kind=kind, img_size=32)
         if kind == "multiclass":
             pixels, index, truth = np.load(root / "cache_crops.npy"), crop_index, crop_table
         else:

@@ -76,7 +76,7 @@ def test_build_submission_validates_writes_and_scores(tmp_path):
     out = tmp_path / "submission" / "submission.csv"
     summary = submission.build_submission(test=str(tmp_path / "test.parquet"), test_boxes=str(tmp_path / "boxes.parquet"),
                                           classes=str(tmp_path / "classes.parquet"), weights=str(tmp_path / "weights.json"),
-                                          submission_out=str(out), truth_csv=str(tmp_path / "truth.csv"))
+                                          submission=str(out), truth=[str(tmp_path / "truth.csv")])
     written = pd.read_csv(out)
     assert list(written.columns) == ["trustii_id", "NAME", "x1", "y1", "x2", "y2", "class"]
     assert written["trustii_id"].tolist() == [17, 3, 9, 11]
@@ -95,5 +95,5 @@ def test_an_invalid_submission_is_not_written(tmp_path, monkeypatch):
     with pytest.raises(metric.SubmissionError, match="missing_id"):
         submission.build_submission(test=str(tmp_path / "test.parquet"), test_boxes=str(tmp_path / "boxes.parquet"),
                                     classes=str(tmp_path / "classes.parquet"), weights=str(tmp_path / "weights.json"),
-                                    submission_out=str(out))
+                                    submission=str(out), truth=[])
     assert not out.exists()

@@ -367,6 +367,19 @@ def logits_schema(n_logits: int) -> Schema:
     return Schema(f"{LOGITS.name}_{n_logits}", LOGITS.path_pattern, LOGITS.description, tuple(columns))
 
 
+PSEUDO_LABELS = _register(Schema(
+    "pseudo_labels", "results/pseudo_labels/round{round}.parquet",
+    "Confident test crops that join one fold's classifier training in a pseudo-label round; each fold's "
+    "labels come from the previous round's models of that fold only, which never saw its validation images.",
+    (
+        Column("crop_id", "str", "crop_id of the test crop"),
+        Column("name", "str", "NAME of the test image (a single-cell image)"),
+        Column("fold", "int", "the fold whose training set the crop joins"),
+        Column("class_idx", "int", "pseudo class index (argmax of the mean multiclass probability)"),
+        Column("confidence", "float", "detector score x mean multiclass probability of the class"),
+    ),
+))
+
 ENSEMBLE_CLASSES = _register(Schema(
     "ensemble_classes", "results/ensemble/oof_classes.parquet | results/ensemble/test_classes.parquet",
     "Class of every crop from the blended ensemble (METHOD §9.1): weighted multiclass logits, softmax, "

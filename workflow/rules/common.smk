@@ -105,3 +105,73 @@ def report_benchmarks(wildcards):
     REPORT_WILDCARDS in report.smk. Read once the whole workflow is parsed, so a new benchmarked
     rule joins the runtime table without a change here."""
     return benchmark_files(workflow.rules, REPORT_WILDCARDS)
+# Classification (workflow/rules/classification.smk): a model's caches, tables and start weights.
+def cache_files(source, size):
+    stem = f"{CLASSIFIER_CACHE}/{source}_{size}"
+    return {"pixels": f"{stem}.npy", "index": f"{stem}.parquet"}
+
+
+def model_caches(entry):
+    """(source, size) of every pixel cache one model reads."""
+    multiclass = entry["kind"] == "multiclass"
+    caches = [("crops" if multiclass else "images", entry["img_size"])]
+    if entry["background"]:
+        source = "background_crops" if multiclass else "background_images"
+        caches.append((source, entry["img_size"]))
+    return caches
+
+
+def cache_tables(wildcards):
+    """The tables one pixel cache is built from (an empty list for a table it does not use)."""
+    source = wildcards.source
+    return {
+        "images": rules.deduplicate.output.images,
+        "crops": CLASSIFIER_CROPS if source == "crops" else [],
+        "folds": rules.make_folds.output.folds if source == "images" else [],
+        "backgrounds": (
+            CLASSIFIER_BACKGROUNDS if source.startswith("background") else []
+        ),
+    }
+
+
+def classifier_data(wildcards):
+    """Pixel cache and truth tables of one model (training and prediction)."""
+    entry = CLASSIFIERS[wildcards.model]
+    multiclass = entry["kind"] == "multiclass"
+    return {
+        **cache_files(*model_caches(entry)[0]),
+        "crops": CLASSIFIER_CROPS if multiclass else [],
+        "boxes": [] if multiclass else rules.repair_boxes.output.boxes,
+        "folds": [] if multiclass else rules.make_folds.output.folds,
+    }
+
+
+def classifier_start(wildcards):
+    """Background cache, declared start weights and the init_from model's checkpoint of one fold."""
+    entry = CLASSIFIERS[wildcards.model]
+    caches = model_caches(entry)
+    background = cache_files(*caches[1]) if len(caches) > 1 else {}
+    return {
+        "background_pixels": background.get("pixels", []),
+        "background_index": background.get("index", []),
+        "weights": entry["weights"] or [],
+        "init": (
+            f"{CLASSIFIER_DIR}/{entry['init_from']}/fold{wildcards.fold}/best.pt"
+            if entry["init_from"]
+            else []
+        ),
+        "pseudo": (
+            f"{PSEUDO_DIR}/round{entry['pseudo_round']}.parquet"
+            if entry["pseudo_round"]
+            else []
+        ),
+    }
+
+
+def round_models(round_):
+    """The multiclass models of one pseudo-label round (round 0: no pseudo-labels)."""
+    return [
+        name
+        for name, entry in CLASSIFIERS.items()
+        if entry["kind"] == "multiclass" and entry["pseudo_round"] == round_
+    ]

@@ -41,6 +41,8 @@ rule export_yolo:
 
 rule train_detector:
     input:
+        # the start weights (declared under `weights`): missing, the run stops at planning naming it
+        lambda wc: config["detectors"][wc.detector]["init_weights"] or [],
         datasets=rules.export_yolo.output.datasets,
     output:
         weights="results/detection/{detector}/fold{fold}/weights.pt",

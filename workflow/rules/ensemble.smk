@@ -6,12 +6,8 @@
 #   results/bundle/      everything `leukoflow predict` needs, with a checksum manifest
 ENSEMBLE_SETTINGS = config["ensemble"]
 ENSEMBLE_DIR = "results/ensemble"
-ENSEMBLE_MULTICLASS = [
-    n for n, e in CLASSIFIERS.items() if e.get("kind", "multiclass") == "multiclass"
-]
-ENSEMBLE_MULTILABEL = [
-    n for n, e in CLASSIFIERS.items() if e.get("kind", "multiclass") == "multilabel"
-]
+ENSEMBLE_MULTICLASS = [n for n, e in CLASSIFIERS.items() if e["kind"] == "multiclass"]
+ENSEMBLE_MULTILABEL = [n for n, e in CLASSIFIERS.items() if e["kind"] == "multilabel"]
 ENSEMBLE_CROP_MARGIN = (
     config["crops"]["margin"]
     if CLASSIFIER_SETTINGS["crop_source"] == "detector"
@@ -23,15 +19,14 @@ SUBMISSION_TRUTH = (
 
 
 # The `metric` objective scores detector-1 OOF boxes carrying the blended crop classes.
-ENSEMBLE_OBJECTIVE_INPUTS = (
-    {
-        "oof_boxes": f"results/detection/{TEST_DETECTOR}/oof.parquet",
-        "crops": CLASSIFIER_CROPS,
-        "boxes": rules.repair_boxes.output.boxes,
-    }
-    if ENSEMBLE_SETTINGS["objective"] == "metric"
-    else {}
-)
+ENSEMBLE_METRIC = ENSEMBLE_SETTINGS["objective"] == "metric"
+ENSEMBLE_OBJECTIVE_INPUTS = {
+    "oof_boxes": (
+        f"results/detection/{TEST_DETECTOR}/oof.parquet" if ENSEMBLE_METRIC else []
+    ),
+    "crops": CLASSIFIER_CROPS if ENSEMBLE_METRIC else [],
+    "boxes": rules.repair_boxes.output.boxes if ENSEMBLE_METRIC else [],
+}
 
 
 rule search_ensemble_weights:
@@ -70,9 +65,18 @@ rule search_ensemble_weights:
         storage=f"{ENSEMBLE_DIR}/study.db",
         multiclass=ENSEMBLE_MULTICLASS,
         multilabel=ENSEMBLE_MULTILABEL,
-        settings=ENSEMBLE_SETTINGS,
         margin=ENSEMBLE_CROP_MARGIN,
-        seed=config["seed"],
+        seed=lookup(dpath="seed", within=config),
+        objective=lookup(dpath="ensemble/objective", within=config),
+        n_trials=lookup(dpath="ensemble/n_trials", within=config),
+        nested_trials=lookup(dpath="ensemble/nested_trials", within=config),
+        n_startup_trials=lookup(dpath="ensemble/n_startup_trials", within=config),
+        alpha_range=lookup(dpath="ensemble/alpha_range", within=config),
+        winner_alpha=lookup(dpath="ensemble/winner_alpha", within=config),
+        groups=lookup(dpath="ensemble/groups", within=config),
+        apply=lookup(dpath="ensemble/apply", within=config),
+        study_name=lookup(dpath="ensemble/study_name", within=config),
+        class_offsets=lookup(dpath="ensemble/class_offsets", within=config),
     script:
         "../scripts/search_ensemble_weights.py"
 

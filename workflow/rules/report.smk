@@ -5,27 +5,15 @@
 #                     detector_oof.png, detector_folds.html, per_class_f1.png, ensemble_weights.html,
 #                     scores.html, software.html, runtimes.html
 REPORT_DIR = "results/report"
-# (source, size) of every pixel cache the classifiers read, matched by the cache rule's own pattern
-REPORT_CACHES = glob_wildcards(
-    rules.cache_classifier_inputs.output.pixels,
-    files=[
-        path
-        for entry in CLASSIFIERS.values()
-        for path in crop_cache.model_inputs(
-            entry, cache_dir=CLASSIFIER_CACHE, crops_table=CLASSIFIER_CROPS
-        ).values()
-    ],
-)
+# (source, size) of every pixel cache the classifiers read ("{source}_{size}.npy")
+REPORT_CACHES = CLASSIFIER_CACHES
 # The values of every wildcard of a benchmarked rule: the runtime table's jobs are the product of
 # the tables a rule's benchmark wildcards name (leukoflow.engine.benchmarks states the convention).
 REPORT_WILDCARDS = [
     [{"detector": detector} for detector in DETECTORS],
     [{"fold": fold} for fold in DETECTION_FOLDS],
     [{"model": model} for model in CLASSIFIERS],
-    [
-        {"source": source, "size": size}
-        for source, size in sorted(set(zip(REPORT_CACHES.source, REPORT_CACHES.size)))
-    ],
+    [{"source": source, "size": size} for source, size in REPORT_CACHES],
 ]
 
 

@@ -88,7 +88,7 @@ def _write_cache(groups: Sequence[tuple[str, Any]], render: Callable[[Any], list
 
 
 def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int,
-                     pixels_path: str | Path, *, threads: int = 2) -> pd.DataFrame:
+                     pixels_path: str | Path, *, threads: int) -> pd.DataFrame:
     """Cache every crop-table row (CROPS schema) at `size`; returns the index (crop-table order)."""
     missing = sorted(set(crops["name"]) - set(image_paths))
     if missing:
@@ -115,7 +115,7 @@ def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int
 
 
 def build_image_cache(images: pd.DataFrame, size: int, pixels_path: str | Path, *,
-                      threads: int = 2) -> pd.DataFrame:
+                      threads: int) -> pd.DataFrame:
     """Cache whole images (columns name, path, fold, role) at `size`; returns the index."""
     groups = [(name, path) for name, path in zip(images["name"], images["path"])]
     _write_cache(groups, lambda path: [square_resize(_open_rgb(path), size)], len(images), size,
@@ -146,10 +146,8 @@ def background_crop_boxes(width: int, height: int, rng: np.random.Generator, *, 
 
 
 def build_background_crop_cache(backgrounds: pd.DataFrame, size: int, pixels_path: str | Path, *,
-                                seed: int, n_train_crops: int = 4, min_side: int = 88,
-                                max_side: int = 224, valid_side: int = 146,
-                                valid_position: tuple[float, float] = (0.05, 0.05),
-                                threads: int = 2) -> pd.DataFrame:
+                                seed: int, n_train_crops: int, min_side: int, max_side: int,
+                                valid_side: int, valid_position: tuple[float, float], threads: int) -> pd.DataFrame:
     """Cache background crops (columns name, path, fold of the backgrounds table) at `size`.
 
     Each background gives `n_train_crops` rows with role `train` and one row with role `valid`;
@@ -205,11 +203,10 @@ def image_cache_rows(images: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_cache(source: str, size: int, pixels_path: str | Path, index_path: str | Path, *,
-                images: pd.DataFrame, crops: pd.DataFrame | None = None, folds: pd.DataFrame | None = None,
-                backgrounds: pd.DataFrame | None = None, seed: int = 42, threads: int = 2,
-                background_crops_per_image: int = 4, background_min_side: int = 88,
-                background_max_side: int = 224, background_valid_side: int = 146,
-                background_valid_position: tuple[float, float] = (0.05, 0.05)) -> dict[str, Any]:
+                images: pd.DataFrame, crops: pd.DataFrame | None, folds: pd.DataFrame | None,
+                backgrounds: pd.DataFrame | None, seed: int, threads: int, background_crops_per_image: int,
+                background_min_side: int, background_max_side: int, background_valid_side: int,
+                background_valid_position: tuple[float, float]) -> dict[str, Any]:
     """Build one pixel cache (`crop_cache` module docstring) for a source and size.
 
     `images`: CURATED_IMAGES; `crops`: CROPS (source crops); `folds`: FOLDS (source images);
@@ -235,43 +232,3 @@ def build_cache(source: str, size: int, pixels_path: str | Path, index_path: str
             "roles": {str(k): int(v) for k, v in index["role"].value_counts().items()},
             "megabytes": round(Path(pixels_path).stat().st_size / 2**20, 2),
             "seconds": round(time.perf_counter() - started, 3)}
-
-
-# ----------------------------------------------------------------------------- Snakemake inputs
-# Plain functions (no torch import) so the rule file stays declarative and the DAG builds fast.
-
-CURATED_IMAGES_PATH = "results/curation/images.parquet"
-CURATED_BOXES_PATH = "results/curation/boxes.parquet"
-FOLDS_PATH = "results/curation/folds.parquet"
-
-
-def cache_files(cache_dir: str, source: str, size: int | str) -> dict[str, str]:
-    stem = f"{cache_dir}/{source}_{size}"
-    return {"pixels": f"{stem}.npy", "index": f"{stem}.parquet"}
-
-
-def cache_tables(source: str, *, crops_table: str, backgrounds_table: str) -> dict[str, str]:
-    """The tables the cache of one source is built from."""
-    tables = {"images": CURATED_IMAGES_PATH}
-    if source == "crops":
-        tables["crops"] = crops_table
-    elif source == "images":
-        tables["folds"] = FOLDS_PATH
-    else:
-        tables["backgrounds"] = backgrounds_table
-    return tables
-
-
-def model_inputs(entry: dict[str, Any], *, cache_dir: str, crops_table: str) -> dict[str, str]:
-    """Pixel caches and truth tables of one `classifiers.models` entry (training and prediction)."""
-    multiclass = entry.get("kind", "multiclass") == "multiclass"
-    size = entry["img_size"]
-    inputs = cache_files(cache_dir, "crops" if multiclass else "images", size)
-    if multiclass:
-        inputs["crops"] = crops_table
-    else:
-        inputs.update(boxes=CURATED_BOXES_PATH, folds=FOLDS_PATH)
-    if entry.get("background", False):
-        background = cache_files(cache_dir, "background_crops" if multiclass else "background_images", size)
-        inputs.update(background_pixels=background["pixels"], background_index=background["index"])
-    return inputs

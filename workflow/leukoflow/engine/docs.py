@@ -53,7 +53,7 @@ STAGES: tuple[Stage, ...] = (
            "test_boxes", "crops"),
           ("detectors", "detection", "noisy", "backgrounds", "crops")),
     Stage("classification", "Classification", ("classification.smk",),
-          ("crops", "backgrounds", "curated_images", "curated_boxes", "folds"), ("logits",), ("classifiers",)),
+          ("crops", "backgrounds", "curated_images", "curated_boxes", "folds"), ("logits", "pseudo_labels"), ("classifiers", "weights", "pseudo_labels")),
     Stage("ensemble-and-submission", "Ensemble, submission and bundle", ("ensemble.smk", "inference.smk"),
           ("logits", "oof_boxes", "crops", "curated_boxes", "ingest_test", "test_boxes"),
           ("ensemble_classes", "ensemble_trials", "submission", "predictions"), ("ensemble", "predict")),

@@ -22,6 +22,7 @@ from leukoflow import metric
 
 from leukoflow import tables
 from leukoflow.constants import CLASSES
+from leukoflow.engine.runtime import tracked
 
 LOGGER = logging.getLogger(__name__)
 XYXY = ["x1", "y1", "x2", "y2"]
@@ -62,19 +63,22 @@ def assemble(test: pd.DataFrame, test_boxes: pd.DataFrame, classes: pd.DataFrame
     return frame, counts
 
 
-def build_submission(*, test: str, test_boxes: str, classes: str, weights: str, submission_out: str,
-                     truth_csv: str | None = None) -> dict[str, Any]:
-    """Rule entry: assemble, validate strictly, write; score against the test truth when given."""
+@tracked
+def build_submission(*, test: str, test_boxes: str, classes: str, weights: str, submission: str,
+                     truth: str | list[str]) -> dict[str, Any]:
+    """Rule entry: assemble, validate strictly, write; score against the test truth when given
+    (`truth`: the test truth CSV, or an empty list when it is unknown)."""
+    truth_csv = truth if isinstance(truth, str) else (str(truth[0]) if len(truth) else None)
     test_table = tables.read_table(test, tables.INGEST_TEST)
     fallback = json.loads(Path(weights).read_text())["fallback_class"]
     frame, summary = assemble(test_table, tables.read_table(test_boxes, tables.TEST_BOXES),
                               tables.read_table(classes, tables.ENSEMBLE_CLASSES), fallback_class=fallback)
     metric.validate_submission(test_table.rename(columns={"name": "NAME"})[["trustii_id", "NAME"]], frame,
                                strict=True)
-    tables.write_table(frame, submission_out, tables.SUBMISSION)
+    tables.write_table(frame, submission, tables.SUBMISSION)
     summary["validated"] = True
     if truth_csv:
-        result = metric.score_files(truth_csv, submission_out)  # the written file, as a user would score it
+        result = metric.score_files(truth_csv, submission)  # the written file, as a user would score it
         summary.update({"score": round(result.score, 6), "mean_rescaled_giou": round(result.mean_rescaled_giou, 6),
                         "macro_f1": round(result.macro_f1, 6)})
         LOGGER.info("submission score %.4f (GIoU %.4f, F1 %.4f)", result.score, result.mean_rescaled_giou,

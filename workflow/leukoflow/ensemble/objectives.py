@@ -1,0 +1,113 @@
+"""What the ensemble search maximises on the out-of-fold predictions.
+
+* `crop_f1`: macro F1 of the blended class over every OOF crop (the winner's objective), or
+* `metric`: the official challenge score (`leukoflow.metric.score`) of the detector-1 OOF boxes
+  carrying the blended classes: each OOF box takes the class of the crop whose window overlaps it
+  most (same image, IoU of the box grown by the crop margin with the crop window).
+
+Both score the rows of a boolean mask when given one (the nested estimate scores held-out folds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from leukoflow import boxes as boxes_lib
+from leukoflow.constants import CLASSES
+from leukoflow.ensemble.inputs import EnsembleInputs
+
+CLASS_CODES = np.array(CLASSES, dtype=object)
+OBJECTIVES = ("metric", "crop_f1")
+
+
+class CropF1:
+    """Macro F1 of the predicted class over the crops with a known class (the winner's CV)."""
+
+    name = "crop_f1"
+
+    def __init__(self, inputs: EnsembleInputs):
+        self.truth = inputs.truth
+        self.known = inputs.truth >= 0
+
+    def __call__(self, class_idx: np.ndarray, rows: np.ndarray | None = None) -> float:
+        from sklearn.metrics import f1_score
+
+        mask = self.known if rows is None else self.known & rows
+        return float(f1_score(self.truth[mask], class_idx[mask], average="macro", zero_division=0))
+
+
+class OfficialMetric:
+    """The challenge score of fixed OOF boxes whose class comes from a crop row each (module docstring).
+
+    `skeleton` is a submission without classes plus a `crop_row` column (index into the crops);
+    `truth` the matching ground truth in the metric's format.
+    """
+
+    name = "metric"
+
+    def __init__(self, truth: pd.DataFrame, skeleton: pd.DataFrame, names: np.ndarray):
+        self.truth = truth
+        self.skeleton = skeleton
+        self.crop_row = skeleton["crop_row"].to_numpy()
+        self.names = names
+
+    def submission(self, class_idx: np.ndarray) -> pd.DataFrame:
+        frame = self.skeleton.drop(columns="crop_row")
+        frame["class"] = CLASS_CODES[class_idx[self.crop_row]]
+        return frame
+
+    def result(self, class_idx: np.ndarray, rows: np.ndarray | None = None):
+        from leukoflow import metric
+
+        truth, submission = self.truth, self.submission(class_idx)
+        if rows is not None:
+            keep = set(self.names[rows])
+            truth = truth[truth["NAME"].isin(keep)]
+            submission = submission[submission["NAME"].isin(keep)]
+        return metric.score(truth, submission)
+
+    def __call__(self, class_idx: np.ndarray, rows: np.ndarray | None = None) -> float:
+        return self.result(class_idx, rows).score
+
+
+def official_metric(inputs: EnsembleInputs, oof_boxes: pd.DataFrame, crops: pd.DataFrame,
+                    boxes: pd.DataFrame, *, margin: float) -> tuple[OfficialMetric, dict[str, int]]:
+    """The `metric` objective from detector-1 OOF boxes (OOF_BOXES), the crop table and the curated boxes.
+
+    Images scored: those with OOF boxes and crops in `inputs` (the others are counted in the
+    returned figures, not scored). Each OOF box, grown by `margin`,
+    takes the crop (of the same image) whose window has the highest IoU with it; the k-th box of an
+    image answers the image's k-th truth row (pairing does not change the score, METHOD §10.3).
+    """
+    from leukoflow.detection import yolo as detection
+
+    row_of_crop = pd.Series(np.arange(len(inputs)), index=inputs.ids)
+    windows = crops[crops["crop_id"].isin(row_of_crop.index)].set_index("crop_id")
+    with_crops = set(windows["name"])
+    fitted = oof_boxes[oof_boxes["name"].isin(with_crops)]
+    scope = sorted(set(fitted["name"]))
+    truth = detection.truth_table(boxes[boxes["name"].isin(scope)])
+    crop_rows = []
+    crops_by_name = dict(tuple(windows.assign(crop_row=row_of_crop.loc[windows.index].to_numpy()).groupby("name")))
+    fitted_sorted = fitted.sort_values(["name", "rank"], kind="stable")
+    for name, image_boxes in fitted_sorted.groupby("name", sort=True):
+        candidates = crops_by_name[name]
+        grown = image_boxes[["x1", "y1", "x2", "y2"]].to_numpy(float) + np.array([-margin, -margin, margin, margin])
+        overlap = boxes_lib.iou_matrix(grown, candidates[["x1", "y1", "x2", "y2"]].to_numpy(float))
+        crop_rows.append(candidates["crop_row"].to_numpy()[overlap.argmax(axis=1)])
+    fitted_sorted = fitted_sorted.assign(crop_row=np.concatenate(crop_rows) if crop_rows else np.zeros(0, int))
+    ranked = truth.assign(rank=truth.groupby("NAME").cumcount())
+    skeleton = ranked[["trustii_id", "NAME", "rank"]].merge(
+        fitted_sorted.rename(columns={"name": "NAME"})[["NAME", "rank", "x1", "y1", "x2", "y2", "crop_row"]],
+        on=["NAME", "rank"], how="left")
+    unanswered = skeleton["crop_row"].isna()
+    if unanswered.any():
+        raise ValueError(f"ensemble metric objective: {int(unanswered.sum())} truth row(s) have no OOF box, "
+                         f"e.g. image {skeleton.loc[unanswered, 'NAME'].iloc[0]!r}")
+    skeleton = skeleton.drop(columns="rank").astype({"crop_row": "int64"})
+    counts = {"metric_images": len(scope), "metric_cells": len(truth),
+              "metric_images_without_oof_boxes": len(set(inputs.names) - set(oof_boxes["name"])),
+              "metric_images_without_crops": len(set(oof_boxes["name"]) - with_crops)}
+    return OfficialMetric(truth, skeleton, inputs.names), counts
+
