@@ -78,7 +78,7 @@ def _groups() -> pd.DataFrame:
         rows.append((group, f"g{group}b.jpg", "test" if group == 7 else "train", kind,
                      "test_member" if group == 7 else "removed"))
     frame = pd.DataFrame(rows, columns=["group_id", "name", "split", "kind", "role"])
-    return frame.assign(reason="", labels="").astype({"group_id": "int64"})[tables.DUPLICATE_GROUPS.column_names]
+    return frame.assign(reason="", labels="", hash_distance=0, similarity=1.0).astype({"group_id": "int64", "hash_distance": "int64"})[tables.DUPLICATE_GROUPS.column_names]
 
 
 def test_duplicate_examples_are_seeded_capped_and_show_every_kind():

@@ -105,6 +105,8 @@ def report_benchmarks(wildcards):
     REPORT_WILDCARDS in report.smk. Read once the whole workflow is parsed, so a new benchmarked
     rule joins the runtime table without a change here."""
     return benchmark_files(workflow.rules, REPORT_WILDCARDS)
+
+
 # Classification (workflow/rules/classification.smk): a model's caches, tables and start weights.
 def cache_files(source, size):
     stem = f"{CLASSIFIER_CACHE}/{source}_{size}"

@@ -28,7 +28,7 @@ def oof_giou(oof: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
     oof: OOF_BOXES of one detector; boxes: CURATED_BOXES. Returns columns fold, giou.
     """
     from leukoflow import metric
-    from leukoflow.detection.yolo import as_submission, truth_table
+    from leukoflow.boxes import as_submission, truth_table
 
     truth = truth_table(boxes[boxes["name"].isin(set(oof["name"]))])
     if not len(truth):
