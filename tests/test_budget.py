@@ -99,3 +99,10 @@ def test_the_challenge_configuration_is_planned_and_costed():
     assert trained and all(job.gpu_hours > 0 for job in trained)
     assert budget.makespan(jobs, 4) < budget.makespan(jobs, 1)
     assert budget.critical_path(jobs) <= budget.makespan(jobs, 8) + 1e-9
+
+
+@pytest.mark.e2e
+def test_the_budget_in_docs_hardware_is_current():
+    page = budget.REPO / "docs" / "hardware.md"
+    assert budget.main(["--configfile", str(budget.REPO / "config" / "cytologia.yaml"), "--write", str(page),
+                        "--check"]) == 0, "run: python -m leukoflow.engine.budget --write docs/hardware.md"

@@ -179,6 +179,22 @@ def test_resumed_study_continues_like_an_uninterrupted_one(inputs, tmp_path):
     assert [t.user_attrs.get("origin") for t in resumed.trials[:2]] == ["enqueued:equal", "enqueued:winner"]
 
 
+def test_a_study_killed_mid_trial_resumes_to_the_uninterrupted_result(inputs, tmp_path):
+    import optuna
+
+    score = ensemble.CropF1(inputs)
+    enqueue = [("equal", ensemble.equal_scheme(inputs))]
+    common = dict(n_trials=5, seed=3, n_startup_trials=3, alpha_range=(0.0, 1.0), study_name="test", enqueue=enqueue)
+    storage = tmp_path / "study.db"
+    ensemble.search(inputs, score, **{**common, "n_trials": 2}, storage=storage)
+    stale = optuna.load_study(study_name="test", storage=f"sqlite:///{storage}")
+    stale.ask()  # the kill: a trial asked and never told stays RUNNING in the file
+    resumed = ensemble.search(inputs, score, **common, storage=storage)
+    straight = ensemble.search(inputs, score, **common, storage=tmp_path / "other.db")
+    assert _trials(resumed) == _trials(straight)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in resumed.trials)
+
+
 def _write_inputs(world, tmp_path) -> dict:
     paths = {}
     for kind in ("mc", "ml"):

@@ -450,7 +450,7 @@ def test_faster_phash_option_stays_a_close_16_digit_hash(dataset):
 def test_real_challenge_tables_pass_every_row_check():
     train = check_train_rows(read_csv_table(shared_path("data", "cytologia", "train.csv"), TRAIN_COLUMNS))
     test = check_test_rows(read_csv_table(shared_path("data", "cytologia", "test.csv"), TEST_COLUMNS))
-    assert (len(train.names), len(test.names)) == (52_748, 22_689)  # METHOD.md §1.1
+    assert (len(train.names), len(test.names)) == (52_748, 22_689)  # docs/method.md §1.1
     assert not any(train.findings) and not any(test.findings)
     splits = referenced_images(train, test)
     assert len(splits) == 69_168 and sum(split == "train" for split in splits.values()) == 48_417

@@ -49,7 +49,7 @@ def frame_from_records(records: list[dict]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- reference loop
 
 def reference_giou_matrix(truth_xyxy: np.ndarray, pred_xyxy: np.ndarray) -> np.ndarray:
-    """METRIC.md step 4, written out for an (N, 4) x (M, 4) pair of float64 arrays."""
+    """docs/metric.md step 4, written out for an (N, 4) x (M, 4) pair of float64 arrays."""
     a, b = truth_xyxy[:, None, :], pred_xyxy[None, :, :]
     inter_w = np.maximum(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0)
     inter_h = np.maximum(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0)
@@ -77,7 +77,7 @@ def _label(value) -> str:
 
 
 def reference_score(truth: pd.DataFrame, submission: pd.DataFrame) -> dict:
-    """The published per-image loop, straight from METRIC.md, in plain Python and numpy."""
+    """The published per-image loop, straight from docs/metric.md, in plain Python and numpy."""
     t_ids, t_names, t_classes = (truth[c].to_numpy(dtype=object)
                                  for c in ("trustii_id", "NAME", "class"))
     t_boxes = truth[BOX].to_numpy(dtype=np.float64)

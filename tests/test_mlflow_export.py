@@ -35,6 +35,7 @@ def store(tmp_path: Path) -> str:
     return uri
 
 
+@pytest.mark.slow  # a subprocess or a real store: kept out of the unit tier (make test-fast)
 def test_export_then_import_into_a_fresh_store_keeps_params_metrics_tags_and_artefacts(store, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -440,6 +440,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
+@pytest.mark.slow  # a subprocess or a real store: kept out of the unit tier (make test-fast)
 def test_cli_about_and_bad_numbers(world, tmp_path):
     about = _cli("--bundle", str(world["bundle"]), "--about")
     assert about.returncode == 0 and about.stdout.startswith("# Model card") and "MANIFEST.sha256 SHA-256" in about.stdout

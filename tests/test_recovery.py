@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import socket
@@ -100,6 +102,7 @@ def test_script_dies_with_its_snakemake(tmp_path):
     assert beat.read_text() == last  # nothing writes after Snakemake is gone
 
 
+@pytest.mark.slow  # a subprocess or a real store: kept out of the unit tier (make test-fast)
 def test_script_orphaned_while_starting_exits_before_writing(tmp_path):
     """Snakemake killed while its script is still importing: the first leukoflow import ends it."""
     fake_snakemake = tmp_path / "snakemake"

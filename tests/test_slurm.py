@@ -25,7 +25,7 @@ RUN_TIMEOUT_S = 1200
 # Four one-thread job slots on the 2-core machine: the tiny jobs spend most of their time in
 # interpreter start-up and status polls, so overlapping them shortens the run.
 NODE_CPUS = 4
-# Faster polling than a real site needs: the tiny jobs take seconds (STACK-FACTS.md §6).
+# Faster polling than a real site needs: the tiny jobs take seconds (docs/hardware.md §6).
 TEST_OVERRIDES = (
     "--slurm-status-command", "squeue",
     "--slurm-no-account",

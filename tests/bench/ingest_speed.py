@@ -35,9 +35,9 @@ from leukoflow.constants import CLASSES
 from leukoflow.images import decode_image, perceptual_hash, rgb_mean_std
 from leukoflow.ingest.contract import list_image_folder, read_csv_table, run_into
 
-REPLICA_SIZE = (370, 368)  # "commonly 370x368" (Trustii README, METHOD.md §1.3)
+REPLICA_SIZE = (370, 368)  # "commonly 370x368" (Trustii README, docs/method.md §1.3)
 REPLICA_QUALITY = 95
-REPLICA_TEST_SHARE = 0.3  # METHOD.md §1.1: 20,751 of 69,168 images are test images
+REPLICA_TEST_SHARE = 0.3  # docs/method.md §1.1: 20,751 of 69,168 images are test images
 
 
 def bare_decode(path: str) -> tuple[int, ...]:

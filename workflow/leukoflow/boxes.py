@@ -1,4 +1,4 @@
-"""Box operations shared by detection, noisy-box flagging, backgrounds and crops (METHOD.md §4.1-§4.3, §7.2).
+"""Box operations shared by detection, noisy-box flagging, backgrounds and crops (docs/method.md §4.1-§4.3, §7.2).
 
 Boxes are `(N, 4)` arrays in `xyxy` pixel coordinates unless a name says `xyxy_norm`. GIoU, IoU and
 NMS come from `torchvision.ops`. Weighted boxes fusion follows `ensemble_boxes.weighted_boxes_fusion`
@@ -46,7 +46,7 @@ def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
 
 
 def best_giou_match(truth: np.ndarray, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every truth box, the prediction of highest GIoU (the challenge's matching rule, METRIC.md).
+    """For every truth box, the prediction of highest GIoU (the challenge's matching rule, docs/metric.md).
 
     Returns:
         (index, giou): index into `predictions` (-1 where there is none) and its GIoU (-1 there).

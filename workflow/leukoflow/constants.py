@@ -1,4 +1,4 @@
-"""Class codes of the Cytologia challenge (index order = logit order everywhere, METHOD.md §1.2)."""
+"""Class codes of the Cytologia challenge (index order = logit order everywhere, docs/method.md §1.2)."""
 
 CLASSES: tuple[str, ...] = (
     "PNN", "LY", "MO", "EO", "BA", "Er", "PM", "Thromb", "LAM3", "Lysee", "LyB", "LLC",

@@ -1,7 +1,7 @@
-"""The Cytologia challenge metric, reproduced exactly and vectorised (docs/METRIC.md).
+"""The Cytologia challenge metric, reproduced exactly and vectorised (docs/metric.md).
 
 The challenge scored submissions with one published pandas function (the same code sits in the
-winner's `code/src/cdc/yolo/tools.py::compute_metric`, METHOD.md §10.3). For every ground-truth
+winner's `code/src/cdc/yolo/tools.py::compute_metric`, docs/method.md §10.3). For every ground-truth
 image it took the submission rows with that NAME *and* one of the image's trustii_ids, dropped
 repeated ids and repeated (box, class) rows (first wins), matched every ground-truth box to the
 candidate of highest GIoU (numpy argmax: first column on ties, a NaN wins), and scored
@@ -261,7 +261,7 @@ def _combine(per_row: pd.DataFrame) -> MetricResult:
 
     mean_rescaled_giou = float(per_row["rescaled_giou"].mean())
     with warnings.catch_warnings():
-        # A label that is only true or only predicted has F1 = 0 by design (METRIC.md step 6).
+        # A label that is only true or only predicted has F1 = 0 by design (docs/metric.md step 6).
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         macro_f1 = float(f1_score(per_row["class_true"].to_numpy(dtype=object),
                                   per_row["class_pred"].to_numpy(dtype=object), average="macro"))

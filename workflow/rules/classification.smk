@@ -1,4 +1,4 @@
-# Classification stage (METHOD.md §8-§9): fold-wise timm classifiers on crops (multiclass) and
+# Classification stage (docs/method.md §8-§9): fold-wise timm classifiers on crops (multiclass) and
 # whole images (multilabel), OOF and test logits.
 #
 #   results/classification/cache/{source}_{size}.npy|.parquet  decoded, square-resized pixels

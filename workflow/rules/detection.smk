@@ -1,4 +1,4 @@
-# Detection stage (METHOD.md §4-§7, §10): fold-wise detectors, OOF boxes, noisy boxes, the
+# Detection stage (docs/method.md §4-§7, §10): fold-wise detectors, OOF boxes, noisy boxes, the
 # review round trip, background images, detector 2, classifier crops, the label audit and the test boxes.
 #   results/detection/{detector}/datasets/   one ultralytics dataset per fold (links + labels)
 #   results/detection/{detector}/fold{fold}/  train/ (ultralytics run), weights.pt, oof_raw.parquet

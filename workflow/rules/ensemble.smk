@@ -1,4 +1,4 @@
-# Ensemble, submission and model bundle (METHOD.md §9-§10).
+# Ensemble, submission and model bundle (docs/method.md §9-§10).
 #
 #   results/ensemble/    weights.json, trials.csv, history.png, oof_classes/test_classes.parquet,
 #                        summary.json (+ study.db: the Optuna study, kept between runs so a search resumes)

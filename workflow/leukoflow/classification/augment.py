@@ -1,4 +1,4 @@
-"""The winner's training augmentation (`light_augmentation_train`, METHOD.md §8.1), batched on
+"""The winner's training augmentation (`light_augmentation_train`, docs/method.md §8.1), batched on
 the training device; input conversion and ImageNet normalisation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Decode, cut and square-resize the classifier inputs once per input size (METHOD.md §8.1).
+"""Decode, cut and square-resize the classifier inputs once per input size (docs/method.md §8.1).
 
 Every classifier reads its pixels from a cache built here, so a training epoch only indexes a
 uint8 array and stays compute-bound. A cache is two files:

@@ -1,4 +1,4 @@
-"""Which items a classifier sees: truth tables, cached pixels, fold splits (METHOD.md §8.1).
+"""Which items a classifier sees: truth tables, cached pixels, fold splits (docs/method.md §8.1).
 
 An item is one row of a pixel cache (`crop_cache`): a crop (multiclass) or a whole image
 (multilabel), or a background crop/image (the Background class). `ItemSet` keeps, per item, its

@@ -1,4 +1,4 @@
-"""The training loop of one (model, fold) (METHOD.md §8.1).
+"""The training loop of one (model, fold) (docs/method.md §8.1).
 
 AdamW + per-epoch cosine schedule; timm's Mixup/CutMix per batch with the winner's loss
 `lam * L(y) + (1 - lam) * L(y_flipped)`; mixed precision on CUDA; the validation fold checked

@@ -1,4 +1,4 @@
-"""The classifier network (timm backbone + linear head, METHOD.md §8.1), where its first weights
+"""The classifier network (timm backbone + linear head, docs/method.md §8.1), where its first weights
 come from, and how saved fold weights are read back and run.
 
 Weights from outside the run (ImageNet checkpoints) are read by timm with safetensors or

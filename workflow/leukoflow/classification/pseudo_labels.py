@@ -1,4 +1,4 @@
-"""Test pseudo-label rounds (METHOD.md §8.3), fold-safe.
+"""Test pseudo-label rounds (docs/method.md §8.3), fold-safe.
 
 Round r (r >= 1) trains the models whose `pseudo_round` is r on their usual training folds plus
 confident test crops. The winner took those labels from the full previous ensemble, whose models

@@ -3,7 +3,7 @@
 One score is used for every kind of model, for checkpoint selection and for the reported figure:
 `argmax_macro_f1`, the macro F1 of the argmax over the 23 class logits on the items with exactly
 one true class. It is what the ensemble consumes: the multiclass argmax on every crop, and the
-multilabel model's sigmoid inside the single-cell blend (METHOD.md §9.1). The per-label
+multilabel model's sigmoid inside the single-cell blend (docs/method.md §9.1). The per-label
 thresholded F1 of a multilabel model (sigmoid > 0.5) is reported under its own name only.
 """
 

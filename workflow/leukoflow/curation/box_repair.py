@@ -1,4 +1,4 @@
-"""Box cleaning after de-duplication (METHOD.md §2.2).
+"""Box cleaning after de-duplication (docs/method.md §2.2).
 
 As the winner did, every coordinate is clipped to [0, width-1] x [0, height-1] of the decoded
 image. Unlike the winner, nothing is dropped silently: each usable input box of train.csv

@@ -1,4 +1,4 @@
-"""De-duplication of train and test images in two stages (METHOD.md §2.1, "Where we go further" 1).
+"""De-duplication of train and test images in two stages (docs/method.md §2.1, "Where we go further" 1).
 
 The winner grouped images whose imagededup pHash strings were identical and dropped the last
 file of each all-train group in glob order. We differ on purpose:

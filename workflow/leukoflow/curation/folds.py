@@ -1,4 +1,4 @@
-"""Multilabel-stratified, group-aware cross-validation folds (METHOD.md §3).
+"""Multilabel-stratified, group-aware cross-validation folds (docs/method.md §3).
 
 Like the winner, one row per kept training image, rows sorted by NAME, and iterstrat's
 `MultilabelStratifiedKFold(n_splits, shuffle=True, random_state=seed)` on a matrix of the 23
@@ -8,7 +8,7 @@ class indicators plus equal-width bins (`pd.cut`) of image area, mean box-area r
 Deviations from the winner, on purpose:
 
 * **One-hot bins.** iterstrat casts the label matrix to bool, so the winner's integer bin
-  columns only acted as "bin != 0" flags (METHOD.md §3, §12.5). We pass one indicator column
+  columns only acted as "bin != 0" flags (docs/method.md §3, §12.5). We pass one indicator column
   per bin, so every bin is balanced across folds. The folds therefore differ from his even on
   identical input.
 * **Groups stay together.** Kept train images sharing a duplicate group_id (possible under

@@ -1,4 +1,4 @@
-"""Background images: single-cell smears with the white cell painted out (METHOD.md §6, §7.1).
+"""Background images: single-cell smears with the white cell painted out (docs/method.md §6, §7.1).
 
 The winner's `remove_wbc`, seeded: take the top detector-1 box of a confidently detected
 single-cell image, grow it by `expand` px, Otsu-threshold the grey image (cells are darker than

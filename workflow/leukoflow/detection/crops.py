@@ -1,4 +1,4 @@
-"""Classifier crops: detected boxes + margin, labelled from the ground truth (METHOD.md §7.2, §4.3 step 5).
+"""Classifier crops: detected boxes + margin, labelled from the ground truth (docs/method.md §7.2, §4.3 step 5).
 
 Training crops follow METHOD §7.2: each fold model of the crop detector (detector 2) predicts its
 validation images, the boxes are fitted to the known cell count (top-N, full-image padding), and

@@ -1,5 +1,5 @@
 """Detector output fitted to the challenge format: OOF boxes cut/padded to each image's known
-cell count (METHOD.md §4.2 `fit_format`), scored like the challenge, and the test boxes of every
+cell count (docs/method.md §4.2 `fit_format`), scored like the challenge, and the test boxes of every
 fold model fused (WBF) and fitted the same way. No torch here beyond the box operations.
 """
 

@@ -50,7 +50,7 @@ DETECTION_COLUMNS = ["name", "x1", "y1", "x2", "y2", "score"]
 # ----------------------------------------------------------------------------- train_detector
 
 def import_yolo():
-    """ultralytics' YOLO class, imported only after the offline switches (STACK-FACTS.md §1)."""
+    """ultralytics' YOLO class, imported only after the offline switches (docs/hardware.md §1)."""
     offline.enforce()
     offline.disable_ultralytics_integrations()
     from ultralytics import YOLO

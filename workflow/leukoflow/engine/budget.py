@@ -100,7 +100,7 @@ class Job:
 
 def job_graph(configfile: Path, workdir: Path) -> dict[str, Job]:
     """Snakemake's job DAG for `configfile` (dry run; missing inputs are stood in by empty files)."""
-    for _attempt in range(6):
+    for _attempt in range(20):  # Snakemake names the missing inputs of one rule at a time
         result = subprocess.run(
             [str(Path(sys.executable).with_name("snakemake")), "-n", "--dag", "--snakefile", str(REPO / "Snakefile"),
              "--directory", str(workdir), "--configfile", str(configfile), "--quiet", "all"],
@@ -112,8 +112,11 @@ def job_graph(configfile: Path, workdir: Path) -> dict[str, Job]:
             raise RuntimeError(f"snakemake could not plan {configfile}:\n{result.stderr[-3000:]}")
         for path in missing:
             target = workdir / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch()
+            if target.suffix:  # a file (table, weights)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch()
+            else:  # a folder input such as the images directory
+                target.mkdir(parents=True, exist_ok=True)
     raise RuntimeError(f"snakemake kept reporting missing inputs for {configfile}")
 
 

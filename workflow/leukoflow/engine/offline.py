@@ -2,7 +2,7 @@
 
 ultralytics, MLflow and the Hugging Face hub all try the network on their own: a font download
 on every detector training, telemetry threads, hub lookups. `enforce()` sets the switches that
-STACK-FACTS.md §1 measured to give zero network lookups, keeps ultralytics' settings in one
+docs/hardware.md §1 measured to give zero network lookups, keeps ultralytics' settings in one
 leukoflow folder of the user's cache (never inside the checkout, never ultralytics' own default),
 and ships the font it wants from matplotlib's copy.
 """

@@ -1,6 +1,6 @@
 """MLflow tracking of every workflow invocation: one parent run, one child run per rule job.
 
-Life cycle (ECOSYSTEM.md §4, STACK-FACTS.md §3):
+Life cycle (ECOSYSTEM.md §4, docs/hardware.md §3):
 - `on_start` (Snakemake `onstart`, main process only: spawned cluster jobs get `--no-hooks`)
   creates or upgrades the store once, so parallel jobs never race on its schema migrations,
   creates the experiment with an explicit artifact location, opens the parent run and exports its
@@ -151,7 +151,7 @@ def _sibling(path: Path, suffix: str) -> Path:
 
 def _store_is_ready(settings: TrackingSettings, mlflow_version: str) -> bool:
     """A SQLite store this MLflow version already migrated (marker written under the lock) needs
-    no lock: jobs then open it concurrently, as STACK-FACTS.md §3 measured to be safe."""
+    no lock: jobs then open it concurrently, as docs/hardware.md §3 measured to be safe."""
     marker = _sibling(settings.sqlite_path, ".ready")
     return settings.sqlite_path.is_file() and marker.is_file() and marker.read_text().strip() == mlflow_version
 

@@ -1,4 +1,4 @@
-"""How the classifiers are blended (METHOD.md §9.1) and the fixed schemes the search starts from.
+"""How the classifiers are blended (docs/method.md §9.1) and the fixed schemes the search starts from.
 
 The MC models are combined by a weighted mean of their first 23 logits (the Background logit is
 dropped), followed by a softmax; the ML models by a plain mean of their logits, followed by a

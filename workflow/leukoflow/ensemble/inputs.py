@@ -1,4 +1,4 @@
-"""The ensemble's inputs: every classifier's logits aligned on the crop id (METHOD.md §9.1).
+"""The ensemble's inputs: every classifier's logits aligned on the crop id (docs/method.md §9.1).
 
 Every classifier's logits arrive already averaged over its fold models (and hflip TTA for test)
 by the classification stage. The crop-level multiclass (MC) tables are aligned on crop id; the

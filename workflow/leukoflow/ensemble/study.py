@@ -1,4 +1,4 @@
-"""The Optuna search of the ensemble weights (METHOD.md §9.2 and beyond).
+"""The Optuna search of the ensemble weights (docs/method.md §9.2 and beyond).
 
 The winner fixed the group weights by hand (0.25 each) and grid-searched alpha on OOF crop macro
 F1. Here a seeded TPE study searches the per-model MC weights (normalised to sum 1) and alpha
@@ -79,6 +79,11 @@ def search(inputs: EnsembleInputs, score: Callable[[np.ndarray], float], *, n_tr
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{Path(storage).resolve()}"
     study = optuna.create_study(study_name=study_name, storage=url, direction="maximize", load_if_exists=True)
+    if interrupted_mid_trial(study):
+        # A kill during a trial leaves it RUNNING; its number cannot be asked again, so the trials
+        # after it would shift. Starting over (same seeds) gives exactly the uninterrupted study.
+        optuna.delete_study(study_name=study_name, storage=url)
+        study = optuna.create_study(study_name=study_name, storage=url, direction="maximize")
     if not study.trials:
         seen: list[dict[str, float]] = []
         for label, scheme in enqueue:
@@ -96,6 +101,13 @@ def search(inputs: EnsembleInputs, score: Callable[[np.ndarray], float], *, n_tr
         scheme = suggest_scheme(trial, inputs, alpha_range)
         study.tell(trial, score(blend(inputs, scheme).class_idx))
     return study
+
+
+def interrupted_mid_trial(study) -> bool:
+    """A stored study with a trial that neither finished nor waits its turn (RUNNING or FAIL)."""
+    from optuna.trial import TrialState
+
+    return any(t.state not in (TrialState.COMPLETE, TrialState.WAITING) for t in study.get_trials(deepcopy=False))
 
 
 def trials_frame(study, inputs: EnsembleInputs) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The challenge submission: test boxes + ensemble classes, one row per test.csv row (METHOD.md §10.1-§10.2).
+"""The challenge submission: test boxes + ensemble classes, one row per test.csv row (docs/method.md §10.1-§10.2).
 
 Every test row gets its box from the test-box table (detector-1 folds fused by WBF, top-N by the
 known count, padded with the full-image box) and its class from the ensemble's test classes,

@@ -1,4 +1,4 @@
-"""Synthetic mini-Cytologia: smear images, challenge tables and injected defects (METHOD.md §1).
+"""Synthetic mini-Cytologia: smear images, challenge tables and injected defects (docs/method.md §1).
 
 The real challenge images are not redistributable, so the demo workflow runs on a generated
 dataset in exactly the challenge's layout (`images/*.jpg`, `train.csv`, `test.csv`) plus two
@@ -10,7 +10,7 @@ pallor, and one or more white cells of the 23 challenge classes drawn from the p
 in `leukoflow.synthetic.morphology`. Everything is composed in optical density (absorbances add where
 objects overlap) with vectorised numpy and OpenCV drawing on small local grids, then JPEG-encoded
 with Pillow. Class frequencies, cells per image and image sizes follow the **[computed]**
-statistics of METHOD.md §1.2-1.3.
+statistics of docs/method.md §1.2-1.3.
 
 Counting rule: `n_images` is the number of image files written, train and test together,
 *including* the files added by the duplicate defects (`exact_duplicate`, `near_duplicate`,

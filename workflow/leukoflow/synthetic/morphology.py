@@ -1,9 +1,9 @@
-"""Appearance table of the synthetic smears: one row of data per white-cell class (METHOD.md §1.2).
+"""Appearance table of the synthetic smears: one row of data per white-cell class (docs/method.md §1.2).
 
 The synthetic generator (`leukoflow.synthetic`) draws every white cell from the row of its class
 code, so what makes a class learnable, and which classes are confusable, is visible here and
 nowhere else. Counts, median box sizes and multi-box shares are the **[computed]** columns of
-METHOD.md §1.2 (raw challenge train.csv, 52,748 boxes). The morphology columns paraphrase the
+docs/method.md §1.2 (raw challenge train.csv, 52,748 boxes). The morphology columns paraphrase the
 textbook May-Grünwald-Giemsa appearance of each cell type (nucleus shape, nucleus-to-cytoplasm
 ratio, chromatin density, nucleoli, cytoplasm colour, granules). Ranges of neighbouring classes
 overlap on purpose: LY/LLC/LM, MBL/B/MoB and M/MM/PM differ in tendencies, not in one feature.
