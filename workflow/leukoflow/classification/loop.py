@@ -31,6 +31,7 @@ from leukoflow.classification.items import ItemSet, gather_pixels
 from leukoflow.classification.model import BEST_FILE, atomic_save, batches, initial_model, predict_logits, resolve_device, save_best
 from leukoflow.classification.scoring import batch_loss, selection_score
 from leukoflow.classification.spec import ClassifierSpec, TrainSettings
+from leukoflow.engine import live
 
 LOGGER = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
@@ -197,6 +198,7 @@ def train_fold(spec: ClassifierSpec, arrays: Sequence[np.ndarray], train: ItemSe
             run.scheduler.step()
             mean_loss = float(epoch_loss) / len(train)
             record["history"].append({"epoch": epoch + 1, "train_loss": round(mean_loss, 6)})
+            live.log_epoch(epoch_metrics(record, epoch + 1), step=epoch + 1)
             LOGGER.info("%s fold %d epoch %d/%d: loss %.4f, best validation %s %.4f", spec.name, fold, epoch + 1,
                         spec.epochs, mean_loss, spec.selection, record["best_score"])
             if not len(valid):
@@ -210,6 +212,17 @@ def train_fold(spec: ClassifierSpec, arrays: Sequence[np.ndarray], train: ItemSe
             executor.shutdown(wait=True)
     save_best(out_dir / BEST_FILE, spec, fold, run.best_state, float(record["best_score"]), record["best_at"])
     return _fold_summary(spec, fold, train, valid, record, device)
+
+
+def epoch_metrics(record: dict[str, Any], epoch: int) -> dict[str, float]:
+    """What the MLflow run shows live after `epoch` (1-based): its mean loss and, only when the
+    validation fold was checked during it, the last check and the best so far (never a zero filler)."""
+    points = [point for point in record["history"] if epoch - 1 < point["epoch"] <= epoch]
+    metrics = {"train_loss": points[-1]["train_loss"]}
+    checks = [point["val_score"] for point in points if "val_score" in point]
+    if checks:
+        metrics.update(val_score=checks[-1], best_val_score=round(float(record["best_score"]), 6))
+    return metrics
 
 
 def _fold_summary(spec: ClassifierSpec, fold: int, train: ItemSet, valid: ItemSet, record: dict[str, Any],

@@ -36,7 +36,7 @@ from leukoflow import tables
 from leukoflow.detection.datasets import SPLITS
 from leukoflow.boxes import truth_table  # noqa: F401 - transitional: ensemble reads it from `yolo as detection`
 from leukoflow.detection.fitting import fuse_test_boxes
-from leukoflow.engine import offline
+from leukoflow.engine import live, offline
 from leukoflow.engine.devices import resolve_device
 from leukoflow.engine.runtime import tracked
 
@@ -100,12 +100,32 @@ def fit_detector(*, dataset_yaml: str | Path, run_dir: str | Path, weights_out: 
         _train_fresh(run_dir, dataset_yaml, fingerprint, device, threads)
     history = pd.read_csv(run_dir / "results.csv")
     history.columns = [column.strip() for column in history.columns]
+    history = without_skipped_validation(history, validated_every_epoch=train_args.get("val", True))
     weights = run_dir / "weights" / ("best.pt" if (run_dir / "weights" / "best.pt").exists() else "last.pt")
     Path(weights_out).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, weights_out)
     history.to_csv(history_out, index=False)
     return _training_summary(history, dataset_yaml, train_args, state, resumed_from,
                              time.perf_counter() - started, device)
+
+
+def without_skipped_validation(history: pd.DataFrame, *, validated_every_epoch: bool) -> pd.DataFrame:
+    """ultralytics' results.csv with empty validation cells where validation did not run.
+
+    ultralytics writes zeros (or the previous values) for a skipped validation; with `val: false`
+    it validates the last epoch only (and the epoch an early stop ends on, also the last).
+    """
+    if validated_every_epoch or history.empty:
+        return history
+    history = history.copy()
+    columns = validation_columns(history)
+    history[columns] = history[columns].astype("float64")
+    history.loc[history.index[:-1], columns] = np.nan
+    return history
+
+
+def validation_columns(history: pd.DataFrame) -> list[str]:
+    return [column for column in history.columns if column.startswith(("metrics/", "val/"))]
 
 
 def dataset_digest(dataset_yaml: str | Path) -> str:
@@ -171,7 +191,10 @@ def _workers(device: str, threads: int) -> int:
 
 def _add_callbacks(model, run_dir: Path, restore: bool = False) -> None:
     model.add_callback("on_model_save", lambda trainer: save_resume_state(trainer, run_dir / RESUME_STATE))
-    model.add_callback("on_fit_epoch_end", _log_epoch)
+    epoch_log = EpochLog()
+    model.add_callback("on_train_epoch_end", epoch_log.trained)
+    model.add_callback("on_val_end", epoch_log.validated)
+    model.add_callback("on_fit_epoch_end", epoch_log.fit_epoch_end)
     pending = [restore]
 
     def start_epoch(trainer) -> None:
@@ -196,9 +219,36 @@ def reshuffle_for_epoch(trainer) -> None:
         loader.reset()
 
 
-def _log_epoch(trainer) -> None:
-    LOGGER.info("epoch %d/%d %s", trainer.epoch + 1, trainer.epochs,
-                {key: round(float(value), 5) for key, value in trainer.metrics.items()})
+class EpochLog:
+    """Each trained epoch's losses, learning rates and (only when it ran) validation, to the log and
+    live to the job's MLflow run.
+
+    NOTE: ultralytics fills `trainer.metrics` with zeros before the first validation and keeps the
+    last values when an epoch skips it (`val: false`), so whether validation ran is taken from its
+    `on_val_end` event. Its closing check of best.pt (`final_eval`) also fires `on_fit_epoch_end`,
+    without a trained epoch; that one is left to the job's summary.
+    """
+
+    def __init__(self) -> None:
+        self.epoch_trained = self.epoch_validated = False
+
+    def trained(self, trainer) -> None:
+        self.epoch_trained, self.epoch_validated = True, False
+
+    def validated(self, validator) -> None:
+        self.epoch_validated = True
+
+    def fit_epoch_end(self, trainer) -> None:
+        if not self.epoch_trained:
+            return
+        losses = trainer.label_loss_items(trainer.tloss) if trainer.tloss is not None else {}
+        metrics = {**losses, **trainer.lr}
+        if self.epoch_validated:
+            metrics.update(trainer.metrics)
+        metrics = {key: round(float(value), 5) for key, value in metrics.items()}
+        LOGGER.info("epoch %d/%d %s", trainer.epoch + 1, trainer.epochs, metrics)
+        live.log_epoch(metrics, step=trainer.epoch + 1)
+        self.epoch_trained = self.epoch_validated = False
 
 
 def save_resume_state(trainer, path: Path) -> None:
@@ -261,7 +311,8 @@ def _training_summary(history: pd.DataFrame, dataset_yaml, train_args: Mapping[s
         "map50_95": float(last.get("metrics/mAP50-95(B)", np.nan)),
         "train_seconds": round(seconds, 3),
         "train_images_per_second": round(n_train * epochs_run / seconds, 2) if state != "finished" else None,
-        "history": history.to_dict(orient="list"),
+        "history": history.dropna(axis="columns").to_dict(orient="list"),  # curves: columns with every epoch
+        "validation": {"epoch": int(last["epoch"]), **last[validation_columns(history)].to_dict()},
         "train_args": dict(train_args),
     }
 

@@ -4,7 +4,8 @@ Scripts are three lines: import the rule's entry, import `run_rule`, call `run_r
 The entry is a keyword-only function named after the rule; `bind` passes it the job's named
 input/output/params (and `threads`/`log` when it takes them) and `run_rule` writes the summary it
 returns to `output.summary`. Entries decorated `@tracked` are also one MLflow run each
-(`leukoflow.engine.tracking`): FINISHED with the summary as metrics, or FAILED when the entry raises.
+(`leukoflow.engine.tracking`): FINISHED with the summary as metrics, or FAILED when the entry raises;
+while the entry runs, its training loops log per-epoch metrics live (`leukoflow.engine.live`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from leukoflow.engine import offline, recovery, tracking
+from leukoflow.engine import live, offline, recovery, tracking
 from leukoflow.engine.summaries import read_json, write_json
 
 __all__ = ["RuleBindingError", "bind", "read_json", "run_rule", "tracked", "write_json"]
@@ -92,7 +93,8 @@ def run_rule(smk: Any, entry: Callable[..., dict[str, Any]], *, tracked: bool = 
     started = time.perf_counter()
     logger.info("rule %s starts (threads=%s, tracked=%s)", smk.rule, smk.threads, run.active)
     try:
-        summary = entry(smk) if _takes_job(entry) else entry(**bind(smk, entry))
+        with live.current_run(run):  # per-epoch metrics reach the run while the entry trains
+            summary = entry(smk) if _takes_job(entry) else entry(**bind(smk, entry))
     except BaseException:
         logger.exception("rule %s failed", smk.rule)
         run.fail()

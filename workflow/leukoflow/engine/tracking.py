@@ -10,7 +10,8 @@ Life cycle (ECOSYSTEM.md §4, docs/hardware.md §3):
 - `start_rule_run` (called by `runtime.run_rule`) opens the job's child run with its params and
   provenance tags; `RuleRun.finish` logs the summary as metrics (lists of numbers are per-step
   curves), small output files as artifacts and a declared `bundle` output as an MLflow model, and
-  ends the run FINISHED; `RuleRun.fail` ends it FAILED.
+  ends the run FINISHED; `RuleRun.fail` ends it FAILED. While the job runs, `RuleRun.log_epoch`
+  takes its training loops' per-epoch metrics (via `leukoflow.engine.live`): live curves.
 - `on_success` / `on_error` log results/metrics.json on the parent and end it.
 
 SQLite under parallel writers: MLflow already waits up to 20 s for a lock (busy_timeout); on top,
@@ -316,6 +317,15 @@ class RuleRun:
             logger.warning("tracking: could not complete run %s; the rule's outputs are unaffected",
                            self.run_id, exc_info=True)
 
+    def log_epoch(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Log one epoch's numbers at `step` now, while the job runs (`leukoflow.engine.live`)."""
+        if not self.active:
+            return
+        try:
+            _log_metric_values(self.client, self.settings, self.run_id, metrics, step=step)
+        except Exception:
+            logger.warning("tracking: could not log step %d to run %s", step, self.run_id, exc_info=True)
+
     def fail(self) -> None:
         """End the run FAILED (the rule raised); the log file is kept as an artifact."""
         if not self.active:
@@ -446,11 +456,13 @@ def metric_values(summary: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     return values
 
 
-def _log_metric_values(client: Any, settings: TrackingSettings, run_id: str, summary: Mapping[str, Any]) -> None:
+def _log_metric_values(client: Any, settings: TrackingSettings, run_id: str, summary: Mapping[str, Any],
+                       step: int | None = None) -> None:
+    """Every number of `summary` (lists as curves), or all at one `step` when given (a live epoch)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, step) for key, value, step in metric_values(summary)]
+    metrics = [Metric(key, value, now, at if step is None else step) for key, value, at in metric_values(summary)]
     for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
         with_lock_retries(lambda c=chunk: client.log_batch(run_id, metrics=c), settings, "log metrics")
 
