@@ -494,13 +494,16 @@ def test_the_bundle_served_by_mlflow_answers_a_prediction_request(world, tmp_pat
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # mlflow starts `uvicorn` from PATH: the venv's bin folder first, as an activated venv has it
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "PYTHONPATH": str(REPO / "workflow"), "MLFLOW_DISABLE_TELEMETRY": "true"}
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model), "--env-manager",
                                "local", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"), start_new_session=True)
     try:
         deadline = time.time() + 600
         while time.time() < deadline:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]  # the server died
             try:
                 if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).status == 200:
                     break
