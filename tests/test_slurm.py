@@ -139,6 +139,10 @@ def test_challenge_scale_plan_submits_a_few_dozen_jobs(tmp_path):
     overlay = tmp_path / "data.yaml"
     overlay.write_text(yaml.safe_dump({"data": {"dir": str(data)}}))
     (tmp_path / "run").mkdir()
+    weights = yaml.safe_load((REPO / "config" / "cytologia.yaml").read_text())["weights"]["files"]
+    for entry in weights:  # the declared weight files are planning inputs (fetch_weights brings them)
+        (tmp_path / "run" / entry["file"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "run" / entry["file"]).touch()
     result = run_workflow(tmp_path / "run", "-n", "--workflow-profile", str(SLURM_PROFILE),
                           configfile=REPO / "config" / "cytologia.yaml", overlays=(overlay,),
                           env={"LEUKOFLOW_SLURM_PARTITION": "gpu"})
