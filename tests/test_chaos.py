@@ -27,7 +27,7 @@ from tests.conftest import NO_TRACKING_CONFIG, REPO, SNAKEMAKE, TINY_CONFIG, res
 
 pytestmark = pytest.mark.e2e
 
-KILLS = 12
+KILLS = 10
 SEED = 17
 JITTER_S = (0.0, 2.5)  # after the chosen job finished, a random extra wait before the kill
 ORPHAN_GRACE_S = 10.0  # a loaded 2-core machine: the script's watcher polls every 0.5 s
@@ -91,19 +91,13 @@ def _recovery_errors(log: Path) -> int:
 
 
 def _files(run: Path) -> set[str]:
-    return {str(p.relative_to(run)) for p in (run / "results").rglob("*") if p.is_file()}
+    """Every file under results/ except the tracking store (the reference run tracks, this one does not)."""
+    return {str(p.relative_to(run)) for p in (run / "results").rglob("*")
+            if p.is_file() and "mlartifacts" not in p.parts and not p.name.startswith("mlflow.db")}
 
 
-@pytest.mark.xfail(strict=False, reason="open bug since the merge of 2026-12-06: after kills, the classifier caches "
-                   "(results/classification/cache/*.parquet) and the logits differ from an uninterrupted run; "
-                   "recovery itself (no lock/incomplete errors, no orphans) holds. See the closing note.")
-def test_kill_9_anywhere_recovers_with_the_readme_command(tmp_path):
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    started = time.monotonic()
-    run_workflow(reference, overlays=(NO_TRACKING_CONFIG,))
-    reference_seconds = time.monotonic() - started
-
+def test_kill_9_anywhere_recovers_with_the_readme_command(tiny_run, tmp_path):
+    reference = tiny_run  # the shared uninterrupted run (its MLflow files are left out of the comparison)
     chaos = tmp_path / "chaos"
     chaos.mkdir()
     rng = random.Random(SEED)
@@ -131,7 +125,7 @@ def test_kill_9_anywhere_recovers_with_the_readme_command(tmp_path):
         "kills": len(kills), "kill_times_s": kills, "kill_after_finished_jobs": targets,
         "rules_running_at_kill": killed_rules, "starts": attempt, "orphans": orphans,
         "final_exit_status": final_rc, "tables_equal": equal,
-        "reference_seconds": round(reference_seconds, 1), "chaos_seconds": round(chaos_seconds, 1),
+        "chaos_seconds": round(chaos_seconds, 1),
         "incomplete_markers": sorted(p.name for p in (chaos / ".snakemake" / "incomplete").glob("*")),
         "lock_or_incomplete_errors": sum(_recovery_errors(log) for log in tmp_path.glob("chaos-*.log")),
         "files_only_in_chaos": sorted(_files(chaos) - _files(reference)),

@@ -172,6 +172,22 @@ def test_dataset_without_training_images_is_an_error(smears, tmp_path):
 # ----------------------------------------------------------------------------- training, resume, prediction
 
 
+def test_a_checkpoint_without_its_exact_state_starts_over(tmp_path):
+    """A kill between ultralytics' last.pt and the exact state: resuming would draw other batches."""
+    fingerprint = {"arch": "yolo11n.yaml", "seed": 7}
+    (tmp_path / "weights").mkdir()
+    (tmp_path / detection.RUN_FINGERPRINT).write_text(json.dumps(fingerprint))
+    torch.save({"epoch": 1}, tmp_path / "weights" / "last.pt")
+    assert detection._run_state(tmp_path, fingerprint) == "fresh"  # no exact state at all
+    torch.save({"epoch": 0}, tmp_path / detection.RESUME_STATE)
+    assert detection._run_state(tmp_path, fingerprint) == "fresh"  # the state is an epoch behind
+    torch.save({"epoch": 1}, tmp_path / detection.RESUME_STATE)
+    assert detection._run_state(tmp_path, fingerprint) == "unfinished"
+    assert detection._run_state(tmp_path, {**fingerprint, "seed": 8}) == "fresh"
+    torch.save({"epoch": -1}, tmp_path / "weights" / "last.pt")
+    assert detection._run_state(tmp_path, fingerprint) == "finished"
+
+
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_epoch_with_identical_weights(dataset, tmp_path, smears):
     full = train(dataset, tmp_path / "full")

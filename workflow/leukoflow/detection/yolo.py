@@ -153,7 +153,22 @@ def _run_state(run_dir: Path, fingerprint: dict[str, Any]) -> str:
     except Exception as error:  # noqa: BLE001 - a checkpoint cut by the kill is restarted, not fatal
         LOGGER.warning("checkpoint %s is unreadable (%s): starting over", last, error)
         return "fresh"
-    return "finished" if epoch == -1 else "unfinished"
+    if epoch == -1:
+        return "finished"
+    if _resume_state_epoch(run_dir / RESUME_STATE) != epoch:
+        # NOTE: a kill between ultralytics' last.pt and our exact state leaves them an epoch apart;
+        # ultralytics' own resume would then draw other batches than an uninterrupted run.
+        LOGGER.warning("no exact training state for epoch %d of %s: starting over", epoch + 1, last)
+        return "fresh"
+    return "unfinished"
+
+
+def _resume_state_epoch(path: Path) -> int | None:
+    """The epoch of the exact training state saved beside last.pt, None when absent or unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    except Exception:  # noqa: BLE001 - absent or cut by the kill: no exact resume possible
+        return None
 
 
 def _train_fresh(run_dir: Path, dataset_yaml, fingerprint: dict[str, Any], device: str, threads: int) -> None:
@@ -272,17 +287,13 @@ def save_resume_state(trainer, path: Path) -> None:
     os.replace(partial, path)
 
 
-def restore_resume_state(trainer, path: Path) -> bool:
-    """Load the exact state saved after epoch `start_epoch - 1`; False (plain resume) when absent."""
+def restore_resume_state(trainer, path: Path) -> None:
+    """Load the exact state saved after epoch `start_epoch - 1` (`_run_state` resumes only when it exists)."""
     from ultralytics.utils.torch_utils import unwrap_model
 
-    if not path.exists():
-        LOGGER.warning("%s missing: resuming from ultralytics' fp16 EMA checkpoint only", path)
-        return False
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state["epoch"] != trainer.start_epoch - 1:
-        LOGGER.warning("%s is from epoch %d, not %d: plain resume", path, state["epoch"], trainer.start_epoch - 1)
-        return False
+        raise RuntimeError(f"{path} is from epoch {state['epoch']}, resuming needs epoch {trainer.start_epoch - 1}")
     unwrap_model(trainer.model).load_state_dict(state["model"])
     trainer.ema.ema.load_state_dict(state["ema"])
     trainer.ema.updates = state["ema_updates"]
@@ -293,7 +304,6 @@ def restore_resume_state(trainer, path: Path) -> bool:
     if hasattr(trainer.train_loader.dataset, "buffer"):
         trainer.train_loader.dataset.buffer[:] = state["mosaic_buffer"]
     LOGGER.info("restored the exact training state of epoch %d", state["epoch"] + 1)
-    return True
 
 
 def _training_summary(history: pd.DataFrame, dataset_yaml, train_args: Mapping[str, Any], state: str,
