@@ -101,3 +101,20 @@ def test_rulegraph_image_shows_exactly_the_workflow_rules():
     shown = set(re.findall(r"<text[^>]*>(\w+)</text>", image))
     assert expected and shown == expected, "run `make rulegraph` and commit docs/rulegraph.svg"
     assert "![" in (readme := (REPO / "README.md").read_text()) and "docs/rulegraph.svg" in readme
+
+
+# spelled in pieces so that this file does not match itself
+REFERENCE_DOCS = re.compile("|".join([r"\b(?:METHOD|METRIC|ECOSYSTEM|STYLE)\.md\b", "STACK" + "-FACTS", "shared" + "/docs"]))
+
+
+def test_no_tracked_file_points_at_reference_documents_outside_the_repository():
+    """The project stands alone: its docs say what it needs in their own words (docs/method.md, ...)."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    offenders = []
+    for name in tracked:
+        path = REPO / name
+        if path.suffix in {".svg", ".png", ".jpg", ".parquet"} or not path.is_file():
+            continue
+        text = path.read_text(errors="ignore")
+        offenders += [f"{name}: {match.group(0)}" for match in REFERENCE_DOCS.finditer(text)]
+    assert not offenders, offenders

@@ -2,7 +2,7 @@
 
 Stages (ingest, deduplicate, repair_boxes) collect their decisions in a `LedgerBuilder` while they
 work and write `to_frame()` once with `tables.write_table(..., tables.LEDGER)`. Nothing a stage
-drops or changes may be missing from its ledger (STYLE.md: nothing dropped silently).
+drops or changes may be missing from its ledger: nothing is dropped silently.
 """
 
 from __future__ import annotations

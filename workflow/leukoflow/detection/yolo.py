@@ -199,7 +199,7 @@ def _resume(run_dir: Path, dataset_yaml, device: str, threads: int) -> int:
 
 
 def _workers(device: str, threads: int) -> int:
-    # NOTE: in-process loading on CPU (STACK-FACTS §1: workers do not help on 2 cores) also keeps
+    # NOTE: in-process loading on CPU (docs/hardware.md §1: workers do not help on 2 cores) also keeps
     # the sampler from drawing batches ahead, which exact resumption relies on.
     return 0 if device == "cpu" else threads
 

@@ -1,6 +1,6 @@
 """MLflow tracking of every workflow invocation: one parent run, one child run per rule job.
 
-Life cycle (ECOSYSTEM.md §4, docs/hardware.md §3):
+Life cycle (docs/hardware.md §3):
 - `on_start` (Snakemake `onstart`, main process only: spawned cluster jobs get `--no-hooks`)
   creates or upgrades the store once, so parallel jobs never race on its schema migrations,
   creates the experiment with an explicit artifact location, opens the parent run and exports its
