@@ -32,28 +32,40 @@ rule work:
     output: summary="out/job_{{i}}.json", table="out/job_{{i}}.csv"
     params: width=3, nested={{"a": {{"b": 1}}}}
     log: "logs/work_{{i}}.log"
-    script: "stage.py"
+    script: "work.py"
 
 rule broken:
     output: summary="out/broken.json"
     log: "logs/broken.log"
-    script: "stage.py"
+    script: "broken.py"
 """
 
-FAKE_STAGE = """
+# Each rule's script binds its own `@tracked` keyword entry, as workflow/scripts/ do.
+FAKE_WORK_SCRIPT = """
 from pathlib import Path
-from leukoflow.engine.runtime import run_rule
+from leukoflow.engine.runtime import run_rule, tracked
 
 
-def run(smk):
-    if smk.rule == "broken":
-        raise ValueError("this stage fails on purpose")
-    Path(smk.output.table).write_text("a,b\\n1,2\\n")
+@tracked
+def work(*, table, width, nested):
+    Path(table).write_text("a,b\\n1,2\\n")
     return {{"loss": [1.0 / (step + 1) for step in range({steps})], "score": 0.5, "ok": True,
             "nested": {{"count": 3}}}}
 
 
-run_rule(snakemake, run, tracked=True)
+run_rule(snakemake, work)
+"""
+
+FAKE_BROKEN_SCRIPT = """
+from leukoflow.engine.runtime import run_rule, tracked
+
+
+@tracked
+def broken():
+    raise ValueError("this stage fails on purpose")
+
+
+run_rule(snakemake, broken)
 """
 
 
@@ -69,7 +81,8 @@ def _write_fake_workflow(directory: Path) -> Path:
     snakefile.write_text(FAKE_SNAKEFILE.format(
         workflow_dir=str(REPO / "workflow"), config=_tracking_config(),
         tracking_rules=str(REPO / "workflow" / "rules" / "tracking.smk"), jobs=PARALLEL_JOBS))
-    (directory / "stage.py").write_text(FAKE_STAGE.format(steps=CURVE_STEPS))
+    (directory / "work.py").write_text(FAKE_WORK_SCRIPT.format(steps=CURVE_STEPS))
+    (directory / "broken.py").write_text(FAKE_BROKEN_SCRIPT)
     return snakefile
 
 
