@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from leukoflow.classification import training as cls
+from leukoflow.classification.loop import train_fold
 from leukoflow.detection import yolo as detection
 from leukoflow.engine import live, tracking
 from tests.test_classification import SETTINGS, _fold_data, _spec, dataset  # noqa: F401 - `dataset` is a fixture
@@ -55,8 +55,8 @@ def test_classifier_epochs_are_readable_while_it_trains(rule_run, dataset):  # n
                        "val_score": [m.step for m in reader.get_metric_history(rule_run.run_id, "val_score")]}
 
     with live.current_run(rule_run):
-        summary = cls.train_fold(spec, arrays, train, valid, rule_run.settings.sqlite_path.parent / "fold0",
-                                 fold=0, settings=SETTINGS, on_epoch_end=read_store)
+        summary = train_fold(spec, arrays, train, valid, rule_run.settings.sqlite_path.parent / "fold0",
+                             fold=0, settings=SETTINGS, on_epoch_end=read_store)
     assert seen[1] == {"status": "RUNNING", "train_loss": [1], "val_score": [1]}  # epoch 1, training goes on
     assert seen[2]["train_loss"] == [1, 2] and seen[3]["train_loss"] == [1, 2, 3]
     history = reader.get_metric_history(rule_run.run_id, "train_loss")
@@ -69,8 +69,8 @@ def test_classifier_without_a_validation_fold_logs_no_validation_metric(rule_run
     spec = _spec(epochs=2)
     arrays, train, valid = _fold_data(dataset, spec)
     with live.current_run(rule_run):
-        cls.train_fold(spec, arrays, train, valid.subset(valid.real & False), rule_run.settings.sqlite_path.parent,
-                       fold=0, settings=SETTINGS)
+        train_fold(spec, arrays, train, valid.subset(valid.real & False), rule_run.settings.sqlite_path.parent,
+                   fold=0, settings=SETTINGS)
     assert _logged_keys(_reader(rule_run), rule_run.run_id) == {"train_loss"}
 
 
