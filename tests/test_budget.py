@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from leukoflow.engine import budget
+from leukoflow.engine.config import load_config
 
 DOT = """digraph snakemake_dag {
 	0[label = "all", color = "0.00 0.6 0.85", style="rounded"];
@@ -94,7 +95,7 @@ def test_block_replacement_keeps_the_rest_of_the_page():
 @pytest.mark.e2e
 def test_the_challenge_configuration_is_planned_and_costed():
     jobs = budget.job_graph(budget.REPO / "config" / "cytologia.yaml", budget.Path(budget.tempfile.mkdtemp()))
-    budget.cost_jobs(jobs, budget.load_config(budget.REPO / "config" / "cytologia.yaml"))
+    budget.cost_jobs(jobs, load_config(budget.REPO / "config" / "cytologia.yaml"))
     trained = [job for job in jobs.values() if job.rule == "train_detector"]
     assert trained and all(job.gpu_hours > 0 for job in trained)
     assert budget.makespan(jobs, 4) < budget.makespan(jobs, 1)

@@ -16,7 +16,14 @@ import torch
 import yaml
 from PIL import Image
 
-from leukoflow.classification import training as cls
+from leukoflow.classification.augment import augment_batch
+from leukoflow.classification.items import crops_from_ground_truth, image_labels, load_items, split_fold
+from leukoflow.classification.loop import STATE_FILE, make_mixer, mix_batch, train_fold
+from leukoflow.classification.model import BEST_FILE, initial_model, load_best, predict_logits
+from leukoflow.classification.scoring import (argmax_macro_f1, batch_loss, evaluate_oof, frame_logits, frame_targets,
+                                              selection_score, thresholded_macro_f1)
+from leukoflow.classification.spec import ClassifierSpec, TrainSettings, model_defaults, with_defaults
+from leukoflow.classification.stage import predict_test, run_train_fold
 from leukoflow.classification import crop_cache, stage
 from leukoflow import tables
 from leukoflow.constants import CLASSES
@@ -65,7 +72,7 @@ def dataset(tmp_path_factory) -> dict:
     images = pd.DataFrame(images).astype({"name": "str", "split": "str", "path": "str", "role": "str"})
     boxes = pd.DataFrame(boxes).astype({"name": "str", "label": "str"})
     folds = pd.DataFrame(folds).astype({"name": "str", "multilabel": "str"})
-    crops = cls.crops_from_ground_truth(boxes, folds, images, margin=2)
+    crops = crops_from_ground_truth(boxes, folds, images, margin=2)
     test_crops = pd.DataFrame({
         "crop_id": [f"{row['name']}#0" for row in test_rows], "name": [row["name"] for row in test_rows],
         "split": "test", "fold": -1, "x1": [float(row["box"][0]) for row in test_rows],
@@ -93,26 +100,26 @@ def _build_cache(source, pixels, index, *, images, crops=None, folds=None, backg
                                   background_valid_side=valid_side, background_valid_position=(0.05, 0.05))
 
 
-DEFAULTS = cls.model_defaults(REPO / "config" / "schema.yaml")
+DEFAULTS = model_defaults(REPO / "config" / "schema.yaml")
 
 
 def _entry(**overrides) -> dict:
     base = dict(name="tiny", backbone="resnet10t", kind="multiclass", img_size=SIZE, epochs=2, batch_size=8,
                 lr=3e-3, validations_per_epoch=1, tta="hflip")
-    return cls.with_defaults({**base, **overrides}, DEFAULTS)
+    return with_defaults({**base, **overrides}, DEFAULTS)
 
 
-def _spec(**overrides) -> cls.ClassifierSpec:
-    return cls.ClassifierSpec.from_config(_entry(**overrides))
+def _spec(**overrides) -> ClassifierSpec:
+    return ClassifierSpec.from_config(_entry(**overrides))
 
 
-SETTINGS = cls.TrainSettings(seed=7, device="cpu", threads=1, amp=True, deterministic=True, channels_last=True,
-                             prefetch=True)
+SETTINGS = TrainSettings(seed=7, device="cpu", threads=1, amp=True, deterministic=True, channels_last=True,
+                         prefetch=True)
 
 
 def _fold_data(dataset, spec, fold=0):
-    arrays, main, background, _ = cls.load_items(spec, dataset["cache"], dataset["crops"])
-    train, valid = cls.split_fold(main, fold, background)
+    arrays, main, background, _ = load_items(spec, dataset["cache"], dataset["crops"])
+    train, valid = split_fold(main, fold, background)
     return arrays, train, valid
 
 
@@ -181,11 +188,11 @@ def test_macro_f1_matches_a_hand_check():
     expected = (0.5 + 2 / 3 + 0.8) / 3
     target = np.eye(24)[truth]
     logits = np.eye(24)[predicted] * 3.0
-    assert cls.argmax_macro_f1(target, logits) == pytest.approx(expected)
+    assert argmax_macro_f1(target, logits) == pytest.approx(expected)
     # multilabel at sigmoid > 0.5: labels absent from truth and prediction do not count
     ml_target = np.array([[1, 0, 0], [1, 1, 0]])
     ml_logits = np.array([[2.0, -1.0, -1.0], [2.0, -1.0, -1.0]])
-    assert cls.thresholded_macro_f1(ml_target, ml_logits) == pytest.approx((1.0 + 0.0) / 2)
+    assert thresholded_macro_f1(ml_target, ml_logits) == pytest.approx((1.0 + 0.0) / 2)
 
 
 def test_multilabel_is_scored_by_the_argmax_the_ensemble_uses():
@@ -196,17 +203,17 @@ def test_multilabel_is_scored_by_the_argmax_the_ensemble_uses():
     logits = np.full((4, 24), -4.0)
     logits[np.arange(4), truth] = -1.0
     logits[:, 23] = 5.0  # the Background logit never counts
-    assert cls.thresholded_macro_f1(target, logits) == 0.0
-    assert cls.argmax_macro_f1(target, logits) == 1.0
+    assert thresholded_macro_f1(target, logits) == 0.0
+    assert argmax_macro_f1(target, logits) == 1.0
     # images with two classes and background items are left out of the argmax score
     two = target.copy()
     two[0, 5] = 1
-    assert cls.argmax_macro_f1(two, logits) == 1.0
+    assert argmax_macro_f1(two, logits) == 1.0
     spec = _spec(kind="multilabel", loss="focal_bce", background=True)
-    assert cls.selection_score(spec, target, logits) == 1.0
+    assert selection_score(spec, target, logits) == 1.0
     loss_spec = _spec(kind="multilabel", loss="focal_bce", background=True, selection="val_loss")
-    assert cls.selection_score(loss_spec, target, logits) == pytest.approx(
-        -cls.batch_loss(loss_spec, torch.tensor(logits), torch.tensor(target)).item())
+    assert selection_score(loss_spec, target, logits) == pytest.approx(
+        -batch_loss(loss_spec, torch.tensor(logits), torch.tensor(target)).item())
 
 
 def test_focal_bce_is_the_winners_formula():
@@ -215,32 +222,32 @@ def test_focal_bce_is_the_winners_formula():
     target = torch.tensor([[1.0, 1.0]])
     p = torch.sigmoid(logits)
     expected = (0.7 * (1 - p) ** 2 * -torch.log(p)).mean()
-    assert cls.batch_loss(spec, logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert batch_loss(spec, logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_mixup_and_cutmix_are_active_when_configured():
     x = torch.arange(4 * 3 * 8 * 8, dtype=torch.float32).view(4, 3, 8, 8)
-    assert cls.make_mixer(_spec(mix_prob=0.0)) is None
+    assert make_mixer(_spec(mix_prob=0.0)) is None
     np.random.seed(0)
-    mixup = cls.make_mixer(_spec(mix_prob=1.0, cutmix_switch_prob=0.0))
+    mixup = make_mixer(_spec(mix_prob=1.0, cutmix_switch_prob=0.0))
     mixed = x.clone()
-    lam = cls.mix_batch(mixup, mixed)
+    lam = mix_batch(mixup, mixed)
     assert 0.0 <= lam < 1.0
     assert torch.allclose(mixed, lam * x + (1 - lam) * x.flip(0))
-    cutmix = cls.make_mixer(_spec(mix_prob=1.0, cutmix_switch_prob=1.0))
+    cutmix = make_mixer(_spec(mix_prob=1.0, cutmix_switch_prob=1.0))
     cut = x.clone()
-    lam = cls.mix_batch(cutmix, cut)
+    lam = mix_batch(cutmix, cut)
     changed = (cut != x)[:, 0].float().mean().item()
     assert lam < 1.0 and changed == pytest.approx(1 - lam, abs=1e-6)
 
 
 def test_augmentation_is_seeded_and_can_be_turned_off():
     x = torch.rand(6, 3, 16, 16)
-    first = cls.augment_batch(x.clone(), torch.Generator().manual_seed(1), 1.0)
-    second = cls.augment_batch(x.clone(), torch.Generator().manual_seed(1), 1.0)
+    first = augment_batch(x.clone(), torch.Generator().manual_seed(1), 1.0)
+    second = augment_batch(x.clone(), torch.Generator().manual_seed(1), 1.0)
     assert torch.equal(first, second) and not torch.equal(first, x)
     assert first.shape == x.shape and first.min() >= 0 and first.max() <= 1
-    assert torch.equal(cls.augment_batch(x.clone(), torch.Generator().manual_seed(1), 0.0), x)
+    assert torch.equal(augment_batch(x.clone(), torch.Generator().manual_seed(1), 0.0), x)
 
 
 # ----------------------------------------------------------------------------- training
@@ -249,11 +256,11 @@ def test_augmentation_is_seeded_and_can_be_turned_off():
 def test_training_lowers_the_loss_and_learns_the_colours(tmp_path, dataset):
     spec = _spec(epochs=4, mix_prob=0.0, augment_strength=0.0)
     arrays, train, valid = _fold_data(dataset, spec)
-    summary = cls.train_fold(spec, arrays, train, valid, tmp_path, fold=0, settings=SETTINGS)
+    summary = train_fold(spec, arrays, train, valid, tmp_path, fold=0, settings=SETTINGS)
     losses = summary["train_losses"]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert summary["best_val_score"] > 0.5 and summary["mixed_batch_share"] == 0.0
-    assert (tmp_path / cls.BEST_FILE).exists() and (tmp_path / cls.STATE_FILE).exists()
+    assert (tmp_path / BEST_FILE).exists() and (tmp_path / STATE_FILE).exists()
 
 
 @pytest.mark.slow
@@ -262,19 +269,19 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
     schema = tables.logits_schema(len(CLASSES))
     summaries = []
     for fold in range(N_FOLDS):
-        summaries.append(cls.run_train_fold(spec, fold, main_cache=dataset["cache"], truth=dataset["crops"],
-                                            out_dir=tmp_path / f"fold{fold}", oof_path=tmp_path / f"oof{fold}.parquet",
-                                            settings=SETTINGS, background_cache=None, init=[],
-                                            test_path=tmp_path / f"test{fold}.parquet"))
+        summaries.append(run_train_fold(spec, fold, main_cache=dataset["cache"], truth=dataset["crops"],
+                                        out_dir=tmp_path / f"fold{fold}", oof_path=tmp_path / f"oof{fold}.parquet",
+                                        settings=SETTINGS, background_cache=None, init=[],
+                                        test_path=tmp_path / f"test{fold}.parquet"))
     assert summaries[0]["mixed_batch_share"] > 0  # mix_prob 0.5 by default
     result = stage.predict_classifier(
         fold_oof=[tmp_path / f"oof{f}.parquet" for f in range(N_FOLDS)],
         fold_test=[tmp_path / f"test{f}.parquet" for f in range(N_FOLDS)], oof=tmp_path / "oof.parquet",
         test=tmp_path / "test.parquet", spec=_entry(epochs=1))
     # the test logits are the fold mean, as predicting with every fold's best weights gives
-    arrays, main, _, _ = cls.load_items(spec, dataset["cache"], dataset["crops"])
-    direct = cls.predict_test([tmp_path / f"fold{f}" / cls.BEST_FILE for f in range(N_FOLDS)], arrays,
-                              main.subset(main.role == "test"), settings=SETTINGS)
+    arrays, main, _, _ = load_items(spec, dataset["cache"], dataset["crops"])
+    direct = predict_test([tmp_path / f"fold{f}" / BEST_FILE for f in range(N_FOLDS)], arrays,
+                          main.subset(main.role == "test"), settings=SETTINGS)
     oof = tables.read_table(tmp_path / "oof.parquet", schema)
     test = tables.read_table(tmp_path / "test.parquet", schema)
     assert oof.columns.tolist()[:6] == ["id", "name", "fold", "trustii_id", "truth", "truth_labels"]
@@ -284,12 +291,12 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
     assert (oof["truth"] == train_crops.set_index("crop_id").loc[oof["id"], "class_idx"].to_numpy()).all()
     assert len(test) == 6 and (test["fold"] == -1).all() and (test["truth"] == -1).all()
     assert sorted(test["trustii_id"]) == list(range(1036, 1042))
-    assert np.allclose(cls.frame_logits(test), direct, atol=1e-5)
+    assert np.allclose(frame_logits(test), direct, atol=1e-5)
     assert result["test_rows"] == 6 and result["oof_rows"] == len(train_crops)
-    evaluation = cls.evaluate_oof(spec, oof)
+    evaluation = evaluate_oof(spec, oof)
     from sklearn.metrics import f1_score
     assert evaluation["oof_macro_f1"] == pytest.approx(
-        f1_score(oof["truth"], cls.frame_logits(oof).argmax(1), average="macro"), abs=1e-6)
+        f1_score(oof["truth"], frame_logits(oof).argmax(1), average="macro"), abs=1e-6)
     assert set(evaluation["fold_macro_f1"]) == set(range(N_FOLDS)) and evaluation["per_class_f1"]["PNN"]["support"] == 12
 
 
@@ -297,7 +304,7 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
 def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, dataset):
     spec = _spec(epochs=3)
     arrays, train, valid = _fold_data(dataset, spec, fold=1)
-    cls.train_fold(spec, arrays, train, valid, tmp_path / "straight", fold=1, settings=SETTINGS)
+    train_fold(spec, arrays, train, valid, tmp_path / "straight", fold=1, settings=SETTINGS)
 
     class Killed(RuntimeError):
         pass
@@ -307,11 +314,11 @@ def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, dataset):
             raise Killed
 
     with pytest.raises(Killed):
-        cls.train_fold(spec, arrays, train, valid, tmp_path / "killed", fold=1, settings=SETTINGS,
-                       on_epoch_end=kill_after_first_epoch)
-    assert not (tmp_path / "killed" / cls.BEST_FILE).exists()
-    resumed = cls.train_fold(spec, arrays, train, valid, tmp_path / "killed", fold=1, settings=SETTINGS)
-    straight, again = _weights(tmp_path / "straight" / cls.BEST_FILE), _weights(tmp_path / "killed" / cls.BEST_FILE)
+        train_fold(spec, arrays, train, valid, tmp_path / "killed", fold=1, settings=SETTINGS,
+                   on_epoch_end=kill_after_first_epoch)
+    assert not (tmp_path / "killed" / BEST_FILE).exists()
+    resumed = train_fold(spec, arrays, train, valid, tmp_path / "killed", fold=1, settings=SETTINGS)
+    straight, again = _weights(tmp_path / "straight" / BEST_FILE), _weights(tmp_path / "killed" / BEST_FILE)
     assert all(torch.equal(straight[key], again[key]) for key in straight)
     assert len(resumed["train_losses"]) == 3
 
@@ -322,10 +329,10 @@ def test_two_runs_give_identical_logits_on_cpu(tmp_path, dataset):
     arrays, train, valid = _fold_data(dataset, spec, fold=2)
     logits = []
     for run in ("a", "b"):
-        cls.train_fold(spec, arrays, train, valid, tmp_path / run, fold=2, settings=SETTINGS)
-        _, model = cls.load_best(tmp_path / run / cls.BEST_FILE)
-        logits.append(cls.predict_logits(model, arrays, valid, batch_size=8, device=torch.device("cpu"),
-                                         tta="hflip"))
+        train_fold(spec, arrays, train, valid, tmp_path / run, fold=2, settings=SETTINGS)
+        _, model = load_best(tmp_path / run / BEST_FILE)
+        logits.append(predict_logits(model, arrays, valid, batch_size=8, device=torch.device("cpu"),
+                                     tta="hflip"))
     assert np.array_equal(logits[0], logits[1])
 
 
@@ -342,9 +349,9 @@ def test_background_class_adds_a_24th_output_kept_out_of_the_oof(tmp_path, datas
                  per_image=2, min_side=20, max_side=60, valid_side=30)
     spec = _spec(epochs=1, background=True)
     assert spec.n_outputs == 24 and spec.class_names[-1] == "Background"
-    summary = cls.run_train_fold(spec, 0, main_cache=dataset["cache"], truth=dataset["crops"],
-                                 background_cache=bg_cache, out_dir=tmp_path / "fold0",
-                                 oof_path=tmp_path / "oof0.parquet", settings=SETTINGS, init=[])
+    summary = run_train_fold(spec, 0, main_cache=dataset["cache"], truth=dataset["crops"],
+                             background_cache=bg_cache, out_dir=tmp_path / "fold0",
+                             oof_path=tmp_path / "oof0.parquet", settings=SETTINGS, init=[])
     assert summary["n_train_background"] == 4 * 2 and summary["n_valid_background"] == 2
     oof = tables.read_table(tmp_path / "oof0.parquet", tables.logits_schema(24))
     assert len(oof) == summary["n_valid"] - 2 and not oof["id"].str.startswith("bg").any()
@@ -352,10 +359,10 @@ def test_background_class_adds_a_24th_output_kept_out_of_the_oof(tmp_path, datas
 
 def test_multilabel_model_on_whole_images(tmp_path, dataset):
     spec = _spec(kind="multilabel", loss="focal_bce", epochs=1, tta="none")
-    truth = cls.image_labels(dataset["boxes"], dataset["folds"])
-    summary = cls.run_train_fold(spec, 0, main_cache=dataset["image_cache"], truth=truth, out_dir=tmp_path / "f0",
-                                 oof_path=tmp_path / "oof0.parquet", settings=SETTINGS, background_cache=None,
-                                 init=[])
+    truth = image_labels(dataset["boxes"], dataset["folds"])
+    summary = run_train_fold(spec, 0, main_cache=dataset["image_cache"], truth=truth, out_dir=tmp_path / "f0",
+                             oof_path=tmp_path / "oof0.parquet", settings=SETTINGS, background_cache=None,
+                             init=[])
     oof = tables.read_table(tmp_path / "oof0.parquet", tables.logits_schema(23))
     assert (oof["id"] == oof["name"]).all() and (oof["truth"] >= 0).all()
     assert oof["truth_labels"].tolist() == oof["truth"].astype(str).tolist()
@@ -364,7 +371,7 @@ def test_multilabel_model_on_whole_images(tmp_path, dataset):
     assert summary["best_val_score"] == pytest.approx(max(checks), abs=1e-6)
     assert summary["oof_macro_f1"] == pytest.approx(summary["best_val_score"], abs=1e-6)
     assert summary["oof_macro_f1"] == pytest.approx(
-        cls.argmax_macro_f1(cls.frame_targets(oof, 23), cls.frame_logits(oof)), abs=1e-6)
+        argmax_macro_f1(frame_targets(oof, 23), frame_logits(oof)), abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- fine-tuning stages
@@ -372,19 +379,19 @@ def test_multilabel_model_on_whole_images(tmp_path, dataset):
 def test_init_from_starts_from_the_other_models_fold_weights(tmp_path, dataset):
     first = _spec(name="stage1", epochs=1)
     arrays, train, valid = _fold_data(dataset, first, fold=0)
-    cls.train_fold(first, arrays, train, valid, tmp_path / "stage1", fold=0, settings=SETTINGS)
-    saved = _weights(tmp_path / "stage1" / cls.BEST_FILE)
-    same_head = cls.initial_model(_spec(name="stage2", init_from="stage1"), [tmp_path / "stage1" / cls.BEST_FILE])
+    train_fold(first, arrays, train, valid, tmp_path / "stage1", fold=0, settings=SETTINGS)
+    saved = _weights(tmp_path / "stage1" / BEST_FILE)
+    same_head = initial_model(_spec(name="stage2", init_from="stage1"), [tmp_path / "stage1" / BEST_FILE])
     assert all(torch.equal(value, saved[key]) for key, value in same_head.state_dict().items())
-    wider = cls.initial_model(_spec(name="stage2_bg", init_from="stage1", background=True),
-                              [tmp_path / "stage1" / cls.BEST_FILE])
+    wider = initial_model(_spec(name="stage2_bg", init_from="stage1", background=True),
+                          [tmp_path / "stage1" / BEST_FILE])
     state = wider.state_dict()
     assert all(torch.equal(state[key], saved[key]) for key in saved if not key.startswith("head."))
     assert state["head.weight"].shape[0] == 24
     # its own epochs and lr: a second stage trains on from there and reports where it started
     second = _spec(name="stage2", init_from="stage1", epochs=1, lr=1e-4)
-    summary = cls.train_fold(second, arrays, train, valid, tmp_path / "stage2", fold=0, settings=SETTINGS,
-                             init=[str(tmp_path / "stage1" / cls.BEST_FILE)])
+    summary = train_fold(second, arrays, train, valid, tmp_path / "stage2", fold=0, settings=SETTINGS,
+                         init=[str(tmp_path / "stage1" / BEST_FILE)])
     assert summary["init_from"] == "stage1" and summary["epochs"] == 1
     with pytest.raises(ValueError, match="init_from names the model itself"):
         _spec(name="loop", init_from="loop")
@@ -395,13 +402,13 @@ def test_init_from_starts_from_the_other_models_fold_weights(tmp_path, dataset):
 def test_every_config_model_is_a_valid_spec():
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     item_keys = set(schema["properties"]["classifiers"]["properties"]["models"]["items"]["properties"])
-    assert item_keys == {f.name for f in fields(cls.ClassifierSpec)}
+    assert item_keys == {f.name for f in fields(ClassifierSpec)}
     for path in [*sorted((REPO / "config").glob("*.yaml")), REPO / "tests" / "configs" / "tiny.yaml"]:
         if path.name == "schema.yaml":
             continue
         section = yaml.safe_load(path.read_text()).get("classifiers", {})
         for entry in section.get("models", []):
-            spec = cls.ClassifierSpec.from_config(cls.with_defaults(entry, DEFAULTS))
+            spec = ClassifierSpec.from_config(with_defaults(entry, DEFAULTS))
             assert replace(spec).n_outputs in (23, 24)
 
 
@@ -412,10 +419,10 @@ def test_logits_schema_expands_the_placeholder():
 
 
 def test_spec_has_no_defaults_of_its_own():
-    assert all(field.default is field.default_factory for field in fields(cls.ClassifierSpec))
+    assert all(field.default is field.default_factory for field in fields(ClassifierSpec))
     with pytest.raises(ValueError, match="missing key"):
-        cls.ClassifierSpec.from_config({"name": "x", "backbone": "resnet10t", "kind": "multiclass", "img_size": 32,
-                                        "epochs": 1, "batch_size": 2, "lr": 0.1})
+        ClassifierSpec.from_config({"name": "x", "backbone": "resnet10t", "kind": "multiclass", "img_size": 32,
+                                    "epochs": 1, "batch_size": 2, "lr": 0.1})
 
 
 def test_cuda_out_of_memory_is_retried_with_half_the_batch():
@@ -441,14 +448,14 @@ def test_pseudo_labels_join_the_training_of_their_fold_only(tmp_path, dataset):
     table = pd.DataFrame({"crop_id": test_ids[:4], "name": [i.split("#")[0] for i in test_ids[:4]],
                           "fold": [0, 0, 1, 1], "class_idx": [0, 3, 7, 7], "confidence": 0.99})
     spec = _spec(epochs=1)
-    summary = cls.run_train_fold(spec, 0, main_cache=dataset["cache"], truth=dataset["crops"],
-                                 out_dir=tmp_path / "f0", oof_path=tmp_path / "oof0.parquet", settings=SETTINGS,
-                                 background_cache=None, init=[], test_path=tmp_path / "test0.parquet", pseudo=table)
+    summary = run_train_fold(spec, 0, main_cache=dataset["cache"], truth=dataset["crops"],
+                             out_dir=tmp_path / "f0", oof_path=tmp_path / "oof0.parquet", settings=SETTINGS,
+                             background_cache=None, init=[], test_path=tmp_path / "test0.parquet", pseudo=table)
     assert summary["pseudo_labels"] == 2
     oof = tables.read_table(tmp_path / "oof0.parquet", tables.logits_schema(len(CLASSES)))
     assert not set(oof["id"]) & set(test_ids)
     test = tables.read_table(tmp_path / "test0.parquet", tables.logits_schema(len(CLASSES)))
     assert sorted(test["id"]) == sorted(test_ids)
-    _, main, _, _ = cls.load_items(spec, dataset["cache"], dataset["crops"])
+    _, main, _, _ = load_items(spec, dataset["cache"], dataset["crops"])
     items = pseudo_labels.pseudo_items(main, table, 1, spec.n_outputs)
     assert sorted(items.ids) == sorted(test_ids[2:4]) and (items.target.argmax(1) == 7).all()

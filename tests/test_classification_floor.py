@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from leukoflow.classification import training as cls
+from leukoflow.classification.items import crops_from_ground_truth, load_items, split_fold
+from leukoflow.classification.loop import train_fold
+from leukoflow.classification.spec import ClassifierSpec, TrainSettings, model_defaults, with_defaults
 from leukoflow.classification import crop_cache
 from leukoflow.ingest import contract as ingest
 from leukoflow.synthetic import challenge_layout, synthesize
@@ -43,14 +45,14 @@ def _ground_truth_crops(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     boxes = pd.read_parquet(out / "boxes.parquet")
     train_names = sorted(images.loc[images["split"] == "train", "name"])
     folds = pd.DataFrame({"name": train_names, "fold": np.arange(len(train_names)) % N_FOLDS})
-    crops = cls.crops_from_ground_truth(boxes[boxes["class_idx"] >= 0], folds, images,
-                                        margin=DEMO["classifiers"]["ground_truth_margin"])
+    crops = crops_from_ground_truth(boxes[boxes["class_idx"] >= 0], folds, images,
+                                    margin=DEMO["classifiers"]["ground_truth_margin"])
     return images, crops
 
 
 def test_first_demo_classifier_is_far_above_chance(tmp_path):
-    defaults = cls.model_defaults(REPO / "config" / "schema.yaml")
-    spec = cls.ClassifierSpec.from_config(cls.with_defaults(DEMO["classifiers"]["models"][0], defaults))
+    defaults = model_defaults(REPO / "config" / "schema.yaml")
+    spec = ClassifierSpec.from_config(with_defaults(DEMO["classifiers"]["models"][0], defaults))
     images, crops = _ground_truth_crops(tmp_path)
     cache = (tmp_path / f"crops_{spec.img_size}.npy", tmp_path / f"crops_{spec.img_size}.parquet")
     background = DEMO["classifiers"]["background_crops"]
@@ -59,12 +61,12 @@ def test_first_demo_classifier_is_far_above_chance(tmp_path):
                            background_min_side=background["min_side"], background_max_side=background["max_side"],
                            background_valid_side=background["valid_side"],
                            background_valid_position=background["valid_position"])
-    arrays, main, background_items, _ = cls.load_items(spec, cache, crops)
-    train, valid = cls.split_fold(main, 0, background_items)
+    arrays, main, background_items, _ = load_items(spec, cache, crops)
+    train, valid = split_fold(main, 0, background_items)
     run = DEMO["classifiers"]
-    settings = cls.TrainSettings(seed=DEMO["seed"], device=run["device"], threads=1, amp=run["amp"],
-                                 deterministic=run["deterministic"], channels_last=run["channels_last"],
-                                 prefetch=run["prefetch"])
-    summary = cls.train_fold(spec, arrays, train, valid, tmp_path / "fold0", fold=0, settings=settings)
+    settings = TrainSettings(seed=DEMO["seed"], device=run["device"], threads=1, amp=run["amp"],
+                             deterministic=run["deterministic"], channels_last=run["channels_last"],
+                             prefetch=run["prefetch"])
+    summary = train_fold(spec, arrays, train, valid, tmp_path / "fold0", fold=0, settings=settings)
     print(f"crops={len(crops)} train={len(train)} valid={len(valid)} best_val_score={summary['best_val_score']:.4f}")
     assert summary["best_val_score"] >= MACRO_F1_FLOOR > 3 * CHANCE

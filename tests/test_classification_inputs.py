@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 from snakemake.iocontainers import InputFiles
 
-from leukoflow.classification import training as classification
+from leukoflow.classification.items import truth_for, truth_from_tables
+from leukoflow.classification.spec import ClassifierSpec, model_defaults, with_defaults
 
 from leukoflow import tables
 
@@ -19,10 +20,10 @@ def test_truth_from_tables_reads_the_declared_crop_table(tmp_path):
     })
     path = tmp_path / "crops.parquet"
     tables.write_table(crops, path, tables.CROPS)
-    defaults = classification.model_defaults(Path(__file__).resolve().parents[1] / "config" / "schema.yaml")
-    spec = classification.ClassifierSpec.from_config(classification.with_defaults(
+    defaults = model_defaults(Path(__file__).resolve().parents[1] / "config" / "schema.yaml")
+    spec = ClassifierSpec.from_config(with_defaults(
         {"name": "mc", "backbone": "resnet10t", "kind": "multiclass", "img_size": 32, "epochs": 1, "batch_size": 2,
          "lr": 0.1}, defaults))
-    expected = classification.truth_for(spec, crops=tables.read_table(path, tables.CROPS))
-    got = classification.truth_from_tables(spec, InputFiles(fromdict={"crops": str(path)}))
+    expected = truth_for(spec, crops=tables.read_table(path, tables.CROPS))
+    got = truth_from_tables(spec, InputFiles(fromdict={"crops": str(path)}))
     pd.testing.assert_frame_equal(got, expected)

@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 import yaml
 
-from leukoflow.engine.config import ConfigError, gpu_token, job_request, validate_config
+from leukoflow.engine.config import ConfigError, gpu_token, job_request, load_config, validate_config
 from tests.conftest import REPO, run_workflow
 
 SCHEMA_PATH = REPO / "config" / "schema.yaml"
@@ -130,3 +130,12 @@ def test_two_gpu_detector_training_asks_the_scheduler_for_two_gpus(tmp_path: Pat
     assert all(", gpu=2" in job.split("Shell command")[0] for job in det1)
     assert all("mem_mb=12000" in job.split("Shell command")[0] and "runtime=90" in job for job in det1)
     assert all(", gpu=0" in job.split("Shell command")[0] for job in det2)  # the tiny config's CPU detector
+
+
+def test_load_config_merges_a_configfile_over_the_defaults_key_by_key(tmp_path):
+    defaults, configfile = tmp_path / "defaults.yaml", tmp_path / "run.yaml"
+    defaults.write_text("seed: 1\ndata: {source: synthetic, images: 10}\nmodels: [a, b]\n")
+    configfile.write_text("data: {images: 20}\nmodels: [c]\n")
+    assert load_config(configfile, defaults=defaults) == {"seed": 1, "data": {"source": "synthetic", "images": 20},
+                                                          "models": ["c"]}
+    assert load_config(REPO / "config" / "config.yaml") == DEFAULT

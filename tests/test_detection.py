@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from leukoflow.detection import crops, datasets, fitting
 from leukoflow.detection import yolo as detection
+from leukoflow.engine.devices import resolve_device
 
 from leukoflow import tables
 from leukoflow.constants import CLASSES
@@ -236,8 +237,8 @@ def test_changed_settings_start_over(dataset, tmp_path):
 
 
 def test_resolve_device():
-    assert detection.resolve_device("cpu") == "cpu"
-    assert detection.resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- fitting and scoring

@@ -1,4 +1,4 @@
-"""Ensemble weights search (leukoflow.ensemble.search) on small synthetic logits, boxes and crops."""
+"""Ensemble weights search (leukoflow.ensemble) on small synthetic logits, boxes and crops."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukoflow.ensemble import search as ensemble
+from leukoflow.ensemble.blending import Scheme, blend, equal_scheme, normalised, winner_scheme
+from leukoflow.ensemble.inputs import EnsembleInputs, align_inputs
+from leukoflow.ensemble.objectives import CropF1, official_metric
+from leukoflow.ensemble.offsets import fit_offsets, nested_offsets
+from leukoflow.ensemble.study import search
+from leukoflow.ensemble.weight_search import search_ensemble_weights
 
 from leukoflow import metric
 
@@ -92,13 +97,13 @@ def world() -> dict:
 
 
 @pytest.fixture(scope="module")
-def inputs(world) -> ensemble.EnsembleInputs:
-    return ensemble.align_inputs(world["mc"], world["ml"])
+def inputs(world) -> EnsembleInputs:
+    return align_inputs(world["mc"], world["ml"])
 
 
 def test_blend_uses_the_multilabel_model_only_on_single_cell_images(inputs):
-    mc_only = ensemble.blend(inputs, ensemble.Scheme({"mc_a": 1.0, "mc_b": 0.0}, 1.0))
-    ml_heavy = ensemble.blend(inputs, ensemble.Scheme({"mc_a": 1.0, "mc_b": 0.0}, 0.0))
+    mc_only = blend(inputs, Scheme({"mc_a": 1.0, "mc_b": 0.0}, 1.0))
+    ml_heavy = blend(inputs, Scheme({"mc_a": 1.0, "mc_b": 0.0}, 0.0))
     multi = ~inputs.single_cell
     assert np.array_equal(mc_only.class_idx, inputs.mc_logits[0].argmax(1))
     assert np.array_equal(ml_heavy.class_idx[multi], mc_only.class_idx[multi])
@@ -108,16 +113,16 @@ def test_blend_uses_the_multilabel_model_only_on_single_cell_images(inputs):
 
 def test_background_logit_is_dropped_and_weights_are_normalised(inputs):
     assert inputs.mc_logits.shape == (2, len(inputs), len(CLASSES))
-    assert ensemble.normalised({"a": 2.0, "b": 6.0}, ["a", "b"]) == {"a": 0.25, "b": 0.75}
-    assert ensemble.normalised({"a": 0.0, "b": 0.0}, ["a", "b"]) == {"a": 0.5, "b": 0.5}
-    winner = ensemble.winner_scheme(inputs, [["mc_a", "mc_b"]], 0.457)
+    assert normalised({"a": 2.0, "b": 6.0}, ["a", "b"]) == {"a": 0.25, "b": 0.75}
+    assert normalised({"a": 0.0, "b": 0.0}, ["a", "b"]) == {"a": 0.5, "b": 0.5}
+    winner = winner_scheme(inputs, [["mc_a", "mc_b"]], 0.457)
     assert winner.weights == pytest.approx({"mc_a": 0.5, "mc_b": 0.5}) and winner.alpha == 0.457
 
 
 def test_misaligned_multiclass_tables_are_refused(world):
     shorter = world["mc"]["mc_b"].iloc[1:]
     with pytest.raises(ValueError, match="mc_b.*other crops"):
-        ensemble.align_inputs({"mc_a": world["mc"]["mc_a"], "mc_b": shorter})
+        align_inputs({"mc_a": world["mc"]["mc_a"], "mc_b": shorter})
 
 
 def _independent_submission(world, predicted_by_crop: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -134,10 +139,10 @@ def _independent_submission(world, predicted_by_crop: dict[str, str]) -> tuple[p
 
 
 def test_metric_objective_equals_the_official_score(world, inputs):
-    objective, counts = ensemble.official_metric(inputs, world["oof"], world["crops"], world["boxes"], margin=MARGIN)
+    objective, counts = official_metric(inputs, world["oof"], world["crops"], world["boxes"], margin=MARGIN)
     assert counts["metric_cells"] == len(world["boxes"])
-    scheme = ensemble.Scheme({"mc_a": 0.3, "mc_b": 0.7}, 0.6)
-    predicted = ensemble.blend(inputs, scheme).class_idx
+    scheme = Scheme({"mc_a": 0.3, "mc_b": 0.7}, 0.6)
+    predicted = blend(inputs, scheme).class_idx
     truth, submission = _independent_submission(world, dict(zip(inputs.ids, np.array(CLASSES)[predicted])))
     expected = metric.score(truth, submission)
     assert objective(predicted) == pytest.approx(expected.score, abs=1e-12)
@@ -155,26 +160,26 @@ def _trials(study) -> list[tuple]:
 
 
 def test_search_is_deterministic_for_a_seed(inputs):
-    score = ensemble.CropF1(inputs)
-    first = ensemble.search(inputs, score, n_trials=6, seed=7, **SEARCH)
-    second = ensemble.search(inputs, score, n_trials=6, seed=7, **SEARCH)
-    other = ensemble.search(inputs, score, n_trials=6, seed=8, **SEARCH)
+    score = CropF1(inputs)
+    first = search(inputs, score, n_trials=6, seed=7, **SEARCH)
+    second = search(inputs, score, n_trials=6, seed=7, **SEARCH)
+    other = search(inputs, score, n_trials=6, seed=8, **SEARCH)
     assert _trials(first) == _trials(second)
     assert _trials(first) != _trials(other)
 
 
 def test_resumed_study_continues_like_an_uninterrupted_one(inputs, tmp_path):
-    score = ensemble.CropF1(inputs)
-    enqueue = [("equal", ensemble.equal_scheme(inputs)), ("winner", ensemble.winner_scheme(inputs, [], 0.457))]
+    score = CropF1(inputs)
+    enqueue = [("equal", equal_scheme(inputs)), ("winner", winner_scheme(inputs, [], 0.457))]
     storage = tmp_path / "study.db"
     common = dict(n_startup_trials=3, alpha_range=(0.0, 1.0), study_name="test", enqueue=enqueue)
-    short = ensemble.search(inputs, score, n_trials=4, seed=3, storage=storage, **common)
+    short = search(inputs, score, n_trials=4, seed=3, storage=storage, **common)
     assert len(short.trials) == 4
-    resumed = ensemble.search(inputs, score, n_trials=7, seed=3, storage=storage, **common)
+    resumed = search(inputs, score, n_trials=7, seed=3, storage=storage, **common)
     assert len(resumed.trials) == 7
     params = [tuple(sorted(t.params.items())) for t in resumed.trials]
     assert len(set(params)) == len(params)
-    straight = ensemble.search(inputs, score, n_trials=7, seed=3, storage=tmp_path / "other.db", **common)
+    straight = search(inputs, score, n_trials=7, seed=3, storage=tmp_path / "other.db", **common)
     assert _trials(resumed) == _trials(straight)
     assert [t.user_attrs.get("origin") for t in resumed.trials[:2]] == ["enqueued:equal", "enqueued:winner"]
 
@@ -182,15 +187,15 @@ def test_resumed_study_continues_like_an_uninterrupted_one(inputs, tmp_path):
 def test_a_study_killed_mid_trial_resumes_to_the_uninterrupted_result(inputs, tmp_path):
     import optuna
 
-    score = ensemble.CropF1(inputs)
-    enqueue = [("equal", ensemble.equal_scheme(inputs))]
+    score = CropF1(inputs)
+    enqueue = [("equal", equal_scheme(inputs))]
     common = dict(n_trials=5, seed=3, n_startup_trials=3, alpha_range=(0.0, 1.0), study_name="test", enqueue=enqueue)
     storage = tmp_path / "study.db"
-    ensemble.search(inputs, score, **{**common, "n_trials": 2}, storage=storage)
+    search(inputs, score, **{**common, "n_trials": 2}, storage=storage)
     stale = optuna.load_study(study_name="test", storage=f"sqlite:///{storage}")
     stale.ask()  # the kill: a trial asked and never told stays RUNNING in the file
-    resumed = ensemble.search(inputs, score, **common, storage=storage)
-    straight = ensemble.search(inputs, score, **common, storage=tmp_path / "other.db")
+    resumed = search(inputs, score, **common, storage=storage)
+    straight = search(inputs, score, **common, storage=tmp_path / "other.db")
     assert _trials(resumed) == _trials(straight)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in resumed.trials)
 
@@ -219,7 +224,7 @@ def _run(world, tmp_path, **overrides) -> tuple[dict, object]:
     settings = dict(objective="metric", n_trials=8, nested_trials=4, n_startup_trials=4, alpha_range=[0, 1],
                     winner_alpha=0.457, groups=[], apply="best", study_name="ensemble", seed=1,
                     class_offsets={"search": True, "apply": False, "max_abs": 1.0, "steps": 5, "passes": 1})
-    summary = ensemble.search_ensemble_weights(
+    summary = search_ensemble_weights(
         mc_oof=pick("mc", "oof"), ml_oof=pick("ml", "oof"), mc_test=pick("mc", "test"), ml_test=pick("ml", "test"),
         oof_boxes=str(tmp_path / "oof_boxes.parquet"), crops=str(tmp_path / "crops.parquet"),
         boxes=str(tmp_path / "boxes.parquet"), weights=str(out / "weights.json"),
@@ -277,7 +282,7 @@ def test_class_offsets_correct_a_biased_blend_and_never_lose_where_fitted():
         return f1_score(truth[rows], class_idx[rows], average="macro")
 
     plain = objective(probability.argmax(1))
-    offsets, value = ensemble.fit_offsets(probability, objective, max_abs=1.5, steps=7, passes=2)
+    offsets, value = fit_offsets(probability, objective, max_abs=1.5, steps=7, passes=2)
     assert value >= plain and value > plain + 0.05 and offsets[2] > 0
-    nested = ensemble.nested_offsets(probability, folds, objective, max_abs=1.5, steps=7, passes=2)
+    nested = nested_offsets(probability, folds, objective, max_abs=1.5, steps=7, passes=2)
     assert nested["score"] > plain and set(nested["per_fold"]) == {"0", "1"}

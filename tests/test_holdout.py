@@ -12,25 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from leukoflow import tables
 from leukoflow.curation import deduplicate, repair_boxes
+from leukoflow.engine.config import load_config
 from leukoflow.ingest import contract, hold_out_test, no_test_table
 from leukoflow.ingest.holdout import held_out
 from tests.conftest import REPO, shared_path
 from tests.test_duplicates import OPTIONS, ingest_boxes, ingest_images
 
-def _overlaid(base: dict, overlay: dict) -> dict:
-    """Snakemake's --configfile merge: nested keys of the overlay replace the base's."""
-    merged = dict(base)
-    for key, value in overlay.items():
-        merged[key] = _overlaid(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return merged
-
-
-BCCD = _overlaid(yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
-                 yaml.safe_load((REPO / "config" / "bccd.yaml").read_text()))
+BCCD = load_config(REPO / "config" / "bccd.yaml")
 # Pairs of real BCCD smears that show the same field of view, checked by eye (BENCHMARKS.md): 00037/00038
 # slightly moved and refocused (pHash distance 4), the others moved by up to ~15 % (distance 14-28).
 # Every pair the search groups must be one of them, and 00037/00038 must be grouped.

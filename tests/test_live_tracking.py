@@ -1,5 +1,6 @@
-"""Live tracking: per-epoch metrics reach the job's MLflow run while it trains, and epochs that
-skipped validation log no validation metric at all (never a zero filler)."""
+"""Live tracking: per-epoch metrics reach the job's MLflow run while it trains, epochs that
+skipped validation log no validation metric at all (never a zero filler), and the job's summary
+at its end adds no second series of what was logged live."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from leukoflow.classification import training as cls
+from leukoflow.classification.loop import train_fold
 from leukoflow.detection import yolo as detection
-from leukoflow.engine import live, tracking
+from leukoflow.engine import live, summaries, tracking
 from tests.test_classification import SETTINGS, _fold_data, _spec, dataset  # noqa: F401 - `dataset` is a fixture
 from tests.test_tracking import _tracking_config
 
@@ -55,8 +56,8 @@ def test_classifier_epochs_are_readable_while_it_trains(rule_run, dataset):  # n
                        "val_score": [m.step for m in reader.get_metric_history(rule_run.run_id, "val_score")]}
 
     with live.current_run(rule_run):
-        summary = cls.train_fold(spec, arrays, train, valid, rule_run.settings.sqlite_path.parent / "fold0",
-                                 fold=0, settings=SETTINGS, on_epoch_end=read_store)
+        summary = train_fold(spec, arrays, train, valid, rule_run.settings.sqlite_path.parent / "fold0",
+                             fold=0, settings=SETTINGS, on_epoch_end=read_store)
     assert seen[1] == {"status": "RUNNING", "train_loss": [1], "val_score": [1]}  # epoch 1, training goes on
     assert seen[2]["train_loss"] == [1, 2] and seen[3]["train_loss"] == [1, 2, 3]
     history = reader.get_metric_history(rule_run.run_id, "train_loss")
@@ -69,8 +70,8 @@ def test_classifier_without_a_validation_fold_logs_no_validation_metric(rule_run
     spec = _spec(epochs=2)
     arrays, train, valid = _fold_data(dataset, spec)
     with live.current_run(rule_run):
-        cls.train_fold(spec, arrays, train, valid.subset(valid.real & False), rule_run.settings.sqlite_path.parent,
-                       fold=0, settings=SETTINGS)
+        train_fold(spec, arrays, train, valid.subset(valid.real & False), rule_run.settings.sqlite_path.parent,
+                   fold=0, settings=SETTINGS)
     assert _logged_keys(_reader(rule_run), rule_run.run_id) == {"train_loss"}
 
 
@@ -108,7 +109,7 @@ def test_summary_history_leaves_out_validation_that_did_not_run():
     assert cleaned["train/box_loss"].tolist() == [3.0, 2.0, 1.0]
     assert detection.without_skipped_validation(history, validated_every_epoch=True).equals(history)
     assert not any(key.startswith(VALIDATION_PREFIXES)
-                   for key, _, _ in tracking.metric_values({"history": cleaned.dropna(axis="columns").to_dict("list")}))
+                   for key, _, _ in summaries.metric_values({"history": cleaned.dropna(axis="columns").to_dict("list")}))
 
 
 @pytest.mark.slow
@@ -133,3 +134,72 @@ def test_a_detector_trained_without_validation_logs_it_for_the_last_epoch_only(r
     assert summary["validation"]["epoch"] == 2 and "metrics/mAP50(B)" in summary["validation"]
     written = pd.read_csv(tmp_path / "run.csv")
     assert written["val/box_loss"].isna().tolist() == [True, False]
+
+
+# ----------------------------------------------------------------------------- one series per quantity
+
+def _finish(rule_run: tracking.RuleRun, summary: dict) -> dict[str, list[tuple[int, float]]]:
+    """End the run as `run_rule` does after the entry returns; every metric's (step, value) points."""
+    rule_run.finish(summary, SimpleNamespace(output=[], log=[], rule="train"))
+    reader = _reader(rule_run)
+    assert reader.get_run(rule_run.run_id).info.status == "FINISHED"
+    return {key: [(m.step, m.value) for m in reader.get_metric_history(rule_run.run_id, key)]
+            for key in _logged_keys(reader, rule_run.run_id)}
+
+
+def _series(points: dict[str, list[tuple[int, float]]]) -> dict[str, list[int]]:
+    return {key: [step for step, _ in steps] for key, steps in points.items() if len(steps) > 1}
+
+
+def test_a_tracked_classifier_job_shows_each_quantity_once(rule_run, dataset):  # noqa: F811
+    spec = _spec(epochs=3)
+    arrays, train, valid = _fold_data(dataset, spec)
+    with live.current_run(rule_run):
+        summary = train_fold(spec, arrays, train, valid, rule_run.settings.sqlite_path.parent / "fold0", fold=0,
+                             settings=SETTINGS)
+    points = _finish(rule_run, summary)
+    assert _series(points) == {"train_loss": [1, 2, 3], "val_score": [1, 2, 3], "best_val_score": [1, 2, 3]}
+    assert "train_losses" not in points and not any(key.startswith("history") for key in points)
+    assert points["best_val_score"][-1][1] == pytest.approx(summary["best_val_score"])
+    assert points["n_train"] == [(0, len(train))]  # what live logging did not log still comes at the end
+
+
+def test_a_resumed_classifier_job_logs_its_earlier_epochs_once(rule_run, dataset, tmp_path):  # noqa: F811
+    spec = _spec(epochs=3)
+    arrays, train, valid = _fold_data(dataset, spec)
+
+    class Killed(RuntimeError):
+        pass
+
+    def killed_after_first_epoch(epoch: int) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):
+        train_fold(spec, arrays, train, valid, tmp_path, fold=0, settings=SETTINGS,
+                   on_epoch_end=killed_after_first_epoch)
+    with live.current_run(rule_run):
+        summary = train_fold(spec, arrays, train, valid, tmp_path, fold=0, settings=SETTINGS)
+    points = _finish(rule_run, summary)
+    assert _series(points)["train_loss"] == [1, 2, 3]
+    assert [value for _, value in points["train_loss"]] == pytest.approx(summary["train_losses"])
+
+
+def test_a_tracked_detector_job_shows_each_quantity_once(rule_run, tmp_path):
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "train" / "images" / "a.png").write_bytes(b"")
+    epoch_log, rows = detection.EpochLog(), []
+    with live.current_run(rule_run):
+        for epoch in range(3):
+            validation = {"metrics/mAP50(B)": 0.1 * epoch, "val/box_loss": 2.0 - epoch / 10}
+            trainer = _trainer(epoch, validation)
+            epoch_log.trained(trainer)
+            epoch_log.validated(None)
+            epoch_log.fit_epoch_end(trainer)
+            rows.append({"epoch": epoch + 1, **trainer.label_loss_items(trainer.tloss), **trainer.lr, **validation})
+    summary = detection._training_summary(pd.DataFrame(rows), tmp_path / "dataset.yaml", {"epochs": 3}, "fresh",
+                                          None, 1.0, "cpu")
+    points = _finish(rule_run, summary)
+    live_keys = {"train/box_loss", "train/cls_loss", "lr/pg0", "metrics/mAP50_B_", "val/box_loss"}
+    assert _series(points) == {key: [1, 2, 3] for key in live_keys}
+    assert not [key for key in points if key.startswith(("history.", "validation.metrics", "validation.val"))]
+    assert points["map50"] == [(0, pytest.approx(0.2))]

@@ -23,11 +23,18 @@ import torch
 from PIL import Image, ImageDraw
 
 from leukoflow.inference import bundle as bundle_lib
-from leukoflow.classification import training as classification
 from leukoflow.classification import crop_cache
 from leukoflow.detection import crops
 from leukoflow.detection import yolo as detection
-from leukoflow.ensemble import search as ensemble
+from leukoflow.classification.items import main_items
+from leukoflow.classification.model import BEST_FILE, build_model
+from leukoflow.classification.scoring import logits_frame
+from leukoflow.classification.spec import ClassifierSpec, TrainSettings, model_defaults, with_defaults
+from leukoflow.classification.stage import predict_test
+from leukoflow.detection.fitting import fuse_test_boxes
+from leukoflow.ensemble.blending import Scheme, blend
+from leukoflow.ensemble.inputs import align_inputs
+from leukoflow.ensemble.weight_search import classes_frame
 from leukoflow.inference import predict
 from leukoflow.ensemble import submission
 from leukoflow import tables
@@ -37,15 +44,15 @@ REPO = Path(__file__).resolve().parents[1]
 PREDICT_ARGS = {"imgsz": 64, "conf": 0.001, "iou": 0.3, "max_det": 20, "batch": 8}
 WBF = {"wbf_iou": 0.25, "wbf_skip": 0.0001}
 MARGIN = 16
-SETTINGS = classification.TrainSettings(seed=42, device="cpu", threads=1, amp=False, deterministic=True,
-                                        channels_last=True, prefetch=False)
-SPEC_DEFAULTS = classification.model_defaults(REPO / "config" / "schema.yaml")
+SETTINGS = TrainSettings(seed=42, device="cpu", threads=1, amp=False, deterministic=True,
+                         channels_last=True, prefetch=False)
+SPEC_DEFAULTS = model_defaults(REPO / "config" / "schema.yaml")
 
 
-def _spec(**entry) -> classification.ClassifierSpec:
+def _spec(**entry) -> ClassifierSpec:
     """A classifier spec completed with the schema defaults (training keys unused here)."""
-    return classification.ClassifierSpec.from_config(
-        classification.with_defaults({"epochs": 1, "batch_size": 4, "lr": 1e-3, **entry}, SPEC_DEFAULTS))
+    return ClassifierSpec.from_config(
+        with_defaults({"epochs": 1, "batch_size": 4, "lr": 1e-3, **entry}, SPEC_DEFAULTS))
 N_FOLDS = 2
 
 
@@ -99,8 +106,8 @@ def _classifier_checkpoints(out_dir: Path, name: str, kind: str) -> list[Path]:
     paths = []
     for fold in range(N_FOLDS):
         torch.manual_seed(100 + fold)
-        model = classification.build_model(spec)
-        path = out_dir / name / f"fold{fold}" / classification.BEST_FILE
+        model = build_model(spec)
+        path = out_dir / name / f"fold{fold}" / BEST_FILE
         path.parent.mkdir(parents=True)
         torch.save({"spec": asdict(spec), "fold": fold, "model": model.state_dict(), "best_f1": 0.0,
                     "best_at": 1.0}, path)
@@ -109,7 +116,7 @@ def _classifier_checkpoints(out_dir: Path, name: str, kind: str) -> list[Path]:
 
 
 def _workflow_test_predictions(smear: dict, root: Path, detectors: list[Path], classifiers: dict,
-                               scheme: ensemble.Scheme) -> tuple[pd.DataFrame, pd.DataFrame]:
+                               scheme: Scheme) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Test boxes and submission exactly as the rules compute them."""
     images = smear["images"]
     test = smear["test"]
@@ -117,7 +124,7 @@ def _workflow_test_predictions(smear: dict, root: Path, detectors: list[Path], c
     paths = detection.image_paths_of(images, test_images["name"])
     raw = pd.concat([detection.raw_detections(detection.predict_images(w, paths, device="cpu", **PREDICT_ARGS),
                                               "det1", fold) for fold, w in enumerate(detectors)], ignore_index=True)
-    test_boxes = detection.fuse_test_boxes(raw, test, images, **WBF)
+    test_boxes = fuse_test_boxes(raw, test, images, **WBF)
     crop_table = crops.test_crops(test_boxes, images, margin=MARGIN, detector="det1")
     path_of = dict(zip(images["name"], images["path"]))
     crop_index = crop_cache.build_crop_cache(crop_table, path_of, 32, root / "cache_crops.npy", threads=1)
@@ -131,12 +138,12 @@ def _workflow_test_predictions(smear: dict, root: Path, detectors: list[Path], c
         else:
             pixels, index = np.load(root / "cache_images.npy"), image_index
             truth = pd.DataFrame({"name": test_images["name"], "labels": ""})
-        items, _ = classification.main_items(spec, index, truth)
-        logits = classification.predict_test(checkpoints, [pixels], items, settings=SETTINGS)
-        frames[name] = (kind, classification.logits_frame(items, logits, np.full(len(items), -1)))
-    inputs = ensemble.align_inputs({n: f for n, (k, f) in frames.items() if k == "multiclass"},
-                                   {n: f for n, (k, f) in frames.items() if k == "multilabel"})
-    classes = ensemble.classes_frame(inputs, ensemble.blend(inputs, scheme))
+        items, _ = main_items(spec, index, truth)
+        logits = predict_test(checkpoints, [pixels], items, settings=SETTINGS)
+        frames[name] = (kind, logits_frame(items, logits, np.full(len(items), -1)))
+    inputs = align_inputs({n: f for n, (k, f) in frames.items() if k == "multiclass"},
+                          {n: f for n, (k, f) in frames.items() if k == "multilabel"})
+    classes = classes_frame(inputs, blend(inputs, scheme))
     frame, _ = submission.assemble(test, test_boxes, classes, fallback_class="PNN")
     return test_boxes, frame.merge(classes[["trustii_id", "probability"]], on="trustii_id", how="left")
 
@@ -167,7 +174,7 @@ def world(tmp_path_factory) -> dict:
     detectors = _detector_weights(root)
     classifiers = {"mc": ("multiclass", _classifier_checkpoints(root, "mc", "multiclass")),
                    "ml": ("multilabel", _classifier_checkpoints(root, "ml", "multilabel"))}
-    scheme = ensemble.Scheme({"mc": 1.0}, 0.4)
+    scheme = Scheme({"mc": 1.0}, 0.4)
     test_boxes, expected = _workflow_test_predictions(smear, root, detectors, classifiers, scheme)
     weights = root / "weights.json"
     weights.write_text(json.dumps({"scheme": "best", **scheme.as_dict(), "multiclass": ["mc"], "multilabel": ["ml"],

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from leukoflow.engine import tracking
+from leukoflow.engine import summaries, tracking
 from tests.conftest import REPO, SNAKEMAKE
 
 PARALLEL_JOBS = 4
@@ -32,28 +32,40 @@ rule work:
     output: summary="out/job_{{i}}.json", table="out/job_{{i}}.csv"
     params: width=3, nested={{"a": {{"b": 1}}}}
     log: "logs/work_{{i}}.log"
-    script: "stage.py"
+    script: "work.py"
 
 rule broken:
     output: summary="out/broken.json"
     log: "logs/broken.log"
-    script: "stage.py"
+    script: "broken.py"
 """
 
-FAKE_STAGE = """
+# Each rule's script binds its own `@tracked` keyword entry, as workflow/scripts/ do.
+FAKE_WORK_SCRIPT = """
 from pathlib import Path
-from leukoflow.engine.runtime import run_rule
+from leukoflow.engine.runtime import run_rule, tracked
 
 
-def run(smk):
-    if smk.rule == "broken":
-        raise ValueError("this stage fails on purpose")
-    Path(smk.output.table).write_text("a,b\\n1,2\\n")
+@tracked
+def work(*, table, width, nested):
+    Path(table).write_text("a,b\\n1,2\\n")
     return {{"loss": [1.0 / (step + 1) for step in range({steps})], "score": 0.5, "ok": True,
             "nested": {{"count": 3}}}}
 
 
-run_rule(snakemake, run, tracked=True)
+run_rule(snakemake, work)
+"""
+
+FAKE_BROKEN_SCRIPT = """
+from leukoflow.engine.runtime import run_rule, tracked
+
+
+@tracked
+def broken():
+    raise ValueError("this stage fails on purpose")
+
+
+run_rule(snakemake, broken)
 """
 
 
@@ -69,7 +81,8 @@ def _write_fake_workflow(directory: Path) -> Path:
     snakefile.write_text(FAKE_SNAKEFILE.format(
         workflow_dir=str(REPO / "workflow"), config=_tracking_config(),
         tracking_rules=str(REPO / "workflow" / "rules" / "tracking.smk"), jobs=PARALLEL_JOBS))
-    (directory / "stage.py").write_text(FAKE_STAGE.format(steps=CURVE_STEPS))
+    (directory / "work.py").write_text(FAKE_WORK_SCRIPT.format(steps=CURVE_STEPS))
+    (directory / "broken.py").write_text(FAKE_BROKEN_SCRIPT)
     return snakefile
 
 
@@ -189,13 +202,21 @@ def test_relative_store_and_artifact_paths_are_resolved_against_the_working_dire
 
 
 def test_metric_values_flatten_summaries_and_turn_lists_into_curves():
-    values = tracking.metric_values({"a": 1, "b": {"c": 2.5}, "curve": [3, 2], "name": "x", "flag": False,
+    values = summaries.metric_values({"a": 1, "b": {"c": 2.5}, "curve": [3, 2], "name": "x", "flag": False,
                                      "mixed": [1, "x"]})
     assert values == [("a", 1.0, 0), ("b.c", 2.5, 0), ("curve", 3.0, 0), ("curve", 2.0, 1), ("flag", 0.0, 0)]
 
 
 def test_metric_keys_are_cleaned_for_mlflow():
-    assert tracking.metric_values({"f1": {"PNN+LY": 0.5}}) == [("f1.PNN_LY", 0.5, 0)]
+    assert summaries.metric_values({"f1": {"PNN+LY": 0.5}}) == [("f1.PNN_LY", 0.5, 0)]
+
+
+def test_end_of_job_values_leave_out_what_was_logged_live():
+    summary = {"train_losses": [3.0, 2.0], "history": {"train/box_loss": [1.0, 0.5]}, "best_val_score": 0.7,
+               "validation": {"epoch": 2, "val/box_loss": 0.4}, "map50": 0.3}
+    live_keys = {"train_loss", "train/box_loss", "best_val_score", "val/box_loss"}
+    assert summaries.end_of_job_values(summary, live_keys) == [("validation.epoch", 2.0, 0), ("map50", 0.3, 0)]
+    assert summaries.end_of_job_values(summary, set()) == summaries.metric_values(summary)  # nothing logged live
 
 
 def test_requested_targets_come_from_the_dag_settings():

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from leukoflow.classification import fetch_weights
-from leukoflow.classification import training as cls
+from leukoflow.classification.model import build_model
+from leukoflow.classification.spec import ClassifierSpec, model_defaults, with_defaults
 from leukoflow.classification.weights import WeightsError
 from tests.conftest import REPO, run_workflow
 
@@ -73,11 +74,11 @@ def test_a_hash_mismatch_is_refused_and_leaves_no_file(served, tmp_path):
 def test_the_loaded_backbone_equals_the_served_state_dict(served, tmp_path):
     target = tmp_path / "weights" / "resnet10t.safetensors"
     fetch_weights(weights=_declared(served, target), timeout_s=10)
-    defaults = cls.model_defaults(REPO / "config" / "schema.yaml")
-    spec = cls.ClassifierSpec.from_config(cls.with_defaults(
+    defaults = model_defaults(REPO / "config" / "schema.yaml")
+    spec = ClassifierSpec.from_config(with_defaults(
         {"name": "r", "backbone": "resnet10t", "kind": "multiclass", "img_size": 32, "epochs": 1, "batch_size": 2,
          "lr": 0.1, "weights": str(target)}, defaults))
-    backbone = cls.build_model(spec).backbone.state_dict()
+    backbone = build_model(spec).backbone.state_dict()
     expected = {key: value for key, value in served["state"].items() if not key.startswith("fc.")}
     assert set(backbone) == set(expected)
     assert all(torch.equal(backbone[key], expected[key]) for key in expected)

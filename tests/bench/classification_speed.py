@@ -1,8 +1,8 @@
-"""Training throughput of leukoflow.classification.training against a plain timm training loop.
+"""Training throughput of leukoflow.classification.loop.train_fold against a plain timm training loop.
 
 Both loops train the same backbone from scratch on the same uint8 crops (a seeded random array
 written as a memory-mapped cache, as the workflow's), with the same batch size, epochs, threads
-and AdamW. Ours is `classification.train_fold` with the full recipe on (cache reads, batched
+and AdamW. Ours is `train_fold` with the full recipe on (cache reads, batched
 augmentation, Mixup/CutMix, the soft-target loss); its figure counts the training steps only
 (validation and checkpoints excluded). The plain loop is the textbook one: a `TensorDataset` of
 the same pixels through a `DataLoader`, normalise, `timm.create_model(num_classes=K)`,
@@ -24,13 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leukoflow.classification import training as cls
+from leukoflow.classification.augment import IMAGENET_MEAN, IMAGENET_STD
+from leukoflow.classification.items import ItemSet
+from leukoflow.classification.loop import train_fold
+from leukoflow.classification.model import build_model, predict_logits
+from leukoflow.classification.spec import ClassifierSpec, TrainSettings
 
 DEMO_MODELS = ("resnet10t:48:multiclass", "regnetx_002:48:multiclass", "resnet10t:64:multilabel")
 
 
 def fake_items(n_items: int, n_outputs: int, size: int, kind: str, seed: int, folder: Path
-               ) -> tuple[np.ndarray, cls.ItemSet]:
+               ) -> tuple[np.ndarray, ItemSet]:
     rng = np.random.default_rng(seed)
     path = folder / f"pixels_{size}.npy"
     pixels = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n_items, size, size, 3))
@@ -40,23 +44,23 @@ def fake_items(n_items: int, n_outputs: int, size: int, kind: str, seed: int, fo
     target = np.eye(n_outputs, dtype=np.float32)[classes]
     if kind == "multilabel":
         target[np.arange(n_items), rng.integers(0, 23, n_items)] = 1.0
-    items = cls.ItemSet(source=np.zeros(n_items, dtype="int64"), row=np.arange(n_items), target=target,
-                        ids=np.array([f"c{k}" for k in range(n_items)]),
-                        names=np.array([f"c{k}" for k in range(n_items)]),
-                        folds=np.zeros(n_items, dtype="int64"), trustii=np.full(n_items, -1),
-                        real=np.ones(n_items, dtype=bool), role=np.full(n_items, "train"))
+    items = ItemSet(source=np.zeros(n_items, dtype="int64"), row=np.arange(n_items), target=target,
+                    ids=np.array([f"c{k}" for k in range(n_items)]),
+                    names=np.array([f"c{k}" for k in range(n_items)]),
+                    folds=np.zeros(n_items, dtype="int64"), trustii=np.full(n_items, -1),
+                    real=np.ones(n_items, dtype=bool), role=np.full(n_items, "train"))
     return np.load(path, mmap_mode="r"), items
 
 
-def ours(spec: cls.ClassifierSpec, pixels: np.ndarray, items: cls.ItemSet, threads: int, folder: Path) -> float:
-    settings = cls.TrainSettings(seed=0, device="cpu", threads=threads)
+def ours(spec: ClassifierSpec, pixels: np.ndarray, items: ItemSet, threads: int, folder: Path) -> float:
+    settings = TrainSettings(seed=0, device="cpu", threads=threads)
     empty = items.subset(np.zeros(len(items), dtype=bool))
-    summary = cls.train_fold(spec, [pixels], items, empty, folder / f"ours_{time.time_ns()}", fold=0,
-                             settings=settings)
+    summary = train_fold(spec, [pixels], items, empty, folder / f"ours_{time.time_ns()}", fold=0,
+                         settings=settings)
     return summary["train_images_per_second"]
 
 
-def plain_timm(spec: cls.ClassifierSpec, pixels: np.ndarray, items: cls.ItemSet, threads: int) -> float:
+def plain_timm(spec: ClassifierSpec, pixels: np.ndarray, items: ItemSet, threads: int) -> float:
     import timm
 
     torch.set_num_threads(threads)
@@ -66,8 +70,8 @@ def plain_timm(spec: cls.ClassifierSpec, pixels: np.ndarray, items: cls.ItemSet,
     loader = torch.utils.data.DataLoader(dataset, batch_size=spec.batch_size, shuffle=True)
     model = timm.create_model(spec.backbone, pretrained=False, num_classes=spec.n_outputs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    mean = torch.tensor(cls.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(cls.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     images, seconds = 0, 0.0
     model.train()
     for _ in range(spec.epochs):
@@ -87,15 +91,15 @@ def plain_timm(spec: cls.ClassifierSpec, pixels: np.ndarray, items: cls.ItemSet,
     return images / seconds
 
 
-def inference_ms_per_crop(spec: cls.ClassifierSpec, pixels: np.ndarray, items: cls.ItemSet, threads: int) -> float:
+def inference_ms_per_crop(spec: ClassifierSpec, pixels: np.ndarray, items: ItemSet, threads: int) -> float:
     """CPU inference of our predict path (normalise + forward, no TTA), best of three passes."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = cls.build_model(spec)
+    model = build_model(spec)
     timings = []
     for _ in range(3):
         started = time.perf_counter()
-        cls.predict_logits(model, [pixels], items, batch_size=spec.batch_size, device=torch.device("cpu"))
+        predict_logits(model, [pixels], items, batch_size=spec.batch_size, device=torch.device("cpu"))
         timings.append(time.perf_counter() - started)
     return 1000.0 * min(timings) / len(items)
 
@@ -114,9 +118,9 @@ def main() -> None:
         folder = Path(scratch)
         for model in args.models:
             backbone, size, kind = model.split(":")
-            spec = cls.ClassifierSpec(name="bench", backbone=backbone, kind=kind, img_size=int(size),
-                                      loss="cross_entropy" if kind == "multiclass" else "focal_bce",
-                                      epochs=args.epochs, batch_size=args.batch_size, lr=1e-3)
+            spec = ClassifierSpec(name="bench", backbone=backbone, kind=kind, img_size=int(size),
+                                  loss="cross_entropy" if kind == "multiclass" else "focal_bce",
+                                  epochs=args.epochs, batch_size=args.batch_size, lr=1e-3)
             pixels, items = fake_items(args.n_items, spec.n_outputs, spec.img_size, kind, 0, folder)
             ours_runs, plain_runs = [], []
             for _ in range(args.repeats):  # interleaved, so a load change on the machine hits both

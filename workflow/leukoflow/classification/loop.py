@@ -170,6 +170,7 @@ def train_fold(spec: ClassifierSpec, arrays: Sequence[np.ndarray], train: ItemSe
     torch.use_deterministic_algorithms(settings.deterministic, warn_only=True)
     run = FoldRun(spec, settings, fold, out_dir, _fingerprint(spec, settings, fold, train, valid, init), init)
     record, device = run.record, run.device
+    log_trained_epochs(record)
     mixer = make_mixer(spec)
     executor = ThreadPoolExecutor(max_workers=1) if settings.prefetch else None
     try:
@@ -214,6 +215,13 @@ def train_fold(spec: ClassifierSpec, arrays: Sequence[np.ndarray], train: ItemSe
     return _fold_summary(spec, fold, train, valid, record, device)
 
 
+def log_trained_epochs(record: dict[str, Any]) -> None:
+    """Epochs a resumed fold trained in an earlier job, logged to this job's run too (the killed
+    job's run has them), so that its live curves are whole."""
+    for epoch in range(1, record["epoch"] + 1):
+        live.log_epoch(epoch_metrics(record, epoch), step=epoch)
+
+
 def epoch_metrics(record: dict[str, Any], epoch: int) -> dict[str, float]:
     """What the MLflow run shows live after `epoch` (1-based): its mean loss and, only when the
     validation fold was checked during it, the last check and the best so far (never a zero filler)."""
@@ -221,7 +229,8 @@ def epoch_metrics(record: dict[str, Any], epoch: int) -> dict[str, float]:
     metrics = {"train_loss": points[-1]["train_loss"]}
     checks = [point["val_score"] for point in points if "val_score" in point]
     if checks:
-        metrics.update(val_score=checks[-1], best_val_score=round(float(record["best_score"]), 6))
+        best = max(point["val_score"] for point in record["history"] if "val_score" in point and point["epoch"] <= epoch)
+        metrics.update(val_score=checks[-1], best_val_score=best)
     return metrics
 
 

@@ -34,7 +34,6 @@ import torch
 
 from leukoflow import tables
 from leukoflow.detection.datasets import SPLITS
-from leukoflow.boxes import truth_table  # noqa: F401 - transitional: ensemble reads it from `yolo as detection`
 from leukoflow.detection.fitting import fuse_test_boxes
 from leukoflow.engine import live, offline
 from leukoflow.engine.devices import resolve_device
@@ -94,13 +93,14 @@ def fit_detector(*, dataset_yaml: str | Path, run_dir: str | Path, weights_out: 
     started = time.perf_counter()
     state = _run_state(run_dir, fingerprint)
     resumed_from = None
+    validated_every_epoch = train_args.get("val", True)
     if state == "unfinished":
-        resumed_from = _resume(run_dir, dataset_yaml, device, threads)
+        resumed_from = _resume(run_dir, dataset_yaml, device, threads, validated_every_epoch)
     elif state == "fresh":
         _train_fresh(run_dir, dataset_yaml, fingerprint, device, threads)
-    history = pd.read_csv(run_dir / "results.csv")
-    history.columns = [column.strip() for column in history.columns]
-    history = without_skipped_validation(history, validated_every_epoch=train_args.get("val", True))
+    history = without_skipped_validation(read_history(run_dir), validated_every_epoch=validated_every_epoch)
+    if state == "finished":
+        log_trained_epochs(history)
     weights = run_dir / "weights" / ("best.pt" if (run_dir / "weights" / "best.pt").exists() else "last.pt")
     Path(weights_out).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, weights_out)
@@ -121,6 +121,13 @@ def without_skipped_validation(history: pd.DataFrame, *, validated_every_epoch: 
     columns = validation_columns(history)
     history[columns] = history[columns].astype("float64")
     history.loc[history.index[:-1], columns] = np.nan
+    return history
+
+
+def read_history(run_dir: Path) -> pd.DataFrame:
+    """ultralytics' results.csv of a run: one row per trained epoch."""
+    history = pd.read_csv(run_dir / "results.csv")
+    history.columns = [column.strip() for column in history.columns]
     return history
 
 
@@ -186,16 +193,28 @@ def _train_fresh(run_dir: Path, dataset_yaml, fingerprint: dict[str, Any], devic
                 pretrained=fingerprint["init_weights"] or False, verbose=False, **args)
 
 
-def _resume(run_dir: Path, dataset_yaml, device: str, threads: int) -> int:
+def _resume(run_dir: Path, dataset_yaml, device: str, threads: int, validated_every_epoch: bool) -> int:
     last = run_dir / "weights" / "last.pt"
     epoch = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"]) + 1
     LOGGER.info("resuming %s at epoch %d", last, epoch + 1)
+    trained = read_history(run_dir)
+    trained = trained[trained["epoch"] <= epoch]
+    # an unfinished run without `val` every epoch has validated none of them yet
+    log_trained_epochs(trained if validated_every_epoch else trained.drop(columns=validation_columns(trained)))
     YOLO = import_yolo()
     model = YOLO(str(last))
     _add_callbacks(model, run_dir, restore=True)
     model.train(resume=str(last), data=str(dataset_yaml), device=device, save_dir=str(run_dir.resolve()),
                 workers=_workers(device, threads))
     return epoch
+
+
+def log_trained_epochs(history: pd.DataFrame) -> None:
+    """Epochs trained by an earlier job (resumed or reused run), logged to this job's run as
+    `EpochLog` logs them live, so that its curves are whole; empty cells (no validation) left out."""
+    for row in history.drop(columns=["time"], errors="ignore").to_dict(orient="records"):
+        epoch = int(row.pop("epoch"))
+        live.log_epoch({key: round(float(value), 5) for key, value in row.items() if pd.notna(value)}, step=epoch)
 
 
 def _workers(device: str, threads: int) -> int:

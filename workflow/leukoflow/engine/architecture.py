@@ -105,15 +105,34 @@ class RuleLink:
     outputs: tuple[str, ...]
 
 
+RUN_RULE_IMPORT = "from leukoflow.engine.runtime import run_rule"
+_ENTRY_IMPORT = re.compile(r"from (?P<package>leukoflow\.\w+) import (?P<entry>\w+)")
+
+
+def script_shape_problem(script: Path) -> str | None:
+    """Why a rule script is not the three-line binding of its entry, or None when it is."""
+    lines = _statements(script)
+    if len(lines) != 3:
+        return f"{script.name}: {len(lines)} statements, the convention is three lines"
+    entry_import = _ENTRY_IMPORT.fullmatch(lines[0])
+    if entry_import is None or entry_import.group("entry") != script.stem:
+        return f"{script.name}: the first line must import the entry {script.stem} from its stage package"
+    if lines[1] != RUN_RULE_IMPORT:
+        return f"{script.name}: the second line must be {RUN_RULE_IMPORT!r}"
+    if lines[2] != f"run_rule(snakemake, {script.stem})":
+        return f"{script.name}: the third line must be 'run_rule(snakemake, {script.stem})'"
+    return None
+
+
 def entry_of_script(script: Path) -> str:
     """The entry a three-line script binds (`leukoflow.<stage>.<rule>`), else NOT_CONVERTED."""
-    lines = [line for line in script.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    shape = re.fullmatch(r"from (leukoflow\.\w+) import (\w+)", lines[0]) if lines else None
-    if (len(lines) != 3 or shape is None or shape.group(2) != script.stem
-            or lines[1] != "from leukoflow.engine.runtime import run_rule"
-            or lines[2] != f"run_rule(snakemake, {script.stem})"):
+    if script_shape_problem(script) is not None:
         return NOT_CONVERTED
-    return f"{shape.group(1)}.{shape.group(2)}"
+    return f"{_ENTRY_IMPORT.fullmatch(_statements(script)[0]).group('package')}.{script.stem}"
+
+
+def _statements(script: Path) -> list[str]:
+    return [line for line in script.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def rule_links(rules_dir: Path = RULES_DIR, scripts_dir: Path = SCRIPTS_DIR) -> list[RuleLink]:

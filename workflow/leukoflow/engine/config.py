@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
+
+
+REPO = Path(__file__).resolve().parents[3]
+DEFAULT_CONFIG = Path("config/config.yaml")
 
 
 class ConfigError(ValueError):
@@ -18,6 +23,23 @@ class ConfigError(ValueError):
 # (an "alias bomb") that validation would walk and error messages would print.
 MAX_CONFIG_VALUES = 100_000
 MAX_MESSAGE_CHARS = 300
+
+
+def load_config(configfile: str | Path, defaults: str | Path = REPO / DEFAULT_CONFIG) -> dict[str, Any]:
+    """The default configuration with `configfile` merged over it key by key, as Snakemake merges
+    `--configfile` over the Snakefile's `configfile:`."""
+    config = yaml.safe_load(Path(defaults).read_text()) or {}
+    merge_config(config, yaml.safe_load(Path(configfile).read_text()) or {})
+    return config
+
+
+def merge_config(base: dict[str, Any], override: Mapping[str, Any]) -> None:
+    """Update `base` in place: mappings merge key by key, any other value replaces."""
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge_config(base[key], value)
+        else:
+            base[key] = value
 
 
 def validate_config(config: dict[str, Any], schema_path: str | Path) -> None:

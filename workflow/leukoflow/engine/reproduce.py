@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from leukoflow.engine.config import load_config
 from leukoflow.engine.summaries import flatten
 from leukoflow.engine.tracking import ENV_PARENT_RUN
 
@@ -230,25 +231,11 @@ def release_configfile(worktree: Path, tag: str) -> str:
 
 
 def effective_config(worktree: Path, configfile: str) -> dict[str, Any]:
-    """config/config.yaml updated by `configfile`, merged as Snakemake merges --configfile."""
-    config = _load_yaml(worktree / DEFAULT_CONFIG)
-    if configfile != DEFAULT_CONFIG:
-        _deep_update(config, _load_yaml(worktree / configfile))
-    return config
-
-
-def _load_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ReproduceError(f"configuration {path} is not in the release")
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
+    """The release's config/config.yaml updated by `configfile`, merged as Snakemake merges --configfile."""
+    for path in (worktree / DEFAULT_CONFIG, worktree / configfile):
+        if not path.is_file():
+            raise ReproduceError(f"configuration {path} is not in the release")
+    return load_config(worktree / configfile, defaults=worktree / DEFAULT_CONFIG)
 
 
 def run_workflow(worktree: Path, *, configfile: str, cores: str, log_path: Path, extra_args: list[str] | None = None) -> None:

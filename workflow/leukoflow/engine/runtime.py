@@ -75,7 +75,7 @@ def _plain_value(value: Any) -> Any:
     return value
 
 
-def run_rule(smk: Any, entry: Callable[..., dict[str, Any]], *, tracked: bool = False) -> dict[str, Any]:
+def run_rule(smk: Any, entry: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """Run one rule's entry under Snakemake: binding, log file, timing, `output.summary`.
 
     Tracked entries (`@tracked`) are also one MLflow run each; data-preparation jobs skip MLflow
@@ -84,17 +84,17 @@ def run_rule(smk: Any, entry: Callable[..., dict[str, Any]], *, tracked: bool = 
     if multiprocessing.parent_process() is not None:
         return {}  # a spawned worker re-imports the script as its main module: only the job runs the rule
     recovery.die_with_snakemake()  # no orphan writes after a kill -9 of the run
-    tracked = tracked or getattr(entry, "tracked", False)
+    is_tracked = getattr(entry, "tracked", False)
     offline.enforce()
     log_path = Path(smk.log[0]) if len(smk.log) else None
     _configure_logging(log_path)
     logger = logging.getLogger(f"leukoflow.{smk.rule}")
-    run = tracking.start_rule_run(smk) if tracked else tracking.RuleRun()  # no-op unless `tracking.enabled`
+    run = tracking.start_rule_run(smk) if is_tracked else tracking.RuleRun()  # no-op unless `tracking.enabled`
     started = time.perf_counter()
     logger.info("rule %s starts (threads=%s, tracked=%s)", smk.rule, smk.threads, run.active)
     try:
         with live.current_run(run):  # per-epoch metrics reach the run while the entry trains
-            summary = entry(smk) if _takes_job(entry) else entry(**bind(smk, entry))
+            summary = entry(**bind(smk, entry))
     except BaseException:
         logger.exception("rule %s failed", smk.rule)
         run.fail()
@@ -106,11 +106,6 @@ def run_rule(smk: Any, entry: Callable[..., dict[str, Any]], *, tracked: bool = 
     logger.info("rule %s done in %.1f s", smk.rule, summary["seconds"])
     run.finish(summary, smk)
     return summary
-
-
-def _takes_job(entry: Callable[..., Any]) -> bool:
-    """Transitional: an entry `run(smk)` written before the keyword convention."""
-    return list(inspect.signature(entry).parameters) == ["smk"]
 
 
 def _configure_logging(log_path: Path | None) -> None:

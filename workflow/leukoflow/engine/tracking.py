@@ -8,10 +8,11 @@ Life cycle (docs/hardware.md §3):
   `--export=ALL`). The id is also written to `results/tracking/parent_run.json`, keyed by the
   main process (host + pid), for jobs that do not inherit the environment.
 - `start_rule_run` (called by `runtime.run_rule`) opens the job's child run with its params and
-  provenance tags; `RuleRun.finish` logs the summary as metrics (lists of numbers are per-step
-  curves), small output files as artifacts and a declared `bundle` output as an MLflow model, and
-  ends the run FINISHED; `RuleRun.fail` ends it FAILED. While the job runs, `RuleRun.log_epoch`
-  takes its training loops' per-epoch metrics (via `leukoflow.engine.live`): live curves.
+  provenance tags. While the job runs, `RuleRun.log_epoch` takes its training loops' per-epoch
+  metrics (via `leukoflow.engine.live`): live curves, one series per quantity. `RuleRun.finish`
+  logs the summary's numbers that live logging did not (`summaries.end_of_job_values`; lists are
+  per-step curves), small output files as artifacts and a declared `bundle` output as an MLflow
+  model, and ends the run FINISHED; `RuleRun.fail` ends it FAILED.
 - `on_success` / `on_error` log results/metrics.json on the parent and end it.
 
 SQLite under parallel writers: MLflow already waits up to 20 s for a lock (busy_timeout); on top,
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from leukoflow.engine.provenance import config_hash, provenance_tags
-from leukoflow.engine.summaries import flatten
+from leukoflow.engine.summaries import end_of_job_values, flatten, metric_key, metric_values
 
 ENV_PARENT_RUN = "LEUKOFLOW_PARENT_RUN_ID"
 PARENT_RUN_FILE = Path("results/tracking/parent_run.json")
@@ -240,7 +241,7 @@ def on_finish(config: Mapping[str, Any], *, succeeded: bool, workdir: str | Path
     metrics_path = Path(workdir or ".") / metrics_json
     if succeeded and metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
-        _log_metric_values(client, settings, run_id, metrics)
+        _log_values(client, settings, run_id, metric_values(metrics))
         with_lock_retries(lambda: client.log_artifact(run_id, str(metrics_path)), settings, "log metrics.json")
     status = "FINISHED" if succeeded else "FAILED"
     with_lock_retries(lambda: client.set_terminated(run_id, status), settings, "end parent run")
@@ -294,6 +295,7 @@ class RuleRun:
     def __init__(self, client: Any = None, settings: TrackingSettings | None = None, run_id: str | None = None,
                  experiment_id: str | None = None) -> None:
         self.client, self.settings, self.run_id, self.experiment_id = client, settings, run_id, experiment_id
+        self.live_keys: set[str] = set()  # metric keys logged per epoch while the job ran
 
     @property
     def active(self) -> bool:
@@ -305,7 +307,7 @@ class RuleRun:
             return
         started = time.perf_counter()
         try:
-            _log_metric_values(self.client, self.settings, self.run_id, summary)
+            _log_values(self.client, self.settings, self.run_id, end_of_job_values(summary, self.live_keys))
             for path, folder in _small_files(smk, self.settings.max_artifact_mb):
                 self._call(lambda p=path, f=folder: self.client.log_artifact(self.run_id, str(p), f), f"log artifact {path}")
             bundle = _named_output(smk, BUNDLE_OUTPUT)
@@ -321,8 +323,10 @@ class RuleRun:
         """Log one epoch's numbers at `step` now, while the job runs (`leukoflow.engine.live`)."""
         if not self.active:
             return
+        values = [(key, value, step) for key, value, _ in metric_values(metrics)]
         try:
-            _log_metric_values(self.client, self.settings, self.run_id, metrics, step=step)
+            _log_values(self.client, self.settings, self.run_id, values)
+            self.live_keys.update(key for key, _, _ in values)
         except Exception:
             logger.warning("tracking: could not log step %d to run %s", step, self.run_id, exc_info=True)
 
@@ -397,7 +401,7 @@ def rule_params(smk: Any) -> dict[str, Any]:
     section = (smk.config or {}).get(smk.rule)
     if isinstance(section, Mapping):
         params.update(flatten(dict(section), prefix=f"config.{smk.rule}."))
-    return {_clean_key(key): value for key, value in params.items()}
+    return {metric_key(key): value for key, value in params.items()}
 
 
 def _wildcards(smk: Any) -> dict[str, str]:
@@ -444,33 +448,13 @@ def log_bundle(client: Any, settings: TrackingSettings, experiment_id: str, run_
 
 # ----------------------------------------------------------------------------- values
 
-def metric_values(summary: Mapping[str, Any]) -> list[tuple[str, float, int]]:
-    """(key, value, step) of every number in a summary; a list of numbers is a curve over steps."""
-    values = []
-    for key, value in flatten(summary).items():
-        key, value = _clean_key(key), _plain_number(value)
-        if isinstance(value, (int, float)):
-            values.append((key, float(value), 0))
-        elif isinstance(value, (list, tuple)) and value and all(isinstance(_plain_number(v), (int, float)) for v in value):
-            values += [(key, float(_plain_number(v)), step) for step, v in enumerate(value)]
-    return values
-
-
-def _log_metric_values(client: Any, settings: TrackingSettings, run_id: str, summary: Mapping[str, Any],
-                       step: int | None = None) -> None:
-    """Every number of `summary` (lists as curves), or all at one `step` when given (a live epoch)."""
+def _log_values(client: Any, settings: TrackingSettings, run_id: str, values: list[tuple[str, float, int]]) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, at if step is None else step) for key, value, at in metric_values(summary)]
+    metrics = [Metric(key, value, now, step) for key, value, step in values]
     for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
         with_lock_retries(lambda c=chunk: client.log_batch(run_id, metrics=c), settings, "log metrics")
-
-
-def _plain_number(value: Any) -> Any:
-    if hasattr(value, "item") and not isinstance(value, (list, tuple)):
-        value = value.item()
-    return int(value) if isinstance(value, bool) else value
 
 
 def _param_value(value: Any) -> str:
@@ -480,11 +464,6 @@ def _param_value(value: Any) -> str:
 
 def _truncate_tags(tags: Mapping[str, str]) -> dict[str, str]:
     return {key: str(value)[:MAX_TAG_VALUE_LENGTH] for key, value in tags.items()}
-
-
-def _clean_key(key: str) -> str:
-    """MLflow keys allow letters, digits, `_ - . / space`; anything else becomes `_`."""
-    return re.sub(r"[^\w\-./ ]", "_", key)
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:

@@ -80,14 +80,12 @@ def official_metric(inputs: EnsembleInputs, oof_boxes: pd.DataFrame, crops: pd.D
     takes the crop (of the same image) whose window has the highest IoU with it; the k-th box of an
     image answers the image's k-th truth row (pairing does not change the score, METHOD §10.3).
     """
-    from leukoflow.detection import yolo as detection
-
     row_of_crop = pd.Series(np.arange(len(inputs)), index=inputs.ids)
     windows = crops[crops["crop_id"].isin(row_of_crop.index)].set_index("crop_id")
     with_crops = set(windows["name"])
     fitted = oof_boxes[oof_boxes["name"].isin(with_crops)]
     scope = sorted(set(fitted["name"]))
-    truth = detection.truth_table(boxes[boxes["name"].isin(scope)])
+    truth = boxes_lib.truth_table(boxes[boxes["name"].isin(scope)])
     crop_rows = []
     crops_by_name = dict(tuple(windows.assign(crop_row=row_of_crop.loc[windows.index].to_numpy()).groupby("name")))
     fitted_sorted = fitted.sort_values(["name", "rank"], kind="stable")

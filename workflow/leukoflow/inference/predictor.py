@@ -29,9 +29,13 @@ import pandas as pd
 from leukoflow import boxes as boxes_lib
 from leukoflow import tables
 from leukoflow.classification import crop_cache
-from leukoflow.classification import training as classification
-from leukoflow.detection import yolo as detection
-from leukoflow.ensemble import search as ensemble
+from leukoflow.classification.items import ItemSet
+from leukoflow.classification.model import predict_logits
+from leukoflow.detection.fitting import fuse_test_boxes
+from leukoflow.engine.devices import resolve_device, torch_device
+from leukoflow.ensemble.blending import Scheme, blend, sigmoid, softmax
+from leukoflow.ensemble.inputs import EnsembleInputs, align_inputs
+from leukoflow.ensemble.weight_search import classes_frame
 from leukoflow.inference.bundle import Bundle, load_bundle
 from leukoflow.inference.inputs import prepare_images
 from leukoflow.inference.outputs import PROBABILITY_COLUMNS, predictions_frame
@@ -49,7 +53,7 @@ class Plan:
     classifier_files: dict[str, tuple[str, ...]]
     multiclass: tuple[str, ...]
     multilabel: tuple[str, ...]
-    scheme: ensemble.Scheme
+    scheme: Scheme
 
 
 def plan_for(bundle: Bundle, profile: str) -> Plan:
@@ -61,11 +65,11 @@ def plan_for(bundle: Bundle, profile: str) -> Plan:
     if profile == "fast":
         top = max(weights["multiclass"], key=lambda name: weights["weights"].get(name, 0.0))
         return Plan(detector_files[:1], {top: tuple(entries[top]["folds"][:1])}, (top,), (),
-                    ensemble.Scheme({top: 1.0}, 1.0))
+                    Scheme({top: 1.0}, 1.0))
     models = [*weights["multiclass"], *weights["multilabel"]]
     return Plan(detector_files, {name: tuple(entries[name]["folds"]) for name in models},
                 tuple(weights["multiclass"]), tuple(weights["multilabel"]),
-                ensemble.Scheme(dict(weights["weights"]), float(weights["alpha"])))
+                Scheme(dict(weights["weights"]), float(weights["alpha"])))
 
 
 # ----------------------------------------------------------------------------- predictor
@@ -85,7 +89,7 @@ class Predictor:
         settings = self.bundle.spec["classifier_settings"]
         self.amp = bool(settings.get("amp", False))
         self.channels_last = bool(settings.get("channels_last", False))
-        self.torch_device = classification.resolve_device(device)
+        self.torch_device = torch_device(device)
         self.detectors = [self.bundle.detector(f) for f in self.plan.detector_files]
         self.classifiers = {name: [self._load_classifier(name, f) for f in files]
                             for name, files in self.plan.classifier_files.items()}
@@ -107,7 +111,7 @@ class Predictor:
         frames = []
         for fold, model in enumerate(self.detectors if names else []):
             results = model.predict(source=[paths[n] for n in names], stream=True, agnostic_nms=True,
-                                    device=detection.resolve_device(self.device), verbose=False, **arguments)
+                                    device=resolve_device(self.device), verbose=False, **arguments)
             for name, result in zip(names, results):
                 frame = pd.DataFrame(result.boxes.xyxy.cpu().numpy().astype(np.float64), columns=XYXY)
                 frame.insert(0, "name", name)
@@ -122,7 +126,7 @@ class Predictor:
     def boxes_with_counts(self, raw: pd.DataFrame, expected: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
         """TEST_BOXES rows: the workflow's WBF + top-N fitting."""
         spec = self.bundle.spec["detector"]
-        return detection.fuse_test_boxes(raw, expected, images, wbf_iou=spec["wbf_iou"], wbf_skip=spec["wbf_skip"])
+        return fuse_test_boxes(raw, expected, images, wbf_iou=spec["wbf_iou"], wbf_skip=spec["wbf_skip"])
 
     def boxes_by_threshold(self, raw: pd.DataFrame, images: pd.DataFrame, *, min_score: float,
                            nms_iou: float) -> pd.DataFrame:
@@ -179,15 +183,15 @@ class Predictor:
     def _model_logits(self, name: str, pixels: np.ndarray) -> np.ndarray:
         """Mean over the model's folds of its (TTA-averaged) logits, as `classification.predict_test`."""
         n = len(pixels)
-        items = classification.ItemSet(
+        items = ItemSet(
             source=np.zeros(n, dtype="int64"), row=np.arange(n), target=np.zeros((n, 1), np.float32),
             ids=np.array([""] * n), names=np.array([""] * n), folds=np.full(n, -1), trustii=np.full(n, -1),
             real=np.ones(n, bool), role=np.array(["test"] * n))
         total = None
         for spec, model in self.classifiers[name]:
-            logits = classification.predict_logits(model, [pixels], items, batch_size=spec.batch_size,
-                                                   device=self.torch_device, tta=spec.tta, amp=self.amp,
-                                                   channels_last=self.channels_last)
+            logits = predict_logits(model, [pixels], items, batch_size=spec.batch_size,
+                                    device=self.torch_device, tta=spec.tta, amp=self.amp,
+                                    channels_last=self.channels_last)
             total = logits if total is None else total + logits
         return total / len(self.classifiers[name])
 
@@ -214,8 +218,8 @@ class Predictor:
         multilabel = {n: self._logits_frame(image_names, image_names, np.full(len(image_names), -1),
                                             self._model_logits(n, image_pixels[entries[n]["img_size"]]))
                       for n in self.plan.multilabel}
-        inputs = ensemble.align_inputs(multiclass, multilabel)
-        classes = ensemble.classes_frame(inputs, ensemble.blend(inputs, self.plan.scheme))
+        inputs = align_inputs(multiclass, multilabel)
+        classes = classes_frame(inputs, blend(inputs, self.plan.scheme))
         return classes, class_probabilities(inputs, self.plan.scheme)
 
     # --- whole chain
@@ -246,13 +250,13 @@ class Predictor:
             return self.predict_images(images, expected, min_score=min_score, nms_iou=nms_iou)
 
 
-def class_probabilities(inputs: ensemble.EnsembleInputs, scheme: ensemble.Scheme) -> pd.DataFrame:
+def class_probabilities(inputs: EnsembleInputs, scheme: Scheme) -> pd.DataFrame:
     """The blend's full probability matrix (ensemble.blend keeps only the winning class's), by crop id."""
     weights = np.array([scheme.weights.get(name, 0.0) for name in inputs.mc_names])
-    probability = ensemble.softmax(np.tensordot(weights, inputs.mc_logits, axes=1))
+    probability = softmax(np.tensordot(weights, inputs.mc_logits, axes=1))
     use_ml = inputs.single_cell & inputs.has_ml & (scheme.alpha < 1.0)
     if use_ml.any():
         probability[use_ml] = (scheme.alpha * probability[use_ml]
-                               + (1.0 - scheme.alpha) * ensemble.sigmoid(inputs.ml_logits[use_ml]))
+                               + (1.0 - scheme.alpha) * sigmoid(inputs.ml_logits[use_ml]))
     return pd.DataFrame(probability.astype("float64"), columns=PROBABILITY_COLUMNS,
                         index=pd.Index(inputs.ids, dtype="str"))

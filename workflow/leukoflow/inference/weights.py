@@ -73,10 +73,11 @@ def read_classifier_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[s
 
 def build_classifier(spec: Mapping[str, Any], weights: str | Path, device: Any):
     """The classifier of `spec` (architecture rebuilt by timm, no pretrained file) with `weights` loaded."""
-    from leukoflow.classification import training as classification
+    from leukoflow.classification.model import build_model
+    from leukoflow.classification.spec import ClassifierSpec
 
-    spec_obj = classification.ClassifierSpec(**{**spec, "weights": ""})
-    model = classification.build_model(spec_obj)
+    spec_obj = ClassifierSpec(**{**spec, "weights": ""})
+    model = build_model(spec_obj)
     model.load_state_dict(load_state(weights), strict=True)
     return spec_obj, model.to(device).eval()
 
