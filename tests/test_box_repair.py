@@ -3,6 +3,8 @@ curation summary's accounting and defect scores."""
 
 from __future__ import annotations
 
+import itertools
+
 import json
 
 import numpy as np
@@ -208,6 +210,33 @@ def test_dedup_precision_counts_member_pairs_inside_true_clusters():
     # pairs found: (b,a) only; group pairs: 3 + 1, of which only (a,b) is linked by the defects
     assert scores["dedup_recall"] == pytest.approx(1 / 3)
     assert scores["dedup_precision"] == pytest.approx(1 / 4)
+
+
+def test_dedup_precision_counts_equal_listing_every_member_pair():
+    """Counting per group and true cluster (no pair list: a loose search can group most images)
+    gives what listing every member pair gives, overall and per kind."""
+    rng = np.random.default_rng(3)
+    names = [f"i{k:03d}" for k in range(120)]
+    groups = pd.DataFrame({"group_id": rng.integers(0, 9, size=80), "name": names[:80]})
+    kinds = rng.choice(["exact_duplicate", "near_duplicate", "shifted_duplicate"], size=60)
+    defects = pd.DataFrame({"kind": kinds, "name": rng.choice(names, size=60, replace=False),
+                            "source": rng.choice(names, size=60)})
+    defects = defects[defects["name"] != defects["source"]]
+    scores = dedup_scores(groups, defects)
+    linked = {frozenset(pair) for pair in zip(defects["name"], defects["source"])}
+    cluster = {name: {name} for name in names}
+    for first, second in linked:  # union of the defect pairs' components, by listing
+        merged = cluster[first] | cluster[second]
+        for name in merged:
+            cluster[name] = merged
+    listed = [(a, b, b in cluster[a]) for _, members in groups.groupby("group_id")
+              for a, b in itertools.combinations(sorted(members["name"]), 2)]
+    assert scores["dedup_group_pairs"] == len(listed)
+    assert scores["dedup_precision"] == pytest.approx(sum(true for *_, true in listed) / len(listed), abs=1e-6)
+    for kind, precision in scores["dedup_precision_by_kind"].items():
+        copies = set(defects.loc[defects["kind"] == kind, "name"])
+        touching = [true for a, b, true in listed if a in copies or b in copies]
+        assert precision == (pytest.approx(sum(touching) / len(touching), abs=1e-6) if touching else None)
 
 
 def test_summarize_without_defects_has_the_headline_keys():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -52,14 +51,22 @@ def _true_cluster_of(pairs: pd.DataFrame) -> pd.Series:
     return pd.Series(component, index=names)
 
 
-def _member_pairs(groups: pd.DataFrame, cluster: pd.Series) -> pd.DataFrame:
-    """Every unordered member pair of every found group, and whether it lies in one true cluster."""
-    rows = []
-    for _, members in groups.groupby("group_id"):
-        for first, second in combinations(sorted(members["name"]), 2):
-            same = first in cluster.index and second in cluster.index and cluster[first] == cluster[second]
-            rows.append((first, second, bool(same)))
-    return pd.DataFrame(rows, columns=["first", "second", "true"]).astype({"first": "str", "second": "str", "true": bool})
+def _pairs(n):
+    return n * (n - 1) // 2
+
+
+def _pairs_touching(groups: pd.DataFrame, cluster: pd.Series, marked: np.ndarray) -> tuple[int, int]:
+    """Member pairs of the found groups with at least one `marked` member, and how many of them lie
+    in one true cluster; counted per group and cluster, never listed (a loose search can make one
+    group of most of 69k images, whose pairs would not fit in memory)."""
+    members = pd.DataFrame({"group": groups["group_id"].to_numpy(), "cluster": groups["name"].map(cluster).to_numpy(),
+                            "marked": marked.astype(np.int64)})
+
+    def touching(keys: list[str]) -> int:
+        cells = members.dropna(subset=keys).groupby(keys)["marked"].agg(["size", "sum"])
+        return int((_pairs(cells["size"]) - _pairs(cells["size"] - cells["sum"])).sum())
+
+    return touching(["group"]), touching(["group", "cluster"])
 
 
 def _ratio(part: int | float, whole: int | float) -> float | None:
@@ -72,10 +79,10 @@ def dedup_scores(groups: pd.DataFrame, defects: pd.DataFrame) -> dict:
     group_of = groups.set_index("name")["group_id"]
     found = (pairs["name"].map(group_of) == pairs["source"].map(group_of)).fillna(False).astype(bool)
     kinds = [kind for kind in DUPLICATE_DEFECT_KINDS if (pairs["kind"] == kind).any()]
-    member_pairs = _member_pairs(groups, _true_cluster_of(pairs) if len(pairs) else pd.Series(dtype="int64"))
-    copies = {kind: set(pairs.loc[pairs["kind"] == kind, "name"]) for kind in kinds}
-    involved = {kind: member_pairs["first"].isin(copies[kind]) | member_pairs["second"].isin(copies[kind])
-                for kind in kinds}
+    cluster = _true_cluster_of(pairs) if len(pairs) else pd.Series(dtype="int64")
+    group_pairs, true_pairs = _pairs_touching(groups, cluster, np.ones(len(groups), bool))
+    by_kind = {kind: _pairs_touching(groups, cluster, groups["name"].isin(pairs.loc[pairs["kind"] == kind, "name"])
+                                     .to_numpy()) for kind in kinds}
     negatives = defects[defects["kind"] == HARD_NEGATIVE_KIND]
     negatives_grouped = (negatives["name"].map(group_of) == negatives["source"].map(group_of)).fillna(False)
     return {
@@ -83,10 +90,9 @@ def dedup_scores(groups: pd.DataFrame, defects: pd.DataFrame) -> dict:
         "dedup_recall": _ratio(found.sum(), len(pairs)),
         "dedup_recall_by_kind": {kind: _ratio(found[pairs["kind"] == kind].sum(), (pairs["kind"] == kind).sum())
                                  for kind in kinds},
-        "dedup_precision": _ratio(member_pairs["true"].sum(), len(member_pairs)),
-        "dedup_precision_by_kind": {kind: _ratio(member_pairs.loc[involved[kind], "true"].sum(), involved[kind].sum())
-                                    for kind in kinds},
-        "dedup_group_pairs": int(len(member_pairs)),
+        "dedup_precision": _ratio(true_pairs, group_pairs),
+        "dedup_precision_by_kind": {kind: _ratio(true, touching) for kind, (touching, true) in by_kind.items()},
+        "dedup_group_pairs": group_pairs,
         "hard_negative_pairs": int(len(negatives)),
         "hard_negatives_grouped": int(negatives_grouped.astype(bool).sum()),
     }
