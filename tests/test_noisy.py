@@ -144,16 +144,32 @@ def test_safety_cap_keeps_the_strongest_and_says_it_bound():
     assert noisy.excluded_images(flags) == ["extra0.jpg", "extra1.jpg"]
 
 
-def test_calibration_is_fitted_on_the_other_folds():
+def test_calibration_falls_back_to_the_other_folds_and_then_to_raw_scores():
     boxes = truth((0, "a.jpg", 10, 10, 50, 50), (1, "b.jpg", 10, 10, 50, 50))
     # fold 1: a score-0.3 box matches its cell and a score-0.2 box is junk; fold 0 holds the same scores
     found = pd.concat([detections(("a.jpg", 10, 10, 50, 50, 0.3), ("a.jpg", 60, 60, 90, 90, 0.2), fold=0),
                        detections(("b.jpg", 10, 10, 50, 50, 0.3), ("b.jpg", 60, 60, 90, 90, 0.2), fold=1)],
                       ignore_index=True)
-    calibrated = evidence.calibrate_out_of_fold(found, boxes, match_iou=0.5)
-    assert calibrated.tolist() == [1.0, 0.0, 1.0, 0.0]
-    single = evidence.calibrate_out_of_fold(found.assign(fold=0), boxes, match_iou=0.5)
-    assert single.tolist() == found["score"].tolist()  # one fold: nothing to calibrate with, raw scores kept
+    # one image per fold model: nothing of its own to calibrate with, so the other fold's images do
+    assert evidence.calibrate_out_of_fold(found, boxes, match_iou=0.5).tolist() == [1.0, 0.0, 1.0, 0.0]
+    only_a = found[found["name"] == "a.jpg"]
+    # a single image: nothing at all to calibrate with, raw scores kept
+    assert evidence.calibrate_out_of_fold(only_a, boxes, match_iou=0.5).tolist() == only_a["score"].tolist()
+
+
+def test_calibration_follows_each_fold_models_own_score_scale():
+    """Fold 0's model scores cells 0.3 and junk 0.2; fold 1's scores cells 0.8 and junk 0.3. Pooled, a
+    0.3 would be a coin toss; each model's own other images say what its 0.3 means."""
+    rows, found = [], []
+    for fold, (cell, junk) in enumerate([(0.3, 0.2), (0.8, 0.3)]):
+        for k in range(6):
+            name = f"f{fold}_{k}.jpg"
+            rows.append((10 * fold + k, name, 10, 10, 50, 50))
+            found.append(detections((name, 10, 10, 50, 50, cell), (name, 60, 60, 90, 90, junk), fold=fold))
+    table = pd.concat(found, ignore_index=True)
+    calibrated = evidence.calibrate_out_of_fold(table, truth(*rows), match_iou=0.5)
+    real = table["x1"].to_numpy() == 10
+    assert (calibrated[real] == 1.0).all() and (calibrated[~real] == 0.0).all()
 
 
 def test_score_against_defects_per_kind():
