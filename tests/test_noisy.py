@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
 
 from leukoflow import tables
 from leukoflow.detection import evidence, gallery, noisy
@@ -100,6 +101,68 @@ def test_all_clean_input_flags_nothing():
     assert len(flags) == 0 and not cap_bound
 
 
+def realistic_background(n=200):
+    """n clean single-cell images whose detections fit their boxes with logit-IoUs at the normal quantiles
+    of N(1.5, 0.6) (IoU about 0.6 to 0.95) and sides 40-48 px: the geometry null at the demo's size."""
+    rows, found = [], []
+    for k in range(n):
+        name, side = f"bulk{k:03d}.jpg", 40 + (k % 9)
+        iou = 1 / (1 + np.exp(-(1.5 + 0.6 * stats.norm.ppf((k + 0.5) / n))))
+        rows.append((2000 + k, name, 20, 20, 20 + side, 20 + side))
+        found.append((name, 20 + side * (1 - iou), 20, 20 + side, 20 + side, 0.9))
+    return rows, found
+
+
+GEOMETRY_CASES = {  # name: (annotation, detection, flagged) at the demo's size of about 200 boxes
+    "oversized": ((0, 0, 99, 99), (35, 35, 65, 65), True),  # IoU 0.09, box 5x its class's area
+    "undersized": ((20, 20, 40, 40), (10, 10, 50, 50), True),  # IoU 0.25, box 1/4 of its class's area
+    "shifted": ((10, 10, 50, 50), (30, 10, 70, 50), True),  # IoU 0.33
+    "partial_detection": ((10, 10, 50, 50), (25, 25, 45, 45), False),  # normal-sized box, detector boxed a part
+}
+
+
+def find_at_realistic_size(*cases, n=200):
+    rows, found = realistic_background(n)
+    for k, (box, detection) in enumerate(cases):
+        rows.append((k, f"case{k}.jpg", *box))
+        found.append((f"case{k}.jpg", *detection, 0.9))
+    boxes = truth(*rows)
+    names = sorted(set(boxes["name"]))
+    return noisy.find_noisy_boxes(detections(*found), boxes, folds_for(names), images_for(names),
+                                  **EVIDENCE, **DECISION)
+
+
+@pytest.mark.parametrize("case", list(GEOMETRY_CASES))
+def test_geometry_decision_at_realistic_size(case):
+    box, detection, flagged = GEOMETRY_CASES[case]
+    flags, _ = find_at_realistic_size((box, detection))
+    assert set(zip(flags["reason"], flags["name"])) == ({("box_geometry", "case0.jpg")} if flagged else set())
+
+
+def test_geometry_decision_all_clean_at_realistic_size_flags_nothing():
+    flags, cap_bound = find_at_realistic_size()
+    assert len(flags) == 0 and not cap_bound
+
+
+def test_geometry_null_ignores_a_tail_of_defects():
+    """Twenty shifted boxes (IoU 0.33-0.5, like the demo's geometric defects) among 200 clean ones: they
+    would widen a median/MAD null until none passes the FDR bar; the MCD null keeps the clean scale."""
+    shifts = [((10, 10, 50, 50), (10 + d, 10, 50 + d, 50)) for d in np.linspace(13, 20, 20)]
+    flags, _ = find_at_realistic_size(*shifts)
+    assert set(flags["name"]) == {f"case{k}.jpg" for k in range(20)}
+    assert set(flags["reason"]) == {"box_geometry"}
+
+
+def test_tail_fdr_uses_the_null_proportion():
+    pvalues = np.array([0.001, 0.004, 0.02, 0.028, *np.linspace(0.05, 1, 26)])
+    assert noisy.null_proportion(np.linspace(0.3, 1, 100)) == 1.0  # mostly large p-values: capped at 1
+    assert noisy.null_proportion(pvalues) == pytest.approx(14 / 30 / 0.5)  # 14 of 30 above 0.5
+    # BH alone stops at 0.02 (0.028 * 30 / 4 = 0.21); with pi0 = 0.93 the fourth passes (0.196)
+    assert (stats.false_discovery_control(pvalues, method="bh") <= 0.2).sum() == 3
+    assert noisy.select_by_tail_fdr(pvalues, 0.2).tolist() == [True] * 4 + [False] * 26
+    assert not noisy.select_by_tail_fdr(np.linspace(0.01, 1, 200), 0.2).any()
+
+
 def test_oversized_box_records_its_geometry():
     found, _ = run_case("big.jpg")
     flag = found.iloc[0]
@@ -144,16 +207,32 @@ def test_safety_cap_keeps_the_strongest_and_says_it_bound():
     assert noisy.excluded_images(flags) == ["extra0.jpg", "extra1.jpg"]
 
 
-def test_calibration_is_fitted_on_the_other_folds():
+def test_calibration_falls_back_to_the_other_folds_and_then_to_raw_scores():
     boxes = truth((0, "a.jpg", 10, 10, 50, 50), (1, "b.jpg", 10, 10, 50, 50))
     # fold 1: a score-0.3 box matches its cell and a score-0.2 box is junk; fold 0 holds the same scores
     found = pd.concat([detections(("a.jpg", 10, 10, 50, 50, 0.3), ("a.jpg", 60, 60, 90, 90, 0.2), fold=0),
                        detections(("b.jpg", 10, 10, 50, 50, 0.3), ("b.jpg", 60, 60, 90, 90, 0.2), fold=1)],
                       ignore_index=True)
-    calibrated = evidence.calibrate_out_of_fold(found, boxes, match_iou=0.5)
-    assert calibrated.tolist() == [1.0, 0.0, 1.0, 0.0]
-    single = evidence.calibrate_out_of_fold(found.assign(fold=0), boxes, match_iou=0.5)
-    assert single.tolist() == found["score"].tolist()  # one fold: nothing to calibrate with, raw scores kept
+    # one image per fold model: nothing of its own to calibrate with, so the other fold's images do
+    assert evidence.calibrate_out_of_fold(found, boxes, match_iou=0.5).tolist() == [1.0, 0.0, 1.0, 0.0]
+    only_a = found[found["name"] == "a.jpg"]
+    # a single image: nothing at all to calibrate with, raw scores kept
+    assert evidence.calibrate_out_of_fold(only_a, boxes, match_iou=0.5).tolist() == only_a["score"].tolist()
+
+
+def test_calibration_follows_each_fold_models_own_score_scale():
+    """Fold 0's model scores cells 0.3 and junk 0.2; fold 1's scores cells 0.8 and junk 0.3. Pooled, a
+    0.3 would be a coin toss; each model's own other images say what its 0.3 means."""
+    rows, found = [], []
+    for fold, (cell, junk) in enumerate([(0.3, 0.2), (0.8, 0.3)]):
+        for k in range(6):
+            name = f"f{fold}_{k}.jpg"
+            rows.append((10 * fold + k, name, 10, 10, 50, 50))
+            found.append(detections((name, 10, 10, 50, 50, cell), (name, 60, 60, 90, 90, junk), fold=fold))
+    table = pd.concat(found, ignore_index=True)
+    calibrated = evidence.calibrate_out_of_fold(table, truth(*rows), match_iou=0.5)
+    real = table["x1"].to_numpy() == 10
+    assert (calibrated[real] == 1.0).all() and (calibrated[~real] == 0.0).all()
 
 
 def test_score_against_defects_per_kind():

@@ -3,8 +3,8 @@
 Every fold model predicted only images it never trained on, so its boxes are an independent
 opinion of each image. Three kinds of evidence come out of them:
 
-* calibration: a raw detector score becomes P(real white cell) by isotonic regression fitted on
-  the *other* folds' detections (a detection is "real" when it is matched one-to-one to an
+* calibration: a raw detector score becomes P(real white cell) by isotonic regression fitted per
+  fold model on its *other* images (a detection is "real" when it is matched one-to-one to an
   annotation at IoU >= `match_iou`), so no image calibrates itself;
 * per annotation: its confirmation (best calibrated score at IoU >= `match_iou`), the geometry
   against the best-fitting confident detection on it (IoU, share of the detection inside the
@@ -25,6 +25,7 @@ from leukoflow import boxes as boxes_lib
 
 XYXY = ["x1", "y1", "x2", "y2"]
 ROBUST_SD = 1.4826  # MAD -> standard deviation of a normal distribution
+CALIBRATION_SPLITS = 5  # image groups per fold model for the cross-fitted calibration
 
 
 def intersection_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -56,28 +57,49 @@ def matched_to_annotation(truth_xyxy: np.ndarray, det_xyxy: np.ndarray, scores: 
     return matched
 
 
-def calibrate_out_of_fold(detections: pd.DataFrame, boxes: pd.DataFrame, *, match_iou: float) -> np.ndarray:
+def _isotonic(scores: np.ndarray, real: np.ndarray) -> IsotonicRegression | None:
+    """Monotone map raw score -> P(real cell), or None where the outcomes leave nothing to fit."""
+    if not len(real) or real.all() or not real.any():
+        return None
+    return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True).fit(scores, real)
+
+
+def calibrate_out_of_fold(detections: pd.DataFrame, boxes: pd.DataFrame, *, match_iou: float,
+                          n_splits: int = CALIBRATION_SPLITS) -> np.ndarray:
     """P(real white cell) of every detection (row order kept), isotonic regression fitted out of fold.
 
-    With a single fold (or a fold whose complement has only one outcome) the raw score is kept.
+    Each fold's model has its own score scale (a weak fold model scores junk as high as a strong one
+    scores cells), so its scores are calibrated on its own detections, cross-fitted by image: the
+    images of a fold are split into `n_splits` groups and each group is mapped by the isotonic fit
+    on the others. Where those others hold only one outcome, the other folds' detections calibrate
+    it instead; where they do too, the raw score is kept. No image ever calibrates itself.
     """
     detections = detections.reset_index(drop=True)
+    real = _matched_detections(detections, boxes, match_iou)
+    scores, folds = detections["score"].to_numpy(float), detections["fold"].to_numpy()
+    images = pd.factorize(detections["name"])[0]
+    calibrated = scores.copy()
+    for fold in np.unique(folds):
+        mine = folds == fold
+        pooled = _isotonic(scores[~mine], real[~mine])
+        image_ids = np.unique(images[mine])
+        for part in np.array_split(image_ids, min(n_splits, len(image_ids))):
+            held = mine & np.isin(images, part)
+            rest = mine & ~held
+            model = _isotonic(scores[rest], real[rest]) or pooled
+            if model is not None:
+                calibrated[held] = model.predict(scores[held])
+    return calibrated
+
+
+def _matched_detections(detections: pd.DataFrame, boxes: pd.DataFrame, match_iou: float) -> np.ndarray:
     truth_by_name = {name: group[XYXY].to_numpy(float) for name, group in boxes.groupby("name")}
     real = np.zeros(len(detections), dtype=bool)
     for name, group in detections.groupby("name", sort=False):
         real[group.index.to_numpy()] = matched_to_annotation(
             truth_by_name.get(name, np.zeros((0, 4))), group[XYXY].to_numpy(float),
             group["score"].to_numpy(float), match_iou)
-    scores, folds = detections["score"].to_numpy(float), detections["fold"].to_numpy()
-    calibrated = scores.copy()
-    for fold in np.unique(folds):
-        others = folds != fold
-        if not others.any() or real[others].all() or not real[others].any():
-            continue
-        model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
-        model.fit(scores[others], real[others].astype(float))
-        calibrated[~others] = model.predict(scores[~others])
-    return calibrated
+    return real
 
 
 def robust_z(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
