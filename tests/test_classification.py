@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from leukoflow.classification import training as cls
-from leukoflow.classification import crop_cache, stage
+from leukoflow.classification import crop_cache, evaluation, stage
 from leukoflow import tables
 from leukoflow.constants import CLASSES
 
@@ -267,7 +267,7 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
                                             settings=SETTINGS, background_cache=None, init=[],
                                             test_path=tmp_path / f"test{fold}.parquet"))
     assert summaries[0]["mixed_batch_share"] > 0  # mix_prob 0.5 by default
-    result = stage.predict_classifier(
+    result = evaluation.predict_classifier(
         fold_oof=[tmp_path / f"oof{f}.parquet" for f in range(N_FOLDS)],
         fold_test=[tmp_path / f"test{f}.parquet" for f in range(N_FOLDS)], oof=tmp_path / "oof.parquet",
         test=tmp_path / "test.parquet", spec=_entry(epochs=1))

@@ -34,7 +34,6 @@ import torch
 
 from leukoflow import tables
 from leukoflow.detection.datasets import SPLITS
-from leukoflow.boxes import truth_table  # noqa: F401 - transitional: ensemble reads it from `yolo as detection`
 from leukoflow.detection.fitting import fuse_test_boxes
 from leukoflow.engine import live, offline
 from leukoflow.engine.devices import resolve_device
