@@ -110,3 +110,20 @@ def test_expand_and_clip_margin(box, expected):
 
 def test_full_image_box_never_degenerate():
     np.testing.assert_array_equal(boxes.full_image_box(1, 1), [0, 0, 1, 1])
+
+
+def test_numpy_iou_and_giou_equal_torchvision_bit_for_bit():
+    import torch
+    from torchvision import ops
+
+    rng = np.random.default_rng(7)
+    for trial in range(50):
+        corner_a, corner_b = rng.uniform(0, 300, (12, 2)), rng.uniform(0, 300, (9, 2))
+        a = np.concatenate([corner_a, corner_a + rng.uniform(0, 90, (12, 2))], 1)
+        b = np.concatenate([corner_b, corner_b + rng.uniform(0, 90, (9, 2))], 1)
+        b[:2], a[2] = a[:2], [5.0, 5.0, 5.0, 5.0]  # identical boxes and an empty one (0/0 -> nan)
+        if trial % 2:
+            a, b = np.round(a), np.round(b)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        assert np.array_equal(boxes.iou_matrix(a, b), ops.box_iou(ta, tb).numpy(), equal_nan=True)
+        assert np.array_equal(boxes.giou_matrix(a, b), ops.generalized_box_iou(ta, tb).numpy(), equal_nan=True)

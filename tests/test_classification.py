@@ -24,7 +24,7 @@ from leukoflow.classification.scoring import (argmax_macro_f1, batch_loss, evalu
                                               selection_score, thresholded_macro_f1)
 from leukoflow.classification.spec import ClassifierSpec, TrainSettings, model_defaults, with_defaults
 from leukoflow.classification.stage import predict_test, run_train_fold
-from leukoflow.classification import crop_cache, stage
+from leukoflow.classification import crop_cache, evaluation, stage
 from leukoflow import tables
 from leukoflow.constants import CLASSES
 
@@ -274,7 +274,7 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
                                         settings=SETTINGS, background_cache=None, init=[],
                                         test_path=tmp_path / f"test{fold}.parquet"))
     assert summaries[0]["mixed_batch_share"] > 0  # mix_prob 0.5 by default
-    result = stage.predict_classifier(
+    result = evaluation.predict_classifier(
         fold_oof=[tmp_path / f"oof{f}.parquet" for f in range(N_FOLDS)],
         fold_test=[tmp_path / f"test{f}.parquet" for f in range(N_FOLDS)], oof=tmp_path / "oof.parquet",
         test=tmp_path / "test.parquet", spec=_entry(epochs=1))

@@ -1,7 +1,9 @@
 """Box operations shared by detection, noisy-box flagging, backgrounds and crops (docs/method.md §4.1-§4.3, §7.2).
 
-Boxes are `(N, 4)` arrays in `xyxy` pixel coordinates unless a name says `xyxy_norm`. GIoU, IoU and
-NMS come from `torchvision.ops`. Weighted boxes fusion follows `ensemble_boxes.weighted_boxes_fusion`
+Boxes are `(N, 4)` arrays in `xyxy` pixel coordinates unless a name says `xyxy_norm`. IoU and GIoU
+are numpy transcriptions of `torchvision.ops.box_iou`/`generalized_box_iou` in float64, operation for
+operation (the same values; data-preparation jobs need no torch import for them); NMS comes from
+`torchvision.ops`. Weighted boxes fusion follows `ensemble_boxes.weighted_boxes_fusion`
 (ZFTurbo) for the single case the winner used, every fold's boxes as one list with weight 1 and
 `conf_type="avg"` (METHOD §4.3 step 2); that package is not a dependency because it imports numba.
 Top-N fitting with full-image padding is the winner's `fit_format` (METHOD §4.2, §10.3).
@@ -29,20 +31,37 @@ def as_tensor(boxes: np.ndarray) -> "torch.Tensor":
 
 def giou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """Pairwise generalized IoU, shape (len(a), len(b)), for valid xyxy boxes."""
-    if len(boxes_a) == 0 or len(boxes_b) == 0:
-        return np.zeros((len(boxes_a), len(boxes_b)))
-    from torchvision import ops
-
-    return ops.generalized_box_iou(as_tensor(boxes_a), as_tensor(boxes_b)).numpy()
+    a, b = _as_xyxy(boxes_a), _as_xyxy(boxes_b)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    inter, union = _inter_union(a, b)
+    hull = np.maximum(np.maximum(a[:, None, 2:], b[None, :, 2:]) - np.minimum(a[:, None, :2], b[None, :, :2]), 0.0)
+    hull_area = hull[..., 0] * hull[..., 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / union - (hull_area - union) / hull_area
 
 
 def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """Pairwise IoU, shape (len(a), len(b))."""
-    if len(boxes_a) == 0 or len(boxes_b) == 0:
-        return np.zeros((len(boxes_a), len(boxes_b)))
-    from torchvision import ops
+    a, b = _as_xyxy(boxes_a), _as_xyxy(boxes_b)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    inter, union = _inter_union(a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / union
 
-    return ops.box_iou(as_tensor(boxes_a), as_tensor(boxes_b)).numpy()
+
+def _as_xyxy(boxes: np.ndarray) -> np.ndarray:
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def _inter_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Intersection and union areas [len(a), len(b)], in torchvision's order of operations."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    overlap = np.maximum(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]), 0.0)
+    inter = overlap[..., 0] * overlap[..., 1]
+    return inter, area_a[:, None] + area_b[None, :] - inter
 
 
 def best_giou_match(truth: np.ndarray, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

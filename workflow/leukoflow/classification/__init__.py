@@ -1,9 +1,19 @@
-"""Classification stage: fold-wise timm classifiers on crops (multiclass) and whole images (multilabel)."""
+"""Classification stage: fold-wise timm classifiers on crops (multiclass) and whole images (multilabel).
 
-from .stage import (cache_classifier_inputs, evaluate_classifiers, ground_truth_crops, predict_classifier,
-                    train_classifier)
-from .pseudo_labels import select_pseudo_labels, summarize_pseudo_labels
-from .weights import fetch_weights
+Entries are imported on first use (`leukoflow.engine.lazy`).
+"""
 
-__all__ = ["cache_classifier_inputs", "evaluate_classifiers", "fetch_weights", "ground_truth_crops",
-           "predict_classifier", "select_pseudo_labels", "summarize_pseudo_labels", "train_classifier"]
+from leukoflow.engine.lazy import lazy_entries
+
+ENTRY_MODULES = {
+    "cache_classifier_inputs": "preparation",
+    "evaluate_classifiers": "evaluation",
+    "fetch_weights": "weights",
+    "ground_truth_crops": "preparation",
+    "predict_classifier": "evaluation",
+    "select_pseudo_labels": "pseudo_labels",
+    "summarize_pseudo_labels": "pseudo_labels",
+    "train_classifier": "stage",
+}
+__all__ = sorted(ENTRY_MODULES)
+__getattr__, __dir__ = lazy_entries(__name__, ENTRY_MODULES)

@@ -11,22 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 from leukoflow.classification.items import ItemSet, labels_to_multi_hot
 from leukoflow.classification.spec import ClassifierSpec
 from leukoflow.constants import CLASSES
+
+if TYPE_CHECKING:
+    import torch
 
 N_CLASSES = len(CLASSES)
 
 
 def batch_loss(spec: ClassifierSpec, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Soft-target cross-entropy, or the winner's focal BCE: alpha * (1 - pt)^gamma * bce, mean."""
+    import torch  # here, not at the top: the light entries (evaluation, pseudo-labels) score without torch
+    import torch.nn.functional as F
+
     logits = logits.float()
     if spec.loss == "cross_entropy":
         return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
@@ -78,6 +82,8 @@ def per_class_f1(target: np.ndarray, logits: np.ndarray, class_names: Sequence[s
 def selection_score(spec: ClassifierSpec, target: np.ndarray, logits: np.ndarray) -> float:
     """What picks the best checkpoint (higher is better): argmax macro F1, or minus the validation loss."""
     if spec.selection == "val_loss":
+        import torch
+
         with torch.no_grad():
             return -float(batch_loss(spec, torch.from_numpy(logits), torch.from_numpy(target)))
     return argmax_macro_f1(target, logits)

@@ -1,4 +1,5 @@
-"""Rule entries of the classification stage (one per rule of workflow/rules/classification.smk).
+"""Training rule entry of the classification stage (torch and timm); the light entries are in
+`preparation` (crops, pixel caches) and `evaluation` (logit tables, stage summary).
 
 Each takes one path per file and its config values as keyword arguments; a rule gives every
 input name it could use, an empty list where this model does not use it (a multiclass model has
@@ -17,55 +18,16 @@ import numpy as np
 import pandas as pd
 
 from leukoflow import tables
-from leukoflow.classification import crop_cache
-from leukoflow.classification.items import (ItemSet, crops_from_ground_truth, load_items, split_fold,
-                                            truth_from_paths)
+from leukoflow.classification.items import ItemSet, load_items, split_fold, truth_from_paths
 from leukoflow.classification.loop import train_fold
 from leukoflow.classification.pseudo_labels import pseudo_items
 from leukoflow.classification.model import BEST_FILE, load_best, predict_logits, resolve_device
-from leukoflow.classification.scoring import (argmax_macro_f1, evaluate_oof, frame_logits, frame_targets,
-                                              logits_frame, plot_confusion)
+from leukoflow.classification.preparation import Optional, Path_, optional_path
+from leukoflow.classification.scoring import argmax_macro_f1, logits_frame
 from leukoflow.classification.spec import ClassifierSpec, TrainSettings
-from leukoflow.constants import CLASSES
-from leukoflow.engine.runtime import read_json, tracked
+from leukoflow.engine.runtime import tracked
 
 LOGGER = logging.getLogger(__name__)
-Path_ = str | Path
-Optional = Path_ | list
-
-
-def _one(value: Optional) -> str | None:
-    """A path, or None for an input the rule left empty."""
-    if isinstance(value, (list, tuple)):
-        if len(value) > 1:
-            raise ValueError(f"expected at most one file, got {value}")
-        return str(value[0]) if value else None
-    return str(value)
-
-
-def ground_truth_crops(*, boxes: Path_, folds: Path_, images: Path_, crops: Path_, margin: float) -> dict[str, Any]:
-    """CROPS rows cut from the curated ground-truth boxes (the development crop source)."""
-    table = crops_from_ground_truth(tables.read_table(boxes, tables.CURATED_BOXES),
-                                    tables.read_table(folds, tables.FOLDS),
-                                    tables.read_table(images, tables.CURATED_IMAGES), margin=margin)
-    tables.write_table(table, crops, tables.CROPS)
-    return {"crops": len(table), "source": "ground_truth", "margin": margin}
-
-
-def cache_classifier_inputs(*, images: Path_, crops: Optional, folds: Optional, backgrounds: Optional,
-                            pixels: Path_, index: Path_, source: str, size: int, seed: int,
-                            background: dict[str, Any], threads: int) -> dict[str, Any]:
-    """One pixel cache (`crop_cache`) of a source at a size."""
-    def optional(path: Optional, schema: tables.Schema) -> pd.DataFrame | None:
-        return tables.read_table(_one(path), schema) if _one(path) else None
-
-    return crop_cache.build_cache(
-        source, int(size), pixels, index, images=tables.read_table(images, tables.CURATED_IMAGES),
-        crops=optional(crops, tables.CROPS), folds=optional(folds, tables.FOLDS),
-        backgrounds=optional(backgrounds, tables.BACKGROUNDS), seed=seed, threads=threads,
-        background_crops_per_image=background["per_image"], background_min_side=background["min_side"],
-        background_max_side=background["max_side"], background_valid_side=background["valid_side"],
-        background_valid_position=tuple(background["valid_position"]))
 
 
 def _settings(seed: int, device: str, amp: bool, deterministic: bool, channels_last: bool, prefetch: bool,
@@ -89,14 +51,14 @@ def train_classifier(*, pixels: Path_, index: Path_, crops: Optional, boxes: Opt
     """
     model_spec = ClassifierSpec.from_config(spec)
     settings = _settings(seed, device, amp, deterministic, channels_last, prefetch, threads)
-    truth = truth_from_paths(model_spec, crops=_one(crops), boxes=_one(boxes), folds=_one(folds))
-    background = (_one(background_pixels), _one(background_index)) if model_spec.background else None
+    truth = truth_from_paths(model_spec, crops=optional_path(crops), boxes=optional_path(boxes), folds=optional_path(folds))
+    background = (optional_path(background_pixels), optional_path(background_index)) if model_spec.background else None
     summary = with_halved_batch_on_oom(
         model_spec, lambda batch_spec: run_train_fold(
             batch_spec, int(fold), main_cache=(str(pixels), str(index)), truth=truth, out_dir=Path(best).parent,
             oof_path=oof, background_cache=background, settings=settings,
-            init=[path for path in [_one(init)] if path], test_path=fold_test,
-            pseudo=tables.read_table(_one(pseudo), tables.PSEUDO_LABELS) if _one(pseudo) else None))
+            init=[path for path in [optional_path(init)] if path], test_path=fold_test,
+            pseudo=tables.read_table(optional_path(pseudo), tables.PSEUDO_LABELS) if optional_path(pseudo) else None))
     if Path(best).name != BEST_FILE:
         raise ValueError(f"train_classifier: output best must be named {BEST_FILE}, got {best}")
     return summary
@@ -178,65 +140,3 @@ def predict_test(checkpoints: list[Path_], arrays: list[np.ndarray], items, *, s
     if total is None:
         raise ValueError("predict_test: no fold checkpoints given")
     return total / len(checkpoints)
-
-
-@tracked
-def predict_classifier(*, fold_oof: list[Path_], fold_test: list[Path_], oof: Path_, test: Path_,
-                       spec: dict[str, Any]) -> dict[str, Any]:
-    """Concatenate the fold OOF tables; average the folds' (TTA) test logits, the winner's fold mean."""
-    model_spec = ClassifierSpec.from_config(spec)
-    schema = tables.logits_schema(model_spec.n_outputs)
-    oof_frame = pd.concat([tables.read_table(path, schema) for path in fold_oof], ignore_index=True)
-    tables.write_table(oof_frame, oof, schema)
-    folds = [tables.read_table(path, schema) for path in fold_test]
-    mean = folds[0].copy()
-    columns = [c for c in mean.columns if c.startswith("logit_")]
-    for frame in folds[1:]:
-        if not frame["id"].equals(mean["id"]):
-            raise ValueError(f"{model_spec.name}: fold test logits list other crops than {fold_test[0]}")
-    mean[columns] = np.mean([frame[columns].to_numpy(np.float64) for frame in folds], axis=0)
-    tables.write_table(mean, test, schema)
-    return {"model": model_spec.name, "oof_rows": len(oof_frame), "test_rows": len(mean), "folds": len(folds),
-            "tta": model_spec.tta,
-            "oof_macro_f1": round(argmax_macro_f1(frame_targets(oof_frame, model_spec.n_outputs),
-                                                  frame_logits(oof_frame)), 6)}
-
-
-@tracked
-def evaluate_classifiers(*, oof: list[Path_], test: list[Path_], fold_summaries: list[Path_],
-                         confusion: Path_, specs: list[dict[str, Any]], n_folds: int) -> dict[str, Any]:
-    """Stage summary: per model the OOF argmax macro F1 overall, per fold and per class; training figures.
-
-    `oof`, `test`: one path per model in `specs` order; `fold_summaries`: n_folds per model, same order.
-    """
-    summary: dict[str, Any] = {"models": {}, "metric": "argmax macro F1 over the 23 classes, single-class items"}
-    panels = {}
-    for position, entry in enumerate(specs):
-        spec = ClassifierSpec.from_config(entry)
-        schema = tables.logits_schema(spec.n_outputs)
-        oof_frame = tables.read_table(oof[position], schema)
-        runs = sorted((read_json(path) for path in fold_summaries[position * n_folds:(position + 1) * n_folds]),
-                      key=lambda run: run["fold"])
-        result = evaluate_oof(spec, oof_frame)
-        result.update(_training_figures(spec, runs, len(tables.read_table(test[position], schema))))
-        summary["models"][spec.name] = result
-        panels[spec.name] = (spec.kind, oof_frame, spec.class_names)
-        LOGGER.info("%s: OOF argmax macro F1 %.4f", spec.name, result["oof_macro_f1"])
-    plot_confusion(panels, confusion)
-    summary["oof_macro_f1"] = {name: result["oof_macro_f1"] for name, result in summary["models"].items()}
-    summary["best_oof_macro_f1"] = max(summary["oof_macro_f1"].values(), default=0.0)
-    summary["n_classes"] = len(CLASSES)
-    return summary
-
-
-def _training_figures(spec: ClassifierSpec, runs: list[dict[str, Any]], test_rows: int) -> dict[str, Any]:
-    return {
-        "backbone": spec.backbone, "img_size": spec.img_size, "n_outputs": spec.n_outputs, "test_rows": test_rows,
-        "tta": spec.tta, "init_from": spec.init_from, "selection": spec.selection,
-        "fold_best_val_score": {int(run["fold"]): run["best_val_score"] for run in runs},
-        "fold_best_at_epoch": {int(run["fold"]): run["best_at_epoch"] for run in runs},
-        "train_images_per_second": round(float(np.mean([run["train_images_per_second"] for run in runs])), 2),
-        "train_seconds": round(float(sum(run.get("seconds", 0.0) for run in runs)), 3),
-        # every fold sees the same crop table, so each reports the same count
-        "unlabelled_crops_skipped": max((run.get("unlabelled_crops_skipped", 0) for run in runs), default=0),
-    }

@@ -1,8 +1,15 @@
-"""Curation stage: de-duplication, box repair, folds and their summary; rule X is `leukoflow.curation.X`."""
+"""Curation stage: de-duplication, box repair, folds and their summary; rule X is `leukoflow.curation.X`.
 
-from leukoflow.curation.box_repair import repair_boxes
-from leukoflow.curation.duplicates import deduplicate
-from leukoflow.curation.folds import make_folds
-from leukoflow.curation.summary import summarize_curation
+Entries are imported on first use (`leukoflow.engine.lazy`).
+"""
 
-__all__ = ["deduplicate", "make_folds", "repair_boxes", "summarize_curation"]
+from leukoflow.engine.lazy import lazy_entries
+
+ENTRY_MODULES = {
+    "deduplicate": "duplicates",
+    "make_folds": "folds",
+    "repair_boxes": "box_repair",
+    "summarize_curation": "summary",
+}
+__all__ = sorted(ENTRY_MODULES)
+__getattr__, __dir__ = lazy_entries(__name__, ENTRY_MODULES)

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-from matplotlib.figure import Figure
 
 from leukoflow.constants import CLASSES
 from leukoflow.tables import CURATED_BOXES, CURATED_IMAGES, FOLDS, read_table, schema_frame, write_table
@@ -181,6 +180,8 @@ def stratified_folds(
 def plot_fold_balance(balance: pd.DataFrame, png_path: str | Path) -> None:
     """Bar chart of each fold's relative deviation from the mean count, classes and bins."""
     fold_columns = [c for c in balance.columns if c.startswith("fold_")]
+    from matplotlib.figure import Figure  # here: code that only reads the folds needs no matplotlib
+
     figure = Figure(figsize=(14, 8), layout="constrained")
     for axis, kind in zip(figure.subplots(2, 1), ("class", "bin")):
         rows = balance[balance["kind"] == kind].reset_index(drop=True)

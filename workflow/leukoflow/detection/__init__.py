@@ -1,17 +1,23 @@
 """Detection stage: fold-wise detectors, OOF boxes, noisy-box and label audits, review, crops.
 
-Each rule of workflow/rules/detection.smk is the entry of the same name below.
+Each rule of workflow/rules/detection.smk is the entry of the same name below, imported on first
+use (`leukoflow.engine.lazy`): only the training and prediction entries load torch and ultralytics.
 """
 
-from leukoflow.detection.backgrounds import make_backgrounds
-from leukoflow.detection.crops import make_crops
-from leukoflow.detection.datasets import export_yolo
-from leukoflow.detection.fitting import fit_oof
-from leukoflow.detection.label_noise import clean_labels
-from leukoflow.detection.noisy import flag_noisy_boxes
-from leukoflow.detection.review import apply_review
-from leukoflow.detection.summary import summarize_detection
-from leukoflow.detection.yolo import predict_oof, predict_test_boxes, train_detector
+from leukoflow.engine.lazy import lazy_entries
 
-__all__ = ["apply_review", "clean_labels", "export_yolo", "fit_oof", "flag_noisy_boxes", "make_backgrounds",
-           "make_crops", "predict_oof", "predict_test_boxes", "summarize_detection", "train_detector"]
+ENTRY_MODULES = {
+    "apply_review": "review",
+    "clean_labels": "label_noise",
+    "export_yolo": "datasets",
+    "fit_oof": "fitting",
+    "flag_noisy_boxes": "noisy",
+    "make_backgrounds": "backgrounds",
+    "make_crops": "crops",
+    "predict_oof": "yolo",
+    "predict_test_boxes": "yolo",
+    "summarize_detection": "summary",
+    "train_detector": "yolo",
+}
+__all__ = sorted(ENTRY_MODULES)
+__getattr__, __dir__ = lazy_entries(__name__, ENTRY_MODULES)

@@ -10,6 +10,9 @@ Both score the rows of a boolean mask when given one (the nested estimate scores
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -37,6 +40,35 @@ class CropF1:
         return float(f1_score(self.truth[mask], class_idx[mask], average="macro", zero_division=0))
 
 
+class Remembered:
+    """An objective that scores each distinct (classes, rows) once and then answers from memory.
+
+    The offset grid re-proposes the same classes over and over (most offsets move no argmax) and
+    the search's trials often do too, while one official-metric call costs tens of ms. The
+    objectives are pure functions of their arguments, so the values are exactly the computed ones.
+    """
+
+    def __init__(self, objective: Callable[..., float]):
+        self.objective = objective
+        self.name = getattr(objective, "name", "objective")
+        self.values: dict[tuple[str, str | None], float] = {}
+
+    def __call__(self, class_idx: np.ndarray, rows: np.ndarray | None = None) -> float:
+        relevant = getattr(self.objective, "relevant", None)
+        classes = relevant(class_idx) if relevant else class_idx
+        key = (_digest(classes), None if rows is None else _digest(rows))
+        if key not in self.values:
+            self.values[key] = self.objective(class_idx, rows)
+        return self.values[key]
+
+
+def _digest(array: np.ndarray) -> str:
+    """Content key of an array (shape and dtype included); short, so memory does not grow with the crops."""
+    array = np.ascontiguousarray(array)
+    header = f"{array.dtype.str}{array.shape}".encode()
+    return hashlib.blake2b(header + array.tobytes(), digest_size=16).hexdigest()
+
+
 class OfficialMetric:
     """The challenge score of fixed OOF boxes whose class comes from a crop row each (module docstring).
 
@@ -51,6 +83,10 @@ class OfficialMetric:
         self.skeleton = skeleton
         self.crop_row = skeleton["crop_row"].to_numpy()
         self.names = names
+
+    def relevant(self, class_idx: np.ndarray) -> np.ndarray:
+        """The classes the score depends on: those of the crops answering an OOF box."""
+        return class_idx[self.crop_row]
 
     def submission(self, class_idx: np.ndarray) -> pd.DataFrame:
         frame = self.skeleton.drop(columns="crop_row")

@@ -24,7 +24,7 @@ from leukoflow.engine.runtime import tracked
 from leukoflow.ensemble.blending import (Blended, Scheme, blend, blended_probability, equal_scheme,
                                          single_model_scheme, winner_scheme)
 from leukoflow.ensemble.inputs import EnsembleInputs, N_CLASSES, align_inputs, read_logits
-from leukoflow.ensemble.objectives import CLASS_CODES, OBJECTIVES, CropF1, official_metric
+from leukoflow.ensemble.objectives import CLASS_CODES, OBJECTIVES, CropF1, Remembered, official_metric
 from leukoflow.ensemble.offsets import fit_offsets, nested_offsets
 from leukoflow.ensemble.study import has_search_space, nested_estimate, scheme_of_trial, search, trials_frame
 
@@ -96,12 +96,13 @@ def _objective(inputs: EnsembleInputs, objective: str, oof_boxes: str | None, cr
     if objective not in OBJECTIVES:
         raise ValueError(f"ensemble.objective {objective!r} not in {OBJECTIVES}")
     if objective == "crop_f1":
-        return CropF1(inputs), {}
+        return Remembered(CropF1(inputs)), {}
     if not (oof_boxes and crops and boxes):
         raise ValueError("ensemble objective 'metric' needs the OOF boxes, the crop table and the curated boxes")
-    return official_metric(inputs, tables.read_table(oof_boxes, tables.OOF_BOXES),
-                           tables.read_table(crops, tables.CROPS),
-                           tables.read_table(boxes, tables.CURATED_BOXES), margin=margin)
+    metric, counts = official_metric(inputs, tables.read_table(oof_boxes, tables.OOF_BOXES),
+                                     tables.read_table(crops, tables.CROPS),
+                                     tables.read_table(boxes, tables.CURATED_BOXES), margin=margin)
+    return Remembered(metric), counts
 
 
 def _offsets(inputs: EnsembleInputs, scheme: Scheme, score: Callable[..., float],

@@ -1,5 +1,10 @@
-"""Inference: the model bundle (rule `export_bundle`) and `leukoflow predict`."""
+"""Inference: the model bundle (rule `export_bundle`) and `leukoflow predict`.
 
-from .bundle import export_bundle
+The entry is imported on first use (`leukoflow.engine.lazy`).
+"""
 
-__all__ = ["export_bundle"]
+from leukoflow.engine.lazy import lazy_entries
+
+ENTRY_MODULES = {"export_bundle": "bundle"}
+__all__ = sorted(ENTRY_MODULES)
+__getattr__, __dir__ = lazy_entries(__name__, ENTRY_MODULES)

@@ -1,22 +1,22 @@
 """The report stage: figures and tables of the Snakemake report and results/metrics.json.
 
-Each rule of workflow/rules/report.smk is the entry of the same name here.
+Each rule of workflow/rules/report.smk is the entry of the same name here, imported on first use
+(`leukoflow.engine.lazy`).
 """
 
-from .dataset import plot_dataset_overview, plot_duplicate_examples, tabulate_ledger
-from .headline import collect_metrics
-from .models import plot_detector_oof, plot_per_class_f1, tabulate_ensemble_weights
-from .run_tables import tabulate_runtimes, tabulate_scores, tabulate_software
+from leukoflow.engine.lazy import lazy_entries
 
-__all__ = [
-    "collect_metrics",
-    "plot_dataset_overview",
-    "plot_detector_oof",
-    "plot_duplicate_examples",
-    "plot_per_class_f1",
-    "tabulate_ensemble_weights",
-    "tabulate_ledger",
-    "tabulate_runtimes",
-    "tabulate_scores",
-    "tabulate_software",
-]
+ENTRY_MODULES = {
+    "collect_metrics": "headline",
+    "plot_dataset_overview": "dataset",
+    "plot_detector_oof": "models",
+    "plot_duplicate_examples": "dataset",
+    "plot_per_class_f1": "models",
+    "tabulate_ensemble_weights": "models",
+    "tabulate_ledger": "dataset",
+    "tabulate_runtimes": "run_tables",
+    "tabulate_scores": "run_tables",
+    "tabulate_software": "run_tables",
+}
+__all__ = sorted(ENTRY_MODULES)
+__getattr__, __dir__ = lazy_entries(__name__, ENTRY_MODULES)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from PIL import Image
 
 from leukoflow import tables
@@ -36,6 +35,8 @@ def cells_per_image(names: pd.Series) -> pd.Series:
 
 def draw_dataset_overview(images: pd.DataFrame, boxes: pd.DataFrame, test: pd.DataFrame, path: str | Path) -> None:
     """Class distribution, cells per image (train annotations, test.csv rows) and image sizes."""
+    from matplotlib.figure import Figure  # here: the table entries of this module need no matplotlib
+
     figure = Figure(figsize=(14, 4.2), layout="constrained")
     by_class, per_image, sizes = figure.subplots(1, 3, width_ratios=(2.2, 1, 1))
     classes = class_distribution(boxes)
@@ -106,6 +107,8 @@ def draw_duplicate_examples(examples: pd.DataFrame, paths: Mapping[str, str], pa
     grouped = list(examples.groupby("group_id", sort=True))
     n_rows, n_cols = max(1, len(grouped)), max([len(rows) for _, rows in grouped], default=1)
     inches = tile_px / 50
+    from matplotlib.figure import Figure  # here: the table entries of this module need no matplotlib
+
     figure = Figure(figsize=(max(4.0, n_cols * inches), max(2.0, n_rows * (inches + 0.5))), layout="constrained")
     axes = np.atleast_2d(figure.subplots(n_rows, n_cols, squeeze=False))
     for axis in axes.ravel():

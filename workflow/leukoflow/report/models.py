@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from leukoflow import tables
 from leukoflow.constants import CLASSES
@@ -52,6 +51,8 @@ def detector_folds(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 def draw_detector_oof(gious: Mapping[str, pd.DataFrame], folds: pd.DataFrame, path: str | Path, *,
                       bins: int) -> None:
     """Left: histogram of OOF GIoU per detector; right: mAP50 / mAP50-95 per detector and fold."""
+    from matplotlib.figure import Figure  # here: the table entries of this module need no matplotlib
+
     figure = Figure(figsize=(12, 4.2), layout="constrained")
     histogram, bars = figure.subplots(1, 2)
     edges = np.linspace(-1.0, 1.0, bins + 1)
@@ -88,6 +89,8 @@ def draw_per_class_f1(frame: pd.DataFrame, path: str | Path) -> None:
     """Grouped bars: OOF F1 of every class (CLASSES order, then any other output) for each model."""
     order = [c for c in CLASSES if c in set(frame["class"])] + sorted(set(frame["class"]) - set(CLASSES))
     models = list(dict.fromkeys(frame["model"]))
+    from matplotlib.figure import Figure  # here: the table entries of this module need no matplotlib
+
     figure = Figure(figsize=(14, 4.5), layout="constrained")
     axis = figure.add_subplot(1, 1, 1)
     width = 0.8 / max(len(models), 1)

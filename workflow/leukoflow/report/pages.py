@@ -9,11 +9,13 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TABLE_STYLE = """
 body { font-family: sans-serif; font-size: 13px; margin: 12px; color: #222; }

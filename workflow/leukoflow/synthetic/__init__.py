@@ -1,5 +1,10 @@
-"""The synthetic mini-Cytologia generator; rule `synthesize` is `leukoflow.synthetic.synthesize`."""
+"""The synthetic mini-Cytologia generator; rule `synthesize` is `leukoflow.synthetic.synthesize`.
 
-from leukoflow.synthetic.dataset import challenge_layout, synthesize
+Imported on first use (`leukoflow.engine.lazy`).
+"""
 
-__all__ = ["challenge_layout", "synthesize"]
+from leukoflow.engine.lazy import lazy_entries
+
+ENTRY_MODULES = {"challenge_layout": "dataset", "synthesize": "dataset"}
+__all__ = sorted(ENTRY_MODULES)
+__getattr__, __dir__ = lazy_entries(__name__, ENTRY_MODULES)
