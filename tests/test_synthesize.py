@@ -129,7 +129,7 @@ def test_generated_class_frequencies_roughly_follow_the_table(frames):
 
 def test_cells_per_image_follow_the_challenge():
     counts = draw_cell_counts(np.random.default_rng(1), 20_000, TRAIN_CELLS_PER_IMAGE)
-    assert abs((counts == 1).mean() - 45283 / 48417) < 0.01  # METHOD §1.3: ~93.5 % single-cell
+    assert abs((counts == 1).mean() - 45283 / 48417) < 0.01  # docs/method.md §1.3: ~93.5 % single-cell
     assert counts.max() >= 6
 
 
@@ -137,7 +137,7 @@ def test_multi_class_images_exist_but_are_rare():
     rng = np.random.default_rng(2)
     images = draw_image_classes(rng, draw_cell_counts(rng, 20_000, TRAIN_CELLS_PER_IMAGE))
     mixed = sum(len(set(codes)) > 1 for codes in images) / len(images)
-    assert 0.01 < mixed < 0.04  # METHOD §1.3: 1,104 of 48,417 images (2.3 %)
+    assert 0.01 < mixed < 0.04  # docs/method.md §1.3: 1,104 of 48,417 images (2.3 %)
 
 
 # ---------------------------------------------------------------------------- determinism

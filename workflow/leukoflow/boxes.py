@@ -5,8 +5,8 @@ are numpy transcriptions of `torchvision.ops.box_iou`/`generalized_box_iou` in f
 operation (the same values; data-preparation jobs need no torch import for them); NMS comes from
 `torchvision.ops`. Weighted boxes fusion follows `ensemble_boxes.weighted_boxes_fusion`
 (ZFTurbo) for the single case the winner used, every fold's boxes as one list with weight 1 and
-`conf_type="avg"` (METHOD §4.3 step 2); that package is not a dependency because it imports numba.
-Top-N fitting with full-image padding is the winner's `fit_format` (METHOD §4.2, §10.3).
+`conf_type="avg"` (docs/method.md §4.3 step 2); that package is not a dependency because it imports numba.
+Top-N fitting with full-image padding is the winner's `fit_format` (docs/method.md §4.2, §10.3).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 if TYPE_CHECKING:
     import torch
 
-FULL_IMAGE_SCORE = 0.0  # score of a padding box (METHOD §4.2: "full" padding, score 0)
+FULL_IMAGE_SCORE = 0.0  # score of a padding box (docs/method.md §4.2: "full" padding, score 0)
 
 
 def as_tensor(boxes: np.ndarray) -> "torch.Tensor":
@@ -139,12 +139,12 @@ def weighted_boxes_fusion(boxes_norm: np.ndarray, scores: np.ndarray, *, iou_thr
 
 
 def full_image_box(width: int, height: int) -> np.ndarray:
-    """The padding box (0, 0, W-1, H-1) of METHOD §12.9; never degenerate, even for a 1-px image."""
+    """The padding box (0, 0, W-1, H-1) of docs/method.md §12.9; never degenerate, even for a 1-px image."""
     return np.array([0.0, 0.0, max(width - 1, 1), max(height - 1, 1)])
 
 
 def round_and_clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """np.round (half to even) then clip to [0, W-1] x [0, H-1], as the winner (METHOD §4.2, §12.10)."""
+    """np.round (half to even) then clip to [0, W-1] x [0, H-1], as the winner (docs/method.md §4.2, §12.10)."""
     boxes = np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
     upper = np.array([width - 1, height - 1, width - 1, height - 1], dtype=np.float64)
     return np.clip(boxes, 0.0, upper)
@@ -154,7 +154,7 @@ def top_n_with_padding(boxes: np.ndarray, scores: np.ndarray, n: int, width: int
                        height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the n best boxes of one image; pad with full-image boxes when there are fewer.
 
-    Order: score descending, then box/image area ratio descending (METHOD §4.3 step 3).
+    Order: score descending, then box/image area ratio descending (docs/method.md §4.3 step 3).
 
     Returns:
         (boxes (n, 4), scores (n,), padded (n,) bool).
@@ -171,7 +171,7 @@ def top_n_with_padding(boxes: np.ndarray, scores: np.ndarray, n: int, width: int
 
 
 def expand_and_clip(boxes: np.ndarray, margin: float, width: int, height: int) -> np.ndarray:
-    """Grow boxes by `margin` px per side and clip to the image: the crop window (METHOD §4.3 step 5)."""
+    """Grow boxes by `margin` px per side and clip to the image: the crop window (docs/method.md §4.3 step 5)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + np.array([-margin, -margin, margin, margin])
     upper = np.array([width, height, width, height], dtype=np.float64)
     return np.clip(boxes, 0.0, upper)
@@ -180,7 +180,7 @@ def expand_and_clip(boxes: np.ndarray, margin: float, width: int, height: int) -
 # ----------------------------------------------------------------------------- challenge format
 
 def truth_table(boxes: pd.DataFrame) -> pd.DataFrame:
-    """CURATED_BOXES as metric truth; the train.csv row is the pseudo trustii_id (METHOD §4.2)."""
+    """CURATED_BOXES as metric truth; the train.csv row is the pseudo trustii_id (docs/method.md §4.2)."""
     ordered = boxes.sort_values(["name", "row"], kind="stable")
     return pd.DataFrame({"trustii_id": ordered["row"].to_numpy(), "NAME": ordered["name"].to_numpy(dtype=object),
                          "x1": ordered["x1"].to_numpy(), "y1": ordered["y1"].to_numpy(),

@@ -233,7 +233,7 @@ DETECTIONS = _register(Schema(
 OOF_BOXES = _register(Schema(
     "oof_boxes", "results/detection/{detector}/oof.parquet",
     "Out-of-fold boxes fitted to the known cell count: the top-N boxes of every training image "
-    "(N = its annotated boxes), rounded, clipped, padded with the full-image box (METHOD §4.2).",
+    "(N = its annotated boxes), rounded, clipped, padded with the full-image box (docs/method.md §4.2).",
     (
         Column("detector", "str", "detector name"),
         Column("fold", "int", "validation fold of the image (= the model that predicted it)"),
@@ -247,7 +247,7 @@ OOF_BOXES = _register(Schema(
 
 TEST_BOXES = _register(Schema(
     "test_boxes", "results/detection/test_boxes.parquet",
-    "One box per test.csv row: all fold models fused by WBF, top-N by the known cell count (METHOD §4.3, §10.3).",
+    "One box per test.csv row: all fold models fused by WBF, top-N by the known cell count (docs/method.md §4.3, §10.3).",
     (
         Column("row", "int", "0-based data row of test.csv"),
         Column("trustii_id", "int", "submission id of the expected cell"),
@@ -321,13 +321,13 @@ REVIEW_OVERRIDES = _register(Schema(
 
 BACKGROUNDS = _register(Schema(
     "backgrounds", "results/detection/backgrounds.parquet",
-    "Synthetic background images: single-cell images with the white cell painted out (METHOD §6).",
+    "Synthetic background images: single-cell images with the white cell painted out (docs/method.md §6).",
     (
         Column("name", "str", "file name '<stem>_background.jpg'"),
         Column("path", "str", "image file"),
         Column("source_name", "str", "NAME of the image it was made from"),
         Column("source_split", "str", "train | test"),
-        Column("fold", "int", "validation fold (the source image's for train sources, METHOD §7.1)"),
+        Column("fold", "int", "validation fold (the source image's for train sources, docs/method.md §7.1)"),
         Column("width", "int", "px (same as the source)"),
         Column("height", "int", "px"),
         Column("score", "float", "detector-1 confidence of the removed cell"),
@@ -382,7 +382,7 @@ PSEUDO_LABELS = _register(Schema(
 
 ENSEMBLE_CLASSES = _register(Schema(
     "ensemble_classes", "results/ensemble/oof_classes.parquet | results/ensemble/test_classes.parquet",
-    "Class of every crop from the blended ensemble (METHOD §9.1): weighted multiclass logits, softmax, "
+    "Class of every crop from the blended ensemble (docs/method.md §9.1): weighted multiclass logits, softmax, "
     "blended with the multilabel sigmoid on single-cell images.",
     (
         Column("id", "str", "crop_id"),
@@ -413,7 +413,7 @@ ENSEMBLE_TRIALS = _register(Schema(
 
 SUBMISSION = _register(Schema(
     "submission", "results/submission.csv",
-    "The challenge submission: one row per test.csv row, in test.csv order (METHOD §10.2).",
+    "The challenge submission: one row per test.csv row, in test.csv order (docs/method.md §10.2).",
     (
         Column("trustii_id", "int", "test cell id"),
         Column("NAME", "str", "image file name"),

@@ -107,7 +107,7 @@ def _cell_mask(dark: np.ndarray, box_xyxy: np.ndarray, expand: int, dilation: in
 
 
 def assign_test_folds(sources: pd.DataFrame, stats: pd.DataFrame, n_folds: int, seed: int) -> pd.Series:
-    """Folds of test-made backgrounds: StratifiedKFold on mean-bin x std-bin (METHOD §7.1, §12.22).
+    """Folds of test-made backgrounds: StratifiedKFold on mean-bin x std-bin (docs/method.md §7.1, §12.22).
 
     Strata smaller than n_folds are pooled; when even the pool is too small for a stratified split
     (tiny sets), the folds go round-robin over a seeded permutation.

@@ -1,6 +1,6 @@
 """Classifier crops: detected boxes + margin, labelled from the ground truth (docs/method.md §7.2, §4.3 step 5).
 
-Training crops follow METHOD §7.2: each fold model of the crop detector (detector 2) predicts its
+Training crops follow docs/method.md §7.2: each fold model of the crop detector (detector 2) predicts its
 validation images, the boxes are fitted to the known cell count (top-N, full-image padding), and
 the *predicted* box grown by `margin` px and clipped to the image is the crop, with the
 ground-truth class. Unlike the winner, ground-truth and predicted boxes are matched one-to-one

@@ -30,7 +30,7 @@ def yolo_label_lines(boxes_xyxy: np.ndarray, width: int, height: int) -> list[st
 
 
 def fold_membership(folds: pd.DataFrame, fold: int, exclude: Iterable[str] = ()) -> pd.DataFrame:
-    """name -> split ('train' | 'val') for one fold; excluded images leave both splits (METHOD §5)."""
+    """name -> split ('train' | 'val') for one fold; excluded images leave both splits (docs/method.md §5)."""
     kept = folds[~folds["name"].isin(set(exclude))]
     split = np.where(kept["fold"].to_numpy() == fold, "val", "train")
     return pd.DataFrame({"name": kept["name"].to_numpy(), "split": split})

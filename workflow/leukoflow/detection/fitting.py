@@ -16,7 +16,7 @@ from leukoflow.engine.runtime import tracked
 
 
 def fit_image(raw: pd.DataFrame, n: int, width: int, height: int) -> pd.DataFrame:
-    """One image's boxes rounded, clipped and cut/padded to exactly n (METHOD §4.2 `fit_format`)."""
+    """One image's boxes rounded, clipped and cut/padded to exactly n (docs/method.md §4.2 `fit_format`)."""
     xyxy = boxes_lib.round_and_clip(raw[["x1", "y1", "x2", "y2"]].to_numpy(), width, height)
     kept, scores, padded = boxes_lib.top_n_with_padding(xyxy, raw["score"].to_numpy(), n, width, height)
     frame = pd.DataFrame(kept, columns=["x1", "y1", "x2", "y2"])

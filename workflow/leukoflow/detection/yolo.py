@@ -351,7 +351,7 @@ def _training_summary(history: pd.DataFrame, dataset_yaml, train_args: Mapping[s
 def predict_images(weights: str | Path, image_paths: Mapping[str, str], *, imgsz: int, conf: float,
                    iou: float, max_det: int, batch: int = 1, device: str = "auto",
                    threads: int = 1) -> pd.DataFrame:
-    """Raw boxes of one model on many images (class-agnostic NMS inside ultralytics, METHOD §4.1).
+    """Raw boxes of one model on many images (class-agnostic NMS inside ultralytics, docs/method.md §4.1).
 
     Args:
         image_paths: image name -> file path; each image is read once.

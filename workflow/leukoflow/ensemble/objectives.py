@@ -114,7 +114,7 @@ def official_metric(inputs: EnsembleInputs, oof_boxes: pd.DataFrame, crops: pd.D
     Images scored: those with OOF boxes and crops in `inputs` (the others are counted in the
     returned figures, not scored). Each OOF box, grown by `margin`,
     takes the crop (of the same image) whose window has the highest IoU with it; the k-th box of an
-    image answers the image's k-th truth row (pairing does not change the score, METHOD §10.3).
+    image answers the image's k-th truth row (pairing does not change the score, docs/method.md §10.3).
     """
     row_of_crop = pd.Series(np.arange(len(inputs)), index=inputs.ids)
     windows = crops[crops["crop_id"].isin(row_of_crop.index)].set_index("crop_id")

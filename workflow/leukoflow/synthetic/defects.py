@@ -19,7 +19,7 @@ NEAR_DUPLICATE_VARIANTS: tuple[str, ...] = ("reencode", "resize", "crop")
 UNREADABLE_BYTES = b"<!DOCTYPE html>\n<html><body><h1>503 Service Unavailable</h1></body></html>\n"
 # Defect parameters (the kinds and their counts are the caller's; these set how each looks).
 CONFUSABLE_LABEL_SHARE = 0.7  # wrong labels taken from morphology.CONFUSABLE, the rest uniform
-OUT_OF_IMAGE_PX = (1, 20)  # how far a coordinate is pushed past the border (METHOD §1.3: negative x1/y1)
+OUT_OF_IMAGE_PX = (1, 20)  # how far a coordinate is pushed past the border (docs/method.md §1.3: negative x1/y1)
 OUT_OF_IMAGE_COORDINATE_P = {"x1": 0.35, "y1": 0.35, "x2": 0.15, "y2": 0.15}
 OVERSIZE_SCALE = (2.0, 3.0)  # side multiplier of an oversized box (before clipping)
 TRUNCATE_KEEP = (0.6, 0.85)  # share of the JPEG bytes a truncated file keeps

@@ -51,9 +51,9 @@ class Morphology:
     """Appearance of one class. Ranges are (low, high) of a uniform draw per cell."""
 
     code: str
-    train_boxes: int  # METHOD §1.2 "train boxes"
-    median_wh: tuple[int, int]  # METHOD §1.2 median box w x h, px
-    multi_box_share: float  # METHOD §1.2 share of the class's boxes that lie in multi-box images
+    train_boxes: int  # docs/method.md §1.2 "train boxes"
+    median_wh: tuple[int, int]  # docs/method.md §1.2 median box w x h, px
+    multi_box_share: float  # docs/method.md §1.2 share of the class's boxes that lie in multi-box images
     nucleus_shapes: dict[str, float]  # shape -> probability
     lobes: tuple[int, int]  # for "lobed"
     nc_ratio: tuple[float, float]  # nucleus area / cell area
@@ -158,7 +158,7 @@ class SmearStyle:
     background_rgb: tuple[int, int, int] = (236, 224, 226)  # pale pinkish CellaVision background
     background_jitter: float = 6.0  # px value, per channel
     red_cell_rgb: tuple[int, int, int] = (236, 178, 178)  # red cell rim at full density
-    red_cell_radius: tuple[float, float] = (31.0, 41.0)  # px; a neutrophil box is ~146 px, METHOD §1.2
+    red_cell_radius: tuple[float, float] = (31.0, 41.0)  # px; a neutrophil box is ~146 px, docs/method.md §1.2
     red_cell_coverage: tuple[float, float] = (0.3, 0.95)  # red-cell area / image area
     red_cell_pallor: tuple[float, float] = (0.45, 0.8)  # relative density lost in the centre
     red_cell_clustering: float = 1.0  # 0 uniform; 1 red cells follow a slow smear-thickness field
@@ -178,17 +178,17 @@ class SmearStyle:
 
 SMEAR_STYLE = SmearStyle()
 
-# METHOD §1.3 [computed]: images by number of boxes (train.csv) and of rows (test.csv).
+# docs/method.md §1.3 [computed]: images by number of boxes (train.csv) and of rows (test.csv).
 TRAIN_CELLS_PER_IMAGE: dict[int, int] = {1: 45283, 2: 2499, 3: 394, 4: 98, 5: 58, 6: 32, 7: 27, 8: 17, 9: 5,
                                          10: 3, 11: 1}
 TEST_CELLS_PER_IMAGE: dict[int, int] = {1: 19373, 2: 1110, 3: 151, 4: 48, 5: 26, 6: 12, 7: 14, 8: 8, 9: 4,
                                         10: 4, 11: 1}
-# METHOD §1.3: most images are ~350-390 px and near square, a few ~295 px, some 512 and 608 px;
+# docs/method.md §1.3: most images are ~350-390 px and near square, a few ~295 px, some 512 and 608 px;
 # ~94 % fall in the smallest of five equal-width area bins. (side range, chance for a regular image)
 IMAGE_SIDES: tuple[tuple[tuple[int, int], float], ...] = (((292, 300), 0.03), ((345, 392), 0.97))
 LARGE_SIDES: tuple[tuple[int, float], ...] = ((512, 0.3), (608, 0.7))
 IMAGE_ASPECT_JITTER: tuple[int, int] = (-3, 6)  # px, height - width of a regular image
-# Distinct classes per image (METHOD §1.3: 1,104 of 3,134 multi-box images hold 2+ classes): chance
+# Distinct classes per image (docs/method.md §1.3: 1,104 of 3,134 multi-box images hold 2+ classes): chance
 # that an extra cell of a multi-cell image takes another class than the first.
 OTHER_CLASS_IN_MULTI_CELL_IMAGE = 0.28
 

@@ -31,7 +31,7 @@ MIN_CELLS_FOR_UNANNOTATED = 2  # an unannotated_cell target keeps at least one a
 # Independent random streams under one seed.
 PLAN_STREAM, RENDER_STREAM, TEXTURE_STREAM, DEFECT_STREAM = 1, 2, 3, 4
 # Crowded images get a larger size: boxes cover at most this share of the image area
-# (METHOD §1.3: box area / image area is mostly 5-25 %), and one cell at most this share of a side.
+# (docs/method.md §1.3: box area / image area is mostly 5-25 %), and one cell at most this share of a side.
 MAX_BOX_AREA_SHARE = 0.4
 MAX_CELL_SIDE_SHARE = 0.8
 
@@ -77,14 +77,14 @@ def draw_names(rng: np.random.Generator, n: int) -> list[str]:
 
 
 def draw_cell_counts(rng: np.random.Generator, n: int, histogram: dict[int, int]) -> np.ndarray:
-    """Number of white cells per image, drawn from a METHOD §1.3 histogram."""
+    """Number of white cells per image, drawn from a docs/method.md §1.3 histogram."""
     counts = np.array(list(histogram), dtype=np.int64)
     weights = np.array(list(histogram.values()), dtype=float)
     return rng.choice(counts, size=n, p=weights / weights.sum())
 
 
 def _class_weights(multi: bool) -> np.ndarray:
-    """Chance of each class as the first cell of a single- or multi-cell image (METHOD §1.2)."""
+    """Chance of each class as the first cell of a single- or multi-cell image (docs/method.md §1.2)."""
     rows = [MORPHOLOGY[code] for code in CLASSES]
     weights = np.array([row.train_boxes * (row.multi_box_share if multi else 1 - row.multi_box_share)
                         for row in rows])
@@ -108,7 +108,7 @@ def draw_image_classes(rng: np.random.Generator, n_cells: np.ndarray) -> list[tu
 
 
 def draw_cell_sizes(rng: np.random.Generator, codes: tuple[str, ...], style: SmearStyle) -> tuple[CellPlan, ...]:
-    """Target box size of each cell: its class median (METHOD §1.2) with log-normal jitter."""
+    """Target box size of each cell: its class median (docs/method.md §1.2) with log-normal jitter."""
     scale = np.exp(rng.normal(0.0, style.cell_size_jitter, size=len(codes)))
     aspect = np.exp(rng.normal(0.0, style.cell_size_jitter / 2, size=len(codes)))
     return tuple(CellPlan(code, MORPHOLOGY[code].median_wh[0] * s * a, MORPHOLOGY[code].median_wh[1] * s / a)
