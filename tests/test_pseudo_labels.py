@@ -80,14 +80,15 @@ def test_a_tiny_run_with_one_round_writes_the_pseudo_label_summary(tiny_run, tmp
     """The shared tiny run plus one round: only the round's jobs run (selection, the round's model)."""
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run, workdir, symlinks=True)  # copy2 keeps the mtimes Snakemake compares
-    result = run_workflow(workdir, "results/pseudo_labels/summary.json", "results/classification/summary.json",
-                          overlays=(REPO / "tests" / "configs" / "pseudo.yaml",))
+    # an option first: targets right after the config files would be read as config files
+    result = run_workflow(workdir, "--rerun-incomplete", "results/pseudo_labels/summary.json",
+                          "results/classification/summary.json", overlays=(REPO / "tests" / "configs" / "pseudo.yaml",))
     assert "rule train_detector" not in result.stdout + result.stderr
-    summary = json.loads((tmp_path / "results" / "pseudo_labels" / "summary.json").read_text())
+    summary = json.loads((workdir / "results" / "pseudo_labels" / "summary.json").read_text())
     assert [entry["round"] for entry in summary["rounds"]] == [0, 1]
     assert summary["rounds"][1]["pseudo_labels"] > 0 and summary["rounds"][1]["models"] == ["mc_resnet10t_32_pl1"]
     assert all(0.0 <= entry["oof_macro_f1"] <= 1.0 for entry in summary["rounds"])
     for fold in (0, 1):
-        fold_summary = json.loads((tmp_path / f"results/classification/mc_resnet10t_32_pl1/fold{fold}/summary.json")
+        fold_summary = json.loads((workdir / f"results/classification/mc_resnet10t_32_pl1/fold{fold}/summary.json")
                                   .read_text())
         assert fold_summary["pseudo_labels"] == summary["rounds"][1]["per_fold"][str(fold)]
