@@ -55,6 +55,7 @@ def test_light_rules_import_neither_torch_nor_mlflow():
     assert {line: mods for line, mods in loaded.items() if mods} == {}
 
 
+@pytest.mark.slow  # four interpreters importing torch: ~12 s, the unit tier stays under 2 minutes
 def test_training_rules_import_torch_but_not_mlflow():
     for rule in sorted(TORCH_RULES):
         line = _entry_import(SCRIPTS / f"{rule}.py")
