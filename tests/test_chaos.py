@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import NO_TRACKING_CONFIG, REPO, SNAKEMAKE, TINY_CONFIG, result_tables, run_workflow
+from tests.conftest import NO_TRACKING_CONFIG, REPO, SNAKEMAKE, TINY_CONFIG, result_tables
 
 pytestmark = pytest.mark.e2e
 

@@ -293,11 +293,11 @@ def test_logits_tables_have_the_documented_schema(tmp_path, dataset):
     assert sorted(test["trustii_id"]) == list(range(1036, 1042))
     assert np.allclose(frame_logits(test), direct, atol=1e-5)
     assert result["test_rows"] == 6 and result["oof_rows"] == len(train_crops)
-    evaluation = evaluate_oof(spec, oof)
+    evaluated = evaluate_oof(spec, oof)
     from sklearn.metrics import f1_score
-    assert evaluation["oof_macro_f1"] == pytest.approx(
+    assert evaluated["oof_macro_f1"] == pytest.approx(
         f1_score(oof["truth"], frame_logits(oof).argmax(1), average="macro"), abs=1e-6)
-    assert set(evaluation["fold_macro_f1"]) == set(range(N_FOLDS)) and evaluation["per_class_f1"]["PNN"]["support"] == 12
+    assert set(evaluated["fold_macro_f1"]) == set(range(N_FOLDS)) and evaluated["per_class_f1"]["PNN"]["support"] == 12
 
 
 @pytest.mark.slow

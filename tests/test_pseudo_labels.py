@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from leukoflow import tables
 from leukoflow.classification import pseudo_labels
