@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 REPO = Path(__file__).resolve().parents[3]
@@ -47,6 +49,8 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> None:
     infinity in any numeric key (they pass every range check), or a breach of the schema."""
     _refuse_alias_bomb(config)
     problems = [f"{where}: {value!r} is not a finite number" for where, value in _non_finite_numbers(config)]
+    import jsonschema  # a workflow dependency: `leukoflow predict` ([predict] extra) loads configs without it
+
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     problems += [_describe(error) for error in sorted(validator.iter_errors(config), key=lambda e: list(e.path))]
