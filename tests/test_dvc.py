@@ -149,6 +149,9 @@ def _write_project(project: Path) -> None:
         (project / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / relative, project / relative)
     (project / ".gitignore").write_text(release_gitignore((REPO / ".gitignore").read_text()))
+    # the stand-in project's own release table: this repository's rows name this repository's commits
+    releases = (REPO / "releases.csv").read_text().splitlines()[0]
+    (project / "releases.csv").write_text(releases + "\n")
     (project / "Snakefile").write_text(STAND_IN_SNAKEFILE)
     for folder in ("rules", "scripts", "leukoflow"):  # dvc.yaml's code dependencies
         (project / "workflow" / folder).mkdir(parents=True)
