@@ -5,6 +5,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 8
+# pytest-xdist workers for `make test`/`make test-fast`: one per core of the 2-core CI machine.
+TEST_WORKERS ?= 2
 LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-16)
 PKG_HASH := $(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 ENV_STAMP := $(VENV)/.lock-$(LOCK_HASH)
@@ -32,11 +34,15 @@ run: setup
 
 # `make test` is the whole suite (CI); `make test-fast` the unit tier: no snakemake run, no
 # training beyond a few steps (markers e2e and slow, see tests/conftest.py), under 2 minutes.
+# Whole test files go to one worker each (their module fixtures run once), heaviest first
+# (tests/conftest.py orders them); the shared tiny run is built once for all workers.
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not e2e and not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not e2e and not slow"
 
 lint: setup
 	$(BIN)/snakemake --lint

@@ -8,11 +8,13 @@ uses the shared `tiny_run` fixture is marked `e2e` here, so it cannot slip into 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -72,9 +74,22 @@ def result_tables(run: Path) -> dict[str, bytes]:
     return {str(path.relative_to(run)): _comparable_content(path) for path in files}
 
 
+def _run_root(tmp_path_factory) -> Path:
+    """The pytest run's temporary root: under pytest-xdist the folder all workers share."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """One complete tiny workflow run shared by the end-to-end tests."""
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    run_workflow(workdir)
+    """One complete tiny workflow run shared by the end-to-end tests of every xdist worker: the
+    first worker to need it runs it under a file lock, the others wait for it and read it."""
+    root = _run_root(tmp_path_factory)
+    workdir, done = root / "tiny_run", root / "tiny_run.done"
+    with FileLock(str(root / "tiny_run.lock")):
+        if not done.exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir()
+            run_workflow(workdir)
+            done.touch()
     return workdir

@@ -6,7 +6,8 @@ recover), ... then let the last start finish. The kill moments are drawn over th
 comes once the run as a whole has finished its i-th seeded number of jobs, plus a random wait, so
 kills land in startup, curation, training and the ensemble alike and every restart makes progress.
 The final tables must equal an uninterrupted run's, no rule script may outlive its killed
-Snakemake, and no partial or stray file may survive.
+Snakemake, and no partial or stray file may survive. This is also the suite's determinism check:
+two runs from scratch in two folders (one of them killed ten times) give identical tables.
 """
 
 from __future__ import annotations
@@ -96,8 +97,7 @@ def _files(run: Path) -> set[str]:
             if p.is_file() and "mlartifacts" not in p.parts and not p.name.startswith("mlflow.db")}
 
 
-def test_kill_9_anywhere_recovers_with_the_readme_command(tiny_run, tmp_path):
-    reference = tiny_run  # the shared uninterrupted run (its MLflow files are left out of the comparison)
+def test_kill_9_anywhere_recovers_with_the_readme_command(request, tmp_path):
     chaos = tmp_path / "chaos"
     chaos.mkdir()
     rng = random.Random(SEED)
@@ -120,6 +120,9 @@ def test_kill_9_anywhere_recovers_with_the_readme_command(tiny_run, tmp_path):
         finished_before += len(_FINISHED.findall(log_path.read_text()))
     chaos_seconds = time.monotonic() - started
 
+    # The shared uninterrupted run (its MLflow files are left out of the comparison), asked for
+    # only now so that another pytest-xdist worker can build it while this one kills.
+    reference = request.getfixturevalue("tiny_run")
     equal = result_tables(chaos) == result_tables(reference)
     figures = {
         "kills": len(kills), "kill_times_s": kills, "kill_after_finished_jobs": targets,
