@@ -35,10 +35,26 @@ UNIT_TIER = "not e2e and not slow"  # `make test-fast`
 E2E_FIXTURES = ("tiny_run",)
 
 
+# Test files by measured cost, heaviest first (BENCHMARKS.md, "Test suite"): under
+# `make test`, pytest-xdist hands whole files to the next free worker in collection order, so the
+# long ones start first and the short ones fill the gaps. Files not listed follow, in path order.
+HEAVY_FIRST = (
+    "test_slurm.py", "test_workflow.py", "test_bccd.py", "test_chaos.py", "test_gpu_smoke.py",
+    "test_packaging.py", "test_pseudo_labels.py", "test_report.py", "test_reproduce.py", "test_dvc.py",
+    "test_tracking.py", "test_docs_e2e.py",
+)
+
+
+def _cost_rank(item: pytest.Item) -> int:
+    name = item.path.name
+    return HEAVY_FIRST.index(name) if name in HEAVY_FIRST else len(HEAVY_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(name in getattr(item, "fixturenames", ()) for name in E2E_FIXTURES):
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=_cost_rank)  # stable: a file's tests keep their order
 
 
 def run_workflow(workdir: Path, *extra: str, configfile: Path = TINY_CONFIG, cores: int = 2,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import textwrap
 from types import SimpleNamespace
 
 import pytest
@@ -28,7 +29,31 @@ def test_flatten_joins_nested_keys_and_keeps_empty_mappings():
 
 # ----------------------------------------------------------------------------- provenance
 
-''' + open("/tmp/h14/moved_tests.py").read().replace("tracking.", "provenance.") + '''
+def test_config_hash_ignores_key_order_and_sees_values():
+    assert provenance.config_hash({"a": 1, "b": {"c": 2}}) == provenance.config_hash({"b": {"c": 2}, "a": 1})
+    assert provenance.config_hash({"a": 1}) != provenance.config_hash({"a": 2})
+
+
+def test_data_version_reads_the_dvc_hash_of_a_folder_dataset(tmp_path):
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    (images / "a.jpg").write_bytes(b"x")
+    config = {"data": {"source": "folder", "dir": str(tmp_path / "data"), "images_subdir": "images",
+                       "train_csv": "train.csv", "test_csv": "test.csv"}}
+    untracked = provenance.data_version(config)
+    assert untracked.startswith("manifest:")
+    (images / "b.jpg").write_bytes(b"y")
+    assert provenance.data_version(config) != untracked, "a new image changes the manifest"
+    (tmp_path / "data" / "images.dvc").write_text(textwrap.dedent("""\
+        outs:
+        - md5: 0123456789abcdef0123456789abcdef.dir
+          size: 2
+          nfiles: 2
+          path: images
+        """))
+    assert provenance.data_version(config) == "dvc:0123456789abcdef0123456789abcdef.dir"
+
+
 def test_file_sha256_reads_in_blocks_and_matches_hashlib(tmp_path):
     path = tmp_path / "weights.bin"
     data = bytes(range(256)) * 9000  # more than one 1 MiB block
