@@ -1,7 +1,8 @@
 """Every table passed between stages, defined in one place and validated on write and read.
 
-Long by design: the one place for every schema (a reader finds each table's columns here, not
-spread over the stages); the functions that read, write and check them are a small part of it.
+This module is long by design: the one place for every schema (a reader finds each table's
+columns here, not spread over the stages); the functions that read, write and check them are a
+small part of it.
 
 A schema is an ordered list of columns, each with a pandas dtype kind and a description; only
 float columns may hold a missing value (NaN = not measured), text columns use "" for none.
