@@ -72,6 +72,10 @@ CASES = {
     # detector is active on the image, so the red cell's empty box still condemns it
     "red_loose.jpg": ([(10, "red_loose.jpg", 10, 10, 50, 50), (11, "red_loose.jpg", 60, 60, 80, 80)],
                       [("red_loose.jpg", 20, 20, 46, 46, 0.9)], {("unconfirmed_box", 11)}),
+    # a neighbour's confident box grazes the annotation (5 % of either box): an unannotated cell, and no
+    # verdict on the annotation's geometry
+    "graze.jpg": ([(12, "graze.jpg", 10, 10, 50, 50)], [("graze.jpg", 48, 10, 88, 50, 0.9)],
+                  {("unannotated_cell", -1)}),
     # a silent detector: nothing found on either annotated cell, so nothing condemns them
     "silent.jpg": ([(7, "silent.jpg", 10, 10, 50, 50), (8, "silent.jpg", 60, 60, 90, 90)], [], set()),
 }

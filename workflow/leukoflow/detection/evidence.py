@@ -130,8 +130,12 @@ def image_evidence(truth: pd.DataFrame, detections: pd.DataFrame, *, width: int,
     ann_inside = inter / areas(truth_xyxy)[:, None]
     confident = p >= detect_p
     confirm = np.where(iou >= match_iou, p[None, :], 0.0).max(axis=1) if len(det_xyxy) else np.zeros(len(truth))
-    # a confident detection belongs to the annotation it fits best (among those it overlaps)
-    owned = confident[None, :] & (inter > 0) & (iou >= iou.max(axis=0, initial=0.0)[None, :])
+    # a confident detection belongs to the annotation it fits best among those it covers (share of
+    # either box inside the other at least `unmatched_overlap`, the bar below which it counts as on
+    # no annotation): a neighbour's box that grazes an annotation says nothing about its geometry
+    coverage = np.maximum(np.maximum(det_inside, ann_inside), iou)
+    owned = (confident[None, :] & (coverage >= unmatched_overlap)
+             & (iou >= iou.max(axis=0, initial=0.0)[None, :]) & (inter > 0))
     # the detector is engaged on an annotation when it confirms it or a confident detection of its own
     # lies on it: a badly fitting box shows the detector sees this image as well as a confirmed one does
     engaged = (confirm >= detect_p) | owned.any(axis=1)
