@@ -83,8 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     results = Path(args.run) / "results"
     settings = yaml.safe_load(Path(args.config).read_text())["noisy"]
-    detections = pd.concat([tables.read_table(path, tables.DETECTIONS) for path in
-                            sorted(glob.glob(str(results / "detection/det1/fold*/oof_raw.parquet")))], ignore_index=True)
+    raw = sorted(glob.glob(str(results / "detection/det1/fold*/oof_raw.parquet")))
+    detections = pd.concat([tables.read_table(path, tables.DETECTIONS) for path in raw], ignore_index=True)
     boxes = tables.read_table(results / "curation/boxes.parquet", tables.CURATED_BOXES)
     folds = tables.read_table(results / "curation/folds.parquet", tables.FOLDS)
     images = tables.read_table(results / "curation/images.parquet", tables.CURATED_IMAGES)
