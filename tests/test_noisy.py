@@ -68,6 +68,14 @@ CASES = {
     # an unannotated cell: a confident detection away from every box
     "extra.jpg": ([(6, "extra.jpg", 10, 10, 50, 50)],
                   [("extra.jpg", 10, 10, 50, 50, 0.9), ("extra.jpg", 60, 60, 90, 90, 0.8)], {("unannotated_cell", -1)}),
+    # a red cell beside a cell the detector sees but boxes loosely (IoU 0.42, below the match): the
+    # detector is active on the image, so the red cell's empty box still condemns it
+    "red_loose.jpg": ([(10, "red_loose.jpg", 10, 10, 50, 50), (11, "red_loose.jpg", 60, 60, 80, 80)],
+                      [("red_loose.jpg", 20, 20, 46, 46, 0.9)], {("unconfirmed_box", 11)}),
+    # a neighbour's confident box grazes the annotation (5 % of either box): an unannotated cell, and no
+    # verdict on the annotation's geometry
+    "graze.jpg": ([(12, "graze.jpg", 10, 10, 50, 50)], [("graze.jpg", 48, 10, 88, 50, 0.9)],
+                  {("unannotated_cell", -1)}),
     # a silent detector: nothing found on either annotated cell, so nothing condemns them
     "silent.jpg": ([(7, "silent.jpg", 10, 10, 50, 50), (8, "silent.jpg", 60, 60, 90, 90)], [], set()),
 }
@@ -180,15 +188,16 @@ def test_unannotated_cell_cut_by_the_border_is_marked():
     assert bool(cell["at_border"]) and cell["n_detected"] == 2 and cell["n_annotated"] == 1
 
 
-def test_posterior_rule_stops_where_the_estimated_fdr_passes_the_target():
-    selected = noisy.select_by_posterior_fdr(np.array([0.95, 0.9, 0.5, 0.1, 0.85]), 0.2)
-    # sorted 0.95, 0.9, 0.85 (mean miss 0.1); 0.5 would keep the mean at 0.2 but is a coin toss
-    assert selected.tolist() == [True, True, False, False, True]
-    assert noisy.select_by_posterior_fdr(np.array([0.95, 0.9, 0.6, 0.1, 0.85]), 0.2).tolist() == [
-        True, True, True, False, True]  # 0.6: mean miss 0.175
-    assert not noisy.select_by_posterior_fdr(np.full(5, 0.3), 0.2).any()
-    # the average would allow a zero after nine certain items; an item below 0.5 is never flagged
-    assert noisy.select_by_posterior_fdr(np.array([1.0] * 9 + [0.0]), 0.2).tolist() == [True] * 9 + [False]
+@pytest.mark.parametrize(("evidence", "selected"), [
+    ([0.95, 0.9, 0.5, 0.1, 0.85], [True, True, False, False, True]),
+    # a set-average rule would admit 0.6 beside certain items (mean miss 0.175); on its own it is 40 % clean
+    ([0.95, 0.9, 0.6, 0.1, 0.85], [True, True, False, False, True]),
+    ([0.8, 0.79], [True, False]),  # the bound itself: P(clean) 0.2 is within the target
+    ([0.3] * 5, [False] * 5),
+    ([1.0] * 9 + [0.0], [True] * 9 + [False]),
+])
+def test_local_fdr_rule_flags_only_items_likely_enough_on_their_own(evidence, selected):
+    assert noisy.select_by_local_fdr(np.array(evidence), 0.2).tolist() == selected
 
 
 def test_safety_cap_keeps_the_strongest_and_says_it_bound():
@@ -250,6 +259,7 @@ def test_score_against_defects_per_kind():
     assert scores["noisy_by_kind"]["red_cell_box"] == {"n_true": 1, "recall": 1.0, "precision": 1.0}
     assert scores["noisy_by_kind"]["shifted_box"] == {"n_true": 1, "recall": 0.0, "precision": 0.0}
     assert scores["noisy_by_kind"]["oversized_box"]["n_true"] == 0
+    assert scores["noisy_clipped_box_images"] == 0
     table = noisy.by_kind_table(scores["noisy_by_kind"])
     assert set(table["kind"]) == set(noisy.VISIBLE_DEFECTS)
 
@@ -276,3 +286,18 @@ def test_cleanlab_object_detection_scorer_runs_side_by_side():
     defects = pd.DataFrame({"kind": ["oversized_box"], "name": ["big.jpg"], "source": "", "row": [3], "detail": ""})
     compared = noisy.compare_with_cleanlab(flagged, defects, set(boxes["name"]))
     assert compared["flagged_images"] == len(flagged) and compared["recall"] in (0.0, 1.0)
+
+
+@pytest.mark.parametrize(("flag_rows", "precision", "clipped"), [
+    ([7], 1.0, 1),  # flagged only on the clipped box: neither a hit nor a false flag
+    ([7, 8], 0.5, 0),  # also flagged on another box of the image: a false flag
+    ([8], 0.5, 0),
+])
+def test_flags_on_a_clipped_out_of_image_box_count_as_neither(flag_rows, precision, clipped):
+    flags = pd.DataFrame({"name": ["a.jpg"] + ["c.jpg"] * len(flag_rows), "row": [1, *flag_rows],
+                          "reason": ["unconfirmed_box"] + ["box_geometry"] * len(flag_rows), "excluded": True})
+    defects = pd.DataFrame({"kind": ["red_cell_box", "out_of_image_box"], "name": ["a.jpg", "c.jpg"], "source": "",
+                            "row": [1, 7], "detail": ""})
+    scores = noisy.score_against_defects(flags, defects, evaluated=["a.jpg", "b.jpg", "c.jpg"])
+    assert scores["noisy_precision"] == pytest.approx(precision) and scores["noisy_recall"] == 1.0
+    assert scores["noisy_clipped_box_images"] == clipped

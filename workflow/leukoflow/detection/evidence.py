@@ -10,7 +10,8 @@ opinion of each image. Three kinds of evidence come out of them:
   against the best-fitting confident detection on it (IoU, share of the detection inside the
   annotation: an oversized box; share of the annotation inside the detection: an undersized or
   shifted box), its log-area relative to its class (robust z), and how active the detector is on
-  the rest of its image (a detector that confirms nothing there cannot condemn this box);
+  the rest of its image (the share of the other annotations it confirms or lays a confident
+  detection on: a detector that sees nothing there cannot condemn this box);
 * per confident detection that lies on no annotation: its calibrated score, whether the image
   border cuts it, and the image's surplus of confident detections over annotations.
 """
@@ -129,12 +130,19 @@ def image_evidence(truth: pd.DataFrame, detections: pd.DataFrame, *, width: int,
     ann_inside = inter / areas(truth_xyxy)[:, None]
     confident = p >= detect_p
     confirm = np.where(iou >= match_iou, p[None, :], 0.0).max(axis=1) if len(det_xyxy) else np.zeros(len(truth))
-    confirmed = confirm >= detect_p
+    # a confident detection belongs to the annotation it fits best among those it covers (share of
+    # either box inside the other at least `unmatched_overlap`, the bar below which it counts as on
+    # no annotation): a neighbour's box that grazes an annotation says nothing about its geometry
+    coverage = np.maximum(np.maximum(det_inside, ann_inside), iou)
+    owned = (confident[None, :] & (coverage >= unmatched_overlap)
+             & (iou >= iou.max(axis=0, initial=0.0)[None, :]) & (inter > 0))
+    # the detector is engaged on an annotation when it confirms it or a confident detection of its own
+    # lies on it: a badly fitting box shows the detector sees this image as well as a confirmed one does
+    engaged = (confirm >= detect_p) | owned.any(axis=1)
     annotations = []
     for index, row in enumerate(truth["row"].to_numpy()):
-        others = np.delete(confirmed, index)
-        # a confident detection belongs to this annotation unless another one fits it better
-        mine = confident & (inter[index] > 0) & (iou[index] >= iou.max(axis=0))
+        others = np.delete(engaged, index)
+        mine = owned[index]
         best = int(np.argmax(np.where(mine, iou[index], -1.0))) if mine.any() else -1
         annotations.append({
             "row": int(row), "confirm_p": float(confirm[index]),
