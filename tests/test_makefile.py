@@ -54,6 +54,9 @@ def test_fast_tier_leaves_out_the_e2e_and_slow_markers(tmp_path):
 
     commands = subprocess.run(["make", "-n", "test-fast"], cwd=_project_copy(tmp_path), capture_output=True, text=True,
                               check=True).stdout
-    assert f'-m pytest -m "{UNIT_TIER}"' in commands
+    fast = next(line for line in commands.splitlines() if "-m pytest" in line)
+    assert f'-m "{UNIT_TIER}"' in fast and " -n 2 " in fast
     full = subprocess.run(["make", "-n", "test"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-    assert "-m pytest" in full and " -m \"" not in full.split("-m pytest", 1)[1]  # CI runs every tier
+    suite = next(line for line in full.splitlines() if "-m pytest" in line)
+    assert " -m \"" not in suite.split("-m pytest", 1)[1]  # CI runs every tier
+    assert " -n 2 --dist loadfile" in suite  # whole files per worker: module fixtures run once
