@@ -41,6 +41,7 @@ def test_round_trip_gives_back_the_exact_pixels(tmp_path, fmt):
     assert np.array_equal(cache[np.arange(9)], tiles)
     assert np.array_equal(cache[4], tiles[4]) and np.array_equal(cache[2:5], tiles[2:5])
     assert np.array_equal(cache[np.array([7, 1, 7])], tiles[[7, 1, 7]])
+    assert np.array_equal(cache[3, 5, 2:4], tiles[3, 5, 2:4]) and np.array_equal(cache[1:3, 0], tiles[1:3, 0])
     # offsets are contiguous after the header: the index describes the whole file
     assert (index["offset"].diff().dropna() == index["length"].iloc[:-1].to_numpy()).all()
     assert index["offset"].iloc[-1] + index["length"].iloc[-1] == (tmp_path / f"t.{fmt}.shard").stat().st_size

@@ -154,7 +154,12 @@ class PixelCache:
             raise ValueError(f"{where} cannot be decoded: {error}") from error
 
     def __getitem__(self, rows: Any) -> np.ndarray:
-        """Decoded rows: an int gives `[size, size, 3]`, a slice or int array `[n, size, size, 3]`."""
+        """Decoded rows: an int gives `[size, size, 3]`, a slice or int array `[n, size, size, 3]`;
+        a tuple indexes the decoded rows further, as numpy does."""
+        if isinstance(rows, tuple):
+            head, rest = (rows[0], rows[1:]) if rows else (slice(None), ())
+            decoded = self[head]
+            return decoded[rest] if np.isscalar(head) else decoded[(slice(None), *rest)]
         if np.isscalar(rows):
             return self.tile(int(rows))
         picked = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype="int64")
