@@ -1,7 +1,7 @@
 # Classification stage (docs/method.md §8-§9): fold-wise timm classifiers on crops (multiclass) and
 # whole images (multilabel), OOF and test logits.
 #
-#   results/classification/cache/{source}_{size}.shard|.parquet  square-resized tiles, encoded (temp)
+#   results/classification/cache/{source}_{size}.shard|.parquet  square-resized tiles, encoded
 #   results/classification/{model}/fold{fold}/                 best.pt, oof_logits.parquet, summary.json
 #                                                              (+ state.pt, the resumable epoch checkpoint)
 #   results/classification/{model}/oof_logits.parquet          every fold's OOF logits (schema logits)
@@ -94,8 +94,9 @@ rule cache_classifier_inputs:
     input:
         unpack(cache_tables),
     output:
-        # the shard is deleted once every model that reads it has trained (docs/stages)
-        pixels=temp(f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.shard"),
+        # kept, not temp(): editing one model re-trains it without re-encoding the cache;
+        # docs/stages/classification.md says how to reclaim the space
+        pixels=f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.shard",
         index=f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.parquet",
         summary=f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.json",
     log:
