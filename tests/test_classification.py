@@ -84,9 +84,9 @@ def dataset(tmp_path_factory) -> dict:
     crops = pd.concat([crops, test_crops], ignore_index=True).astype({c: "str" for c in text_columns})
     tables.validate(crops, tables.CROPS)
     tables.write_table(crops, root / "crops.parquet", tables.CROPS)
-    cache = (root / "crops_32.npy", root / "crops_32.parquet")
+    cache = (root / "crops_32.shard", root / "crops_32.parquet")
     _build_cache("crops", *cache, images=images, crops=crops)
-    image_cache = (root / "images_32.npy", root / "images_32.parquet")
+    image_cache = (root / "images_32.shard", root / "images_32.parquet")
     _build_cache("images", *image_cache, images=images, folds=folds)
     return {"root": root, "images": images, "boxes": boxes, "folds": folds, "crops": crops, "cache": cache,
             "image_cache": image_cache, "crops_path": root / "crops.parquet"}
@@ -97,7 +97,8 @@ def _build_cache(source, pixels, index, *, images, crops=None, folds=None, backg
     return crop_cache.build_cache(source, SIZE, pixels, index, images=images, crops=crops, folds=folds,
                                   backgrounds=backgrounds, seed=42, threads=1, background_crops_per_image=per_image,
                                   background_min_side=min_side, background_max_side=max_side,
-                                  background_valid_side=valid_side, background_valid_position=(0.05, 0.05))
+                                  background_valid_side=valid_side, background_valid_position=(0.05, 0.05),
+                                  fmt="webp")
 
 
 DEFAULTS = model_defaults(REPO / "config" / "schema.yaml")
@@ -155,7 +156,7 @@ def test_cache_refuses_an_empty_box(tmp_path, dataset):
     bad.loc[bad.index[1], "x2"] = bad.loc[bad.index[1], "x1"]
     with pytest.raises(ValueError, match=r"img01\.png.*empty"):
         crop_cache.build_crop_cache(bad, dict(zip(dataset["images"]["name"], dataset["images"]["path"])), SIZE,
-                                    tmp_path / "bad.npy", threads=1)
+                                    tmp_path / "bad.shard", threads=1, fmt="webp")
 
 
 def test_background_crops_fold_and_roles(tmp_path):
@@ -166,9 +167,9 @@ def test_background_crops_fold_and_roles(tmp_path):
         Image.fromarray(rng.integers(150, 255, (120, 100, 3), dtype=np.uint8)).save(path)
         rows.append({"name": f"bg{k}.jpg", "path": str(path), "fold": k % 2})
     backgrounds = pd.DataFrame(rows)
-    index = crop_cache.build_background_crop_cache(backgrounds, 16, tmp_path / "bg.npy", seed=3, n_train_crops=3,
+    index = crop_cache.build_background_crop_cache(backgrounds, 16, tmp_path / "bg.shard", seed=3, n_train_crops=3,
                                                    min_side=20, max_side=200, valid_side=40,
-                                                   valid_position=(0.05, 0.05), threads=1)
+                                                   valid_position=(0.05, 0.05), threads=1, fmt="webp")
     assert len(index) == 4 * 4 and (index["role"] == "valid").sum() == 4
     train, valid = crop_cache.background_crop_boxes(100, 120, np.random.default_rng(0), n_train_crops=50,
                                                     min_side=20, max_side=200, valid_side=40,
@@ -344,7 +345,7 @@ def test_background_class_adds_a_24th_output_kept_out_of_the_oof(tmp_path, datas
         speckle = rng.integers(0, 20, (72, 72, 3), dtype=np.uint8)
         Image.fromarray(np.full((72, 72, 3), 225, dtype=np.uint8) + speckle).save(path)
         rows.append({"name": f"bg{k}.png", "path": str(path), "fold": k % N_FOLDS})
-    bg_cache = (tmp_path / "bg.npy", tmp_path / "bg.parquet")
+    bg_cache = (tmp_path / "bg.shard", tmp_path / "bg.parquet")
     _build_cache("background_crops", *bg_cache, images=dataset["images"], backgrounds=pd.DataFrame(rows),
                  per_image=2, min_side=20, max_side=60, valid_side=30)
     spec = _spec(epochs=1, background=True)

@@ -54,13 +54,14 @@ def test_first_demo_classifier_is_far_above_chance(tmp_path):
     defaults = model_defaults(REPO / "config" / "schema.yaml")
     spec = ClassifierSpec.from_config(with_defaults(DEMO["classifiers"]["models"][0], defaults))
     images, crops = _ground_truth_crops(tmp_path)
-    cache = (tmp_path / f"crops_{spec.img_size}.npy", tmp_path / f"crops_{spec.img_size}.parquet")
+    cache = (tmp_path / f"crops_{spec.img_size}.shard", tmp_path / f"crops_{spec.img_size}.parquet")
     background = DEMO["classifiers"]["background_crops"]
     crop_cache.build_cache("crops", spec.img_size, *cache, images=images, crops=crops, folds=None, backgrounds=None,
                            seed=DEMO["seed"], threads=1, background_crops_per_image=background["per_image"],
                            background_min_side=background["min_side"], background_max_side=background["max_side"],
                            background_valid_side=background["valid_side"],
-                           background_valid_position=background["valid_position"])
+                           background_valid_position=background["valid_position"],
+                           fmt=DEMO["classifiers"]["cache_format"])
     arrays, main, background_items, _ = load_items(spec, cache, crops)
     train, valid = split_fold(main, 0, background_items)
     run = DEMO["classifiers"]

@@ -127,16 +127,18 @@ def _workflow_test_predictions(smear: dict, root: Path, detectors: list[Path], c
     test_boxes = fuse_test_boxes(raw, test, images, **WBF)
     crop_table = crops.test_crops(test_boxes, images, margin=MARGIN, detector="det1")
     path_of = dict(zip(images["name"], images["path"]))
-    crop_index = crop_cache.build_crop_cache(crop_table, path_of, 32, root / "cache_crops.npy", threads=1)
+    crop_index = crop_cache.build_crop_cache(crop_table, path_of, 32, root / "cache_crops.shard", threads=1,
+                                             fmt="webp")
     rows = pd.DataFrame({"name": test_images["name"], "path": test_images["path"], "fold": -1, "role": "test"})
-    image_index = crop_cache.build_image_cache(rows, 32, root / "cache_images.npy", threads=1)
+    image_index = crop_cache.build_image_cache(rows, 32, root / "cache_images.shard", threads=1, fmt="webp")
     frames = {}
     for name, (kind, checkpoints) in classifiers.items():
         spec = _spec(name=name, backbone="resnet10t", kind=kind, img_size=32)
         if kind == "multiclass":
-            pixels, index, truth = np.load(root / "cache_crops.npy"), crop_index, crop_table
+            pixels, index = crop_cache.PixelCache(root / "cache_crops.shard", crop_index), crop_index
+            truth = crop_table
         else:
-            pixels, index = np.load(root / "cache_images.npy"), image_index
+            pixels, index = crop_cache.PixelCache(root / "cache_images.shard", image_index), image_index
             truth = pd.DataFrame({"name": test_images["name"], "labels": ""})
         items, _ = main_items(spec, index, truth)
         logits = predict_test(checkpoints, [pixels], items, settings=SETTINGS)

@@ -1,7 +1,7 @@
 # Classification stage (docs/method.md §8-§9): fold-wise timm classifiers on crops (multiclass) and
 # whole images (multilabel), OOF and test logits.
 #
-#   results/classification/cache/{source}_{size}.npy|.parquet  decoded, square-resized pixels
+#   results/classification/cache/{source}_{size}.shard|.parquet  square-resized tiles, encoded
 #   results/classification/{model}/fold{fold}/                 best.pt, oof_logits.parquet, summary.json
 #                                                              (+ state.pt, the resumable epoch checkpoint)
 #   results/classification/{model}/oof_logits.parquet          every fold's OOF logits (schema logits)
@@ -94,7 +94,9 @@ rule cache_classifier_inputs:
     input:
         unpack(cache_tables),
     output:
-        pixels=f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.npy",
+        # kept, not temp(): editing one model re-trains it without re-encoding the cache;
+        # docs/stages/classification.md says how to reclaim the space
+        pixels=f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.shard",
         index=f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.parquet",
         summary=f"{CLASSIFIER_CACHE}/{{source}}_{{size}}.json",
     log:
@@ -116,6 +118,7 @@ rule cache_classifier_inputs:
         source="{source}",
         size=lambda wildcards: int(wildcards.size),
         seed=lookup(dpath="seed", within=config),
+        cache_format=lookup(dpath="classifiers/cache_format", within=config),
         background=lookup(dpath="classifiers/background_crops", within=config),
     script:
         "../scripts/cache_classifier_inputs.py"

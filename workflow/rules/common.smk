@@ -110,7 +110,7 @@ def report_benchmarks(wildcards):
 # Classification (workflow/rules/classification.smk): a model's caches, tables and start weights.
 def cache_files(source, size):
     stem = f"{CLASSIFIER_CACHE}/{source}_{size}"
-    return {"pixels": f"{stem}.npy", "index": f"{stem}.parquet"}
+    return {"pixels": f"{stem}.shard", "index": f"{stem}.parquet"}
 
 
 def model_caches(entry):

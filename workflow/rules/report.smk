@@ -5,7 +5,7 @@
 #                     detector_oof.png, detector_folds.html, per_class_f1.png, ensemble_weights.html,
 #                     scores.html, software.html, runtimes.html
 REPORT_DIR = "results/report"
-# (source, size) of every pixel cache the classifiers read ("{source}_{size}.npy")
+# (source, size) of every pixel cache the classifiers read ("{source}_{size}.shard")
 REPORT_CACHES = CLASSIFIER_CACHES
 # The values of every wildcard of a benchmarked rule: the runtime table's jobs are the product of
 # the tables a rule's benchmark wildcards name (leukoflow.engine.benchmarks states the convention).

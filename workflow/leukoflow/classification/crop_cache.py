@@ -1,12 +1,15 @@
 """Decode, cut and square-resize the classifier inputs once per input size (docs/method.md §8.1).
 
-Every classifier reads its pixels from a cache built here, so a training epoch only indexes a
-uint8 array and stays compute-bound. A cache is two files:
+Every classifier reads its pixels from a cache built here, so a training epoch never decodes a
+source image or resizes. A cache is two files:
 
-* `<stem>.npy`: uint8 array `[N, size, size, 3]` (RGB), opened memory-mapped by the trainers;
-* `<stem>.parquet`: the index, one row per array row in the same order, columns
+* `<stem>.shard`: the `[N, size, size, 3]` RGB tiles, each encoded on its own (`pixel_shards`:
+  lossless WebP by default, about 1/6 of the raw uint8 bytes at 384-512 px), decoded per batch
+  by the trainers through `pixel_shards.PixelCache`;
+* `<stem>.parquet`: the index, one row per tile in the same order, columns
   `id` (crop_id, image NAME or background item id), `name` (source image NAME),
-  `fold` (validation fold, -1 for test) and `role` (`train` | `valid` | `test`).
+  `fold` (validation fold, -1 for test), `role` (`train` | `valid` | `test`) and where the
+  tile lies in the shard (`offset`, `length`, `crc32`).
 
 Resizing follows the winner: the (crop or whole) image is squashed to a square, aspect not kept,
 with Lanczos (`cv2.INTER_LANCZOS4` there, `PIL.Image.LANCZOS` here). Four sources are cached:
@@ -20,7 +23,7 @@ with Lanczos (`cv2.INTER_LANCZOS4` there, `PIL.Image.LANCZOS` here). Four source
   adds the per-epoch variety;
 * `background_images`: whole background images (multi-label background class).
 
-Decoding runs in a thread pool: Pillow releases the GIL while decoding and resizing.
+Decoding, resizing and encoding run in a thread pool: Pillow releases the GIL while it works.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from leukoflow.classification.pixel_shards import SHARD_COLUMNS, PixelCache, encode_tile, write_shard
+
 LOGGER = logging.getLogger(__name__)
-INDEX_COLUMNS = ["id", "name", "fold", "role"]
+INDEX_COLUMNS = ["id", "name", "fold", "role", *SHARD_COLUMNS]
 SOURCES = ("crops", "images", "background_crops", "background_images")
 
 
@@ -69,26 +74,19 @@ def _crop_boxes(image: Image.Image, boxes: np.ndarray, size: int, where: str) ->
 
 
 def _write_cache(groups: Sequence[tuple[str, Any]], render: Callable[[Any], list[np.ndarray]],
-                 n_rows: int, size: int, pixels_path: Path, threads: int) -> None:
-    """Render each group (one decoded image -> its rows) in a thread pool into a uint8 memmap."""
-    pixels_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = pixels_path.with_suffix(".partial.npy")
-    array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n_rows, size, size, 3))
-    row = 0
+                 n_rows: int, size: int, pixels_path: Path, threads: int, fmt: str) -> pd.DataFrame:
+    """Render each group (one decoded image -> its rows) and encode its tiles in a thread pool;
+    the shard keeps group order. Returns the tiles' SHARD_COLUMNS."""
+    def encoded(payload: Any) -> list[bytes]:
+        return [encode_tile(tile, fmt) for tile in render(payload)]
+
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for rendered in pool.map(render, [payload for _, payload in groups]):
-            for tile in rendered:
-                array[row] = tile
-                row += 1
-    if row != n_rows:
-        raise RuntimeError(f"crop cache: wrote {row} rows, expected {n_rows} ({pixels_path})")
-    array.flush()
-    del array
-    partial.replace(pixels_path)
+        blobs = (blob for group in pool.map(encoded, [payload for _, payload in groups]) for blob in group)
+        return write_shard(pixels_path, blobs, fmt=fmt, size=size, rows=n_rows)
 
 
 def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int,
-                     pixels_path: str | Path, *, threads: int) -> pd.DataFrame:
+                     pixels_path: str | Path, *, threads: int, fmt: str) -> pd.DataFrame:
     """Cache every crop-table row (CROPS schema) at `size`; returns the index (crop-table order)."""
     missing = sorted(set(crops["name"]) - set(image_paths))
     if missing:
@@ -103,28 +101,30 @@ def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int
         return _crop_boxes(_open_rgb(path), boxes, size, f"image {name}")
 
     started = time.perf_counter()
-    _write_cache(groups, render, len(crops), size, Path(pixels_path), threads)
+    shard = _write_cache(groups, render, len(crops), size, Path(pixels_path), threads, fmt)
     index = pd.DataFrame({
         "id": order["crop_id"].astype(str).to_numpy(),
         "name": order["name"].astype(str).to_numpy(),
         "fold": order["fold"].astype("int64").to_numpy(),
         "role": np.where(order["split"].to_numpy() == "test", "test", "train"),
+        **shard,
     })
     LOGGER.info("cached %d crops at %d px in %.1f s", len(index), size, time.perf_counter() - started)
     return index
 
 
 def build_image_cache(images: pd.DataFrame, size: int, pixels_path: str | Path, *,
-                      threads: int) -> pd.DataFrame:
+                      threads: int, fmt: str) -> pd.DataFrame:
     """Cache whole images (columns name, path, fold, role) at `size`; returns the index."""
     groups = [(name, path) for name, path in zip(images["name"], images["path"])]
-    _write_cache(groups, lambda path: [square_resize(_open_rgb(path), size)], len(images), size,
-                 Path(pixels_path), threads)
+    shard = _write_cache(groups, lambda path: [square_resize(_open_rgb(path), size)], len(images), size,
+                         Path(pixels_path), threads, fmt)
     return pd.DataFrame({
         "id": images["name"].astype(str).to_numpy(),
         "name": images["name"].astype(str).to_numpy(),
         "fold": images["fold"].astype("int64").to_numpy(),
         "role": images["role"].astype(str).to_numpy(),
+        **shard,
     })
 
 
@@ -147,7 +147,8 @@ def background_crop_boxes(width: int, height: int, rng: np.random.Generator, *, 
 
 def build_background_crop_cache(backgrounds: pd.DataFrame, size: int, pixels_path: str | Path, *,
                                 seed: int, n_train_crops: int, min_side: int, max_side: int,
-                                valid_side: int, valid_position: tuple[float, float], threads: int) -> pd.DataFrame:
+                                valid_side: int, valid_position: tuple[float, float], threads: int,
+                                fmt: str) -> pd.DataFrame:
     """Cache background crops (columns name, path, fold of the backgrounds table) at `size`.
 
     Each background gives `n_train_crops` rows with role `train` and one row with role `valid`;
@@ -172,8 +173,8 @@ def build_background_crop_cache(backgrounds: pd.DataFrame, size: int, pixels_pat
         path, boxes, name = payload
         return _crop_boxes(_open_rgb(path), boxes, size, f"background {name}")
 
-    _write_cache(groups, render, len(rows), size, Path(pixels_path), threads)
-    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    shard = _write_cache(groups, render, len(rows), size, Path(pixels_path), threads, fmt)
+    return pd.concat([pd.DataFrame(rows, columns=INDEX_COLUMNS[:4]), shard], axis=1)
 
 
 def write_index(index: pd.DataFrame, path: str | Path) -> None:
@@ -181,14 +182,15 @@ def write_index(index: pd.DataFrame, path: str | Path) -> None:
     index[INDEX_COLUMNS].to_parquet(path, index=False)
 
 
-def read_cache(pixels_path: str | Path, index_path: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """The memory-mapped pixels and their index; refuses a pair that does not match."""
-    pixels = np.load(pixels_path, mmap_mode="r")
+def read_cache(pixels_path: str | Path, index_path: str | Path, *, decoders: int = 1
+               ) -> tuple[PixelCache, pd.DataFrame]:
+    """The shard (read like a uint8 array, `decoders` threads per batch) and its index; refuses a
+    pair that does not match."""
     index = pd.read_parquet(index_path)
-    if list(index.columns) != INDEX_COLUMNS or len(index) != len(pixels):
-        raise ValueError(f"crop cache {pixels_path}: index {index_path} has columns {list(index.columns)} "
-                         f"and {len(index)} rows for {len(pixels)} pixel rows")
-    return pixels, index
+    if list(index.columns) != INDEX_COLUMNS:
+        raise ValueError(f"crop cache {pixels_path}: index {index_path} has columns {list(index.columns)}, "
+                         f"expected {INDEX_COLUMNS}")
+    return PixelCache(pixels_path, index, decoders=decoders), index
 
 
 def image_cache_rows(images: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
@@ -206,8 +208,8 @@ def build_cache(source: str, size: int, pixels_path: str | Path, index_path: str
                 images: pd.DataFrame, crops: pd.DataFrame | None, folds: pd.DataFrame | None,
                 backgrounds: pd.DataFrame | None, seed: int, threads: int, background_crops_per_image: int,
                 background_min_side: int, background_max_side: int, background_valid_side: int,
-                background_valid_position: tuple[float, float]) -> dict[str, Any]:
-    """Build one pixel cache (`crop_cache` module docstring) for a source and size.
+                background_valid_position: tuple[float, float], fmt: str) -> dict[str, Any]:
+    """Build one pixel cache (`crop_cache` module docstring) for a source and size, tiles in `fmt`.
 
     `images`: CURATED_IMAGES; `crops`: CROPS (source crops); `folds`: FOLDS (source images);
     `backgrounds`: the background table (name, path, fold; sources background_*).
@@ -215,20 +217,21 @@ def build_cache(source: str, size: int, pixels_path: str | Path, index_path: str
     started = time.perf_counter()
     paths = dict(zip(images["name"], images["path"]))
     if source == "crops":
-        index = build_crop_cache(crops, paths, size, pixels_path, threads=threads)
+        index = build_crop_cache(crops, paths, size, pixels_path, threads=threads, fmt=fmt)
     elif source == "images":
-        index = build_image_cache(image_cache_rows(images, folds), size, pixels_path, threads=threads)
+        index = build_image_cache(image_cache_rows(images, folds), size, pixels_path, threads=threads, fmt=fmt)
     elif source == "background_crops":
         index = build_background_crop_cache(
             backgrounds, size, pixels_path, seed=seed, n_train_crops=background_crops_per_image,
             min_side=background_min_side, max_side=background_max_side, valid_side=background_valid_side,
-            valid_position=tuple(background_valid_position), threads=threads)
+            valid_position=tuple(background_valid_position), threads=threads, fmt=fmt)
     elif source == "background_images":
-        index = build_image_cache(backgrounds.assign(role="train"), size, pixels_path, threads=threads)
+        index = build_image_cache(backgrounds.assign(role="train"), size, pixels_path, threads=threads, fmt=fmt)
     else:
         raise ValueError(f"unknown cache source {source!r}; expected one of {SOURCES}")
     write_index(index, index_path)
     return {"source": source, "size": size, "rows": len(index),
             "roles": {str(k): int(v) for k, v in index["role"].value_counts().items()},
-            "megabytes": round(Path(pixels_path).stat().st_size / 2**20, 2),
+            "format": fmt, "megabytes": round(Path(pixels_path).stat().st_size / 2**20, 2),
+            "raw_megabytes": round(len(index) * size * size * 3 / 2**20, 2),
             "seconds": round(time.perf_counter() - started, 3)}

@@ -163,13 +163,13 @@ def split_fold(main: ItemSet, fold: int, background: ItemSet | None = None) -> t
 
 
 def gather_pixels(arrays: Sequence[np.ndarray], source: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """uint8 [B, S, S, 3] of the given items, read from the (memory-mapped) cache arrays."""
+    """uint8 [B, S, S, 3] of the given items, read from the cache readers (`PixelCache`) or arrays."""
     size = arrays[0].shape[1]
     out = np.empty((len(row), size, size, 3), dtype=np.uint8)
     for which in np.unique(source):
         mask = source == which
         rows = row[mask]
-        order = np.argsort(rows, kind="stable")  # sequential reads from the memmap
+        order = np.argsort(rows, kind="stable")  # sequential reads from the shard
         picked = np.empty((len(rows), size, size, 3), dtype=np.uint8)
         picked[order] = arrays[which][rows[order]]
         out[mask] = picked
@@ -206,10 +206,11 @@ def truth_from_tables(spec: ClassifierSpec, inputs: Any) -> pd.DataFrame:
 
 
 def load_items(spec: ClassifierSpec, main_cache: tuple[str | Path, str | Path], truth: pd.DataFrame,
-               background_cache: tuple[str | Path, str | Path] | None = None, *, with_background: bool = True
-               ) -> tuple[list[np.ndarray], ItemSet, ItemSet | None, dict[str, int]]:
-    """Cache arrays, main items, background items (when the spec uses them) and skip counts."""
-    pixels, index = crop_cache.read_cache(*main_cache)
+               background_cache: tuple[str | Path, str | Path] | None = None, *, with_background: bool = True,
+               decoders: int = 1) -> tuple[list[crop_cache.PixelCache], ItemSet, ItemSet | None, dict[str, int]]:
+    """Cache readers, main items, background items (when the spec uses them) and skip counts;
+    `decoders` threads decode each batch."""
+    pixels, index = crop_cache.read_cache(*main_cache, decoders=decoders)
     if pixels.shape[1] != spec.img_size:
         raise ValueError(f"classifier {spec.name!r}: cache {main_cache[0]} holds {pixels.shape[1]} px images, "
                          f"the model wants {spec.img_size}")
@@ -219,7 +220,7 @@ def load_items(spec: ClassifierSpec, main_cache: tuple[str | Path, str | Path], 
     if spec.background and with_background:
         if background_cache is None:
             raise ValueError(f"classifier {spec.name!r} uses the background class but no background cache was given")
-        bg_pixels, bg_index = crop_cache.read_cache(*background_cache)
+        bg_pixels, bg_index = crop_cache.read_cache(*background_cache, decoders=decoders)
         arrays.append(bg_pixels)
         background = background_items(spec, bg_index, source=1)
     return arrays, main, background, skipped

@@ -37,9 +37,9 @@ def ground_truth_crops(*, boxes: Path_, folds: Path_, images: Path_, crops: Path
 
 
 def cache_classifier_inputs(*, images: Path_, crops: Optional, folds: Optional, backgrounds: Optional,
-                            pixels: Path_, index: Path_, source: str, size: int, seed: int,
+                            pixels: Path_, index: Path_, source: str, size: int, seed: int, cache_format: str,
                             background: dict[str, Any], threads: int) -> dict[str, Any]:
-    """One pixel cache (`crop_cache`) of a source at a size."""
+    """One pixel cache (`crop_cache`) of a source at a size, its tiles encoded in `cache_format`."""
     def optional(path: Optional, schema: tables.Schema) -> pd.DataFrame | None:
         return tables.read_table(optional_path(path), schema) if optional_path(path) else None
 
@@ -49,4 +49,4 @@ def cache_classifier_inputs(*, images: Path_, crops: Optional, folds: Optional, 
         backgrounds=optional(backgrounds, tables.BACKGROUNDS), seed=seed, threads=threads,
         background_crops_per_image=background["per_image"], background_min_side=background["min_side"],
         background_max_side=background["max_side"], background_valid_side=background["valid_side"],
-        background_valid_position=tuple(background["valid_position"]))
+        background_valid_position=tuple(background["valid_position"]), fmt=cache_format)

@@ -96,7 +96,8 @@ def run_train_fold(spec: ClassifierSpec, fold: int, *, main_cache: tuple[Path_, 
                    pseudo: pd.DataFrame | None = None) -> dict[str, Any]:
     """Train one fold from cache files, write the OOF logits of its best weights (and, given
     `test_path`, its test logits); `pseudo` rows of this fold join the training items."""
-    arrays, main, background, skipped = load_items(spec, main_cache, truth, background_cache)
+    arrays, main, background, skipped = load_items(spec, main_cache, truth, background_cache,
+                                                   decoders=settings.threads)
     train, valid = split_fold(main, fold, background)
     n_pseudo = 0
     if pseudo is not None:
