@@ -13,7 +13,11 @@ from `os.wait4`) and the disk its outputs take (`du`, allocated blocks).
         --csv docs/scaling.csv --plot docs/scaling.png [--prune] [--clean]
 
 A stage whose result file exists under --work is not run again (so a long run can resume);
-`--data N=DIR` uses an existing synthetic set for size N. `--prune` deletes the YOLO datasets and
+`--data N=DIR` uses an existing synthetic set for size N. `--expand N=M` builds size N instead from
+size M's set (`--data` or generated) plus geometric variants of its images (the 7 rotations and
+flips, `Image.transpose`, re-encoded at quality 90, boxes mapped alike, each variant in its source's
+split): distinct images at about a third of the rendering cost, for sizes the generator would take
+hours to render on a shared 2-core machine. `--prune` deletes the YOLO datasets and
 pixel caches once measured (disk), `--clean` deletes each size's folder after the run.
 """
 
@@ -31,9 +35,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -43,6 +50,7 @@ PRUNED = ("export_yolo", "cache_crops", "cache_images")  # largest outputs, dele
 DEMO_DEFECTS = {"exact_duplicate": 4, "near_duplicate": 6, "conflicting_duplicate": 1, "train_test_duplicate": 2}
 RETAKES_PER_IMAGE, HARD_NEGATIVES_PER_IMAGE = 200 / 69_168, 400 / 69_168  # curation_speed.py's 69k mix
 SEED = 42
+TRANSFORMS = tuple(range(7))  # Image.Transpose values: the 7 non-identity rotations and flips
 
 
 def classifier_sizes() -> dict[str, int]:
@@ -83,9 +91,11 @@ def stage_outputs(stage: str, p: dict[str, Path]) -> list[Path]:
 
 # ---------------------------------------------------------------- one stage (in the child process)
 
-def run_stage(stage: str, folder: Path, n_images: int, workers: int) -> dict[str, Any]:
+def run_stage(stage: str, folder: Path, n_images: int, workers: int, expand_from: Path | None = None) -> dict[str, Any]:
     """Call the stage's rule entry with the demo config's settings; returns its summary."""
     p = paths(folder)
+    if stage == "generate" and expand_from is not None:
+        return expand(expand_from, p["data"], n_images, workers)
     if stage == "generate":
         from leukoflow.synthetic import challenge_layout, synthesize
 
@@ -150,6 +160,66 @@ def run_stage(stage: str, folder: Path, n_images: int, workers: int) -> dict[str
     raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
 
 
+def _variant(task: tuple[str, str, int]) -> tuple[int, int]:
+    """Write one geometric variant of an image; returns the source's width and height."""
+    from PIL import Image
+
+    source, target, transform = task
+    with Image.open(source) as image:
+        size = image.size
+        image.convert("RGB").transpose(TRANSFORMS[transform]).save(target, quality=90)
+    return size
+
+
+def map_boxes(boxes: pd.DataFrame, transform: int) -> pd.DataFrame:
+    """x1,y1,x2,y2 (columns, with the source's W and H) under TRANSFORMS[transform]."""
+    x1, y1, x2, y2 = (boxes[c].to_numpy(float) for c in ("x1", "y1", "x2", "y2"))
+    w, h = boxes["W"].to_numpy(float) - 1, boxes["H"].to_numpy(float) - 1  # last pixel index
+    mapped = {  # Image.Transpose members by value: FLIP_LEFT_RIGHT 0, FLIP_TOP_BOTTOM 1, ROTATE_90 2 (counter-
+        0: (w - x2, y1, w - x1, y2),  # clockwise), ROTATE_180 3, ROTATE_270 4, TRANSPOSE 5, TRANSVERSE 6
+        1: (x1, h - y2, x2, h - y1), 2: (y1, w - x2, y2, w - x1), 3: (w - x2, h - y2, w - x1, h - y1),
+        4: (h - y2, x1, h - y1, x2), 5: (y1, x1, y2, x2), 6: (h - y2, w - x2, h - y1, w - x1),
+    }[transform]
+    out = boxes.copy()
+    for column, values in zip(("x1", "y1", "x2", "y2"), mapped):
+        out[column] = values.round().astype(int)
+    return out
+
+
+def expand(source: Path, target: Path, n_images: int, workers: int) -> dict[str, Any]:
+    """Size `n_images` from a set's images (hard links) plus their geometric variants, round-robin."""
+    import pandas as pd
+
+    started = time.perf_counter()
+    images = target / "images"
+    images.mkdir(parents=True)
+    names = sorted(entry.name for entry in os.scandir(source / "images"))
+    if n_images > len(names) * (1 + len(TRANSFORMS)):
+        raise ValueError(f"{len(names)} images give at most {len(names) * (1 + len(TRANSFORMS))} with variants")
+    for name in names:
+        os.link(source / "images" / name, images / name)
+    tasks = [(str(source / "images" / name), str(images / f"{Path(name).stem}v{k}.jpg"), k)
+             for k in range(len(TRANSFORMS)) for name in names][: n_images - len(names)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        sizes = pool.map(_variant, tasks, chunksize=256)
+    variants = pd.DataFrame({"source": [Path(t[0]).name for t in tasks], "NAME": [Path(t[1]).name for t in tasks],
+                             "transform": [t[2] for t in tasks], "W": [s[0] for s in sizes],
+                             "H": [s[1] for s in sizes]})
+    train = pd.read_csv(source / "train.csv")
+    rows = train.merge(variants, left_on="NAME", right_on="source", suffixes=("_source", ""))
+    mapped = [map_boxes(group, transform) for transform, group in rows.groupby("transform")]
+    new_rows = pd.concat(mapped)[train.columns] if mapped else train.iloc[:0]
+    pd.concat([train, new_rows], ignore_index=True).to_csv(target / "train.csv", index=False)
+    test = pd.read_csv(source / "test.csv")
+    test_variants = variants[variants["source"].isin(set(test["NAME"]))]
+    first_id = int(max(test["trustii_id"].max(), len(train) + len(test))) + 1
+    extra = pd.DataFrame({"trustii_id": range(first_id, first_id + len(test_variants)),
+                          "NAME": test_variants["NAME"].to_numpy()})
+    pd.concat([test, extra], ignore_index=True).to_csv(target / "test.csv", index=False)
+    return {"n_images": len(names) + len(tasks), "source_images": len(names), "variants": len(tasks),
+            "train_rows": len(train) + len(new_rows), "seconds": round(time.perf_counter() - started, 3)}
+
+
 # ---------------------------------------------------------------- measuring (in the parent)
 
 def disk_bytes(targets: list[Path]) -> int:
@@ -161,12 +231,14 @@ def disk_bytes(targets: list[Path]) -> int:
     return int(out.strip().splitlines()[-1].split()[0])
 
 
-def measure(stage: str, folder: Path, n_images: int, workers: int) -> dict[str, Any]:
+def measure(stage: str, folder: Path, n_images: int, workers: int, expand_from: Path | None) -> dict[str, Any]:
     """Run one stage in a child process; its wall/CPU time, peak RSS and the disk of its outputs."""
     result_file = folder / "stages" / f"{stage}.summary.json"
     result_file.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", stage, "--child-dir", str(folder),
                "--child-n", str(n_images), "--workers", str(workers), "--child-summary", str(result_file)]
+    if stage == "generate" and expand_from is not None:
+        command += ["--child-expand-from", str(expand_from)]
     started = time.perf_counter()
     process = subprocess.Popen(command)
     _, status, usage = os.wait4(process.pid, 0)
@@ -183,7 +255,8 @@ def measure(stage: str, folder: Path, n_images: int, workers: int) -> dict[str, 
             "summary_seconds": summary.get("seconds") if isinstance(summary, dict) else None}
 
 
-def run_size(n_images: int, work: Path, workers: int, data: Path | None, prune: bool) -> list[dict[str, Any]]:
+def run_size(n_images: int, work: Path, workers: int, data: Path | None, prune: bool,
+             expand_from: Path | None = None) -> list[dict[str, Any]]:
     folder = work / f"n{n_images}"
     folder.mkdir(parents=True, exist_ok=True)
     if data is not None and not (folder / "data").exists():
@@ -196,7 +269,8 @@ def run_size(n_images: int, work: Path, workers: int, data: Path | None, prune: 
             continue
         if stage == "generate" and data is not None:
             continue  # an existing set: not generated here
-        row = measure(stage, folder, n_images, workers)
+        row = measure(stage, folder, n_images, workers, expand_from)
+        row["expanded_from"] = str(expand_from) if stage == "generate" and expand_from else ""
         row["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
         record.write_text(json.dumps(row))
         print(json.dumps(row), flush=True)
@@ -212,7 +286,7 @@ def run_size(n_images: int, work: Path, workers: int, data: Path | None, prune: 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["n_images", "stage", "wall_seconds", "cpu_seconds", "peak_rss_mib", "disk_mib", "workers",
-              "load_before", "date"]
+              "load_before", "date", "expanded_from"]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -255,6 +329,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data", action="append", default=[], metavar="N=DIR",
                         help="an existing synthetic set (challenge layout) for size N")
+    parser.add_argument("--expand", action="append", default=[], metavar="N=M",
+                        help="build size N from size M's set plus geometric variants of its images")
     parser.add_argument("--csv", type=Path, help="write all rows as CSV")
     parser.add_argument("--json", type=Path, help="write all rows as JSON")
     parser.add_argument("--plot", type=Path, help="write the three-panel PNG")
@@ -264,15 +340,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--child-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-summary", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-expand-from", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        summary = run_stage(args.child, args.child_dir, args.child_n, args.workers)
+        summary = run_stage(args.child, args.child_dir, args.child_n, args.workers, args.child_expand_from)
         args.child_summary.write_text(json.dumps(summary, default=str))
         return []
     data = {int(n): Path(d) for n, d in (item.split("=", 1) for item in args.data)}
+    expansions = {int(n): int(m) for n, m in (item.split("=", 1) for item in args.expand)}
     rows = []
     for n_images in args.sizes:
-        rows += run_size(n_images, args.work, args.workers, data.get(n_images), args.prune)
+        base = expansions.get(n_images)
+        expand_from = (data.get(base) or paths(args.work / f"n{base}")["data"]) if base else None
+        rows += run_size(n_images, args.work, args.workers, data.get(n_images), args.prune, expand_from)
         if args.clean:
             shutil.rmtree(args.work / f"n{n_images}")
     if args.csv:
