@@ -42,6 +42,14 @@ def test_reduced_hash_and_thumbnail_are_pillows_reducing_gap_resize(smears):
         assert thumbnail(reduced) == grey.resize((THUMBNAIL_SIDE,) * 2, BOX, reducing_gap=GAP).tobytes().hex()
 
 
+def test_the_matrix_dct_gives_imagehashs_bits_exactly(smears):
+    for rgb in smears:
+        for gap in (GAP, None):
+            grey = images.reduced_grey(rgb, gap)
+            expected = str(imagehash.phash(grey.resized(32, LANCZOS)))
+            assert images.phash_of_grey(grey) == expected
+
+
 def test_without_a_gap_hash_and_thumbnail_are_the_exact_full_size_ones(smears):
     for rgb in smears[:6]:
         full = images.reduced_grey(rgb, None)
