@@ -40,3 +40,7 @@ def test_scaling_bench_measures_every_stage_at_200_images(tmp_path):
     assert plot.stat().st_size > 10_000
     again = scaling.main(["--work", str(work), "--sizes", "200", "--workers", "1"])
     assert again == rows  # recorded stages are read back, not run again
+    table = tmp_path / "table.md"
+    assert scaling.main(["--work", str(work), "--sizes", "200", "--report-only", "--markdown", str(table)]) == rows
+    lines = table.read_text().splitlines()
+    assert len(lines) == 2 + len(scaling.STAGES) and lines[2].startswith("| generate | ")

@@ -293,6 +293,28 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """One line per stage: CPU s / wall s / peak RSS MiB / disk MiB at each size (BENCHMARKS.md)."""
+    sizes = sorted({row["n_images"] for row in rows})
+    cell = {(row["stage"], row["n_images"]): row for row in rows}
+    lines = ["| stage | " + " | ".join(f"{n:,} images: CPU s / wall s / peak RSS MiB / disk MiB" for n in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for stage in STAGES:
+        values = []
+        for n in sizes:
+            row = cell.get((stage, n))
+            values.append(f"{row['cpu_seconds']:,.1f} / {row['wall_seconds']:,.0f} / {row['peak_rss_mib']:,.0f} / "
+                          f"{row['disk_mib']:,.1f}" if row else "not run")
+        lines.append(f"| {stage} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def recorded_rows(work: Path, sizes: list[int]) -> list[dict[str, Any]]:
+    """The stage records already under `work` (no stage is run)."""
+    return [json.loads((work / f"n{n}" / "stages" / f"{stage}.json").read_text())
+            for n in sizes for stage in STAGES if (work / f"n{n}" / "stages" / f"{stage}.json").exists()]
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -302,16 +324,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     panels = (("cpu_seconds", "CPU seconds (stage + workers)"), ("peak_rss_mib", "peak RSS, MiB (largest process)"),
               ("disk_mib", "disk of the outputs, MiB"))
+    rows = [row for row in rows if row["stage"] != "generate"]  # making the data is no pipeline stage
+    if not rows:
+        return
     sizes = sorted({row["n_images"] for row in rows})
     for axis, (key, title) in zip(axes, panels):
-        for stage in STAGES:
+        for stage in STAGES[1:]:
             points = sorted((r["n_images"], r[key]) for r in rows if r["stage"] == stage and r[key] > 0)
             if points:
                 axis.plot(*zip(*points), marker="o", label=stage)
         if key != "peak_rss_mib" and len(sizes) > 1:
             axis.plot(sizes, [max(r[key] for r in rows if r["n_images"] == sizes[0]) * n / sizes[0] for n in sizes],
                       color="grey", linestyle=":", label="linear from the smallest size")
-        axis.set(xscale="log", yscale="log", xlabel="images", title=title)
+        axis.set(xscale="log", yscale="linear" if key == "peak_rss_mib" else "log", xlabel="images", title=title)
         axis.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.suptitle(f"Data-preparation stages vs data size ({platform.machine()}, "
@@ -334,6 +359,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--csv", type=Path, help="write all rows as CSV")
     parser.add_argument("--json", type=Path, help="write all rows as JSON")
     parser.add_argument("--plot", type=Path, help="write the three-panel PNG")
+    parser.add_argument("--markdown", type=Path, help="write the per-stage table (BENCHMARKS.md)")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: report the recorded stages")
     parser.add_argument("--prune", action="store_true", help="delete YOLO datasets and caches once measured")
     parser.add_argument("--clean", action="store_true", help="delete each size's folder after the run")
     parser.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
@@ -348,8 +375,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return []
     data = {int(n): Path(d) for n, d in (item.split("=", 1) for item in args.data)}
     expansions = {int(n): int(m) for n, m in (item.split("=", 1) for item in args.expand)}
-    rows = []
-    for n_images in args.sizes:
+    rows = recorded_rows(args.work, args.sizes) if args.report_only else []
+    for n_images in [] if args.report_only else args.sizes:
         base = expansions.get(n_images)
         expand_from = (data.get(base) or paths(args.work / f"n{base}")["data"]) if base else None
         rows += run_size(n_images, args.work, args.workers, data.get(n_images), args.prune, expand_from)
@@ -361,6 +388,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.plot and rows:
         plot(rows, args.plot)
+    if args.markdown:
+        args.markdown.write_text(markdown_table(rows))
     return rows
 
 
