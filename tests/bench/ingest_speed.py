@@ -2,7 +2,8 @@
 
 The bare pass is what any reader of the images pays at least: PIL open + convert('RGB') + np.asarray,
 in the same number of worker processes with the same chunk size. Both passes run after one read of
-every file, so neither profits alone from a warm page cache.
+every file, so neither profits alone from a warm page cache, and (by default) in ABBA order, twice
+each, so that a load drifting on a shared machine weighs on both alike; figures are means per pass.
 
     python tests/bench/ingest_speed.py --images DIR --train CSV --test CSV --workers 2
     # a stand-in dataset from a few real smears (e.g. BCCD), resized to the challenge's usual size:
@@ -19,6 +20,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import platform
 import resource
 import shutil
@@ -32,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from leukoflow.constants import CLASSES
-from leukoflow.images import decode_image, perceptual_hash, rgb_mean_std
+from leukoflow.images import decode_image, phash_of_grey, reduced_grey, rgb_mean_std
+from leukoflow.ingest.thumbnails import thumbnail
 from leukoflow.ingest.contract import list_image_folder, read_csv_table, run_into
 
 REPLICA_SIZE = (370, 368)  # "commonly 370x368" (Trustii README, docs/method.md §1.3)
@@ -82,7 +85,8 @@ def cpu_ms_per_image(paths: list[str], repeats: int = 3) -> dict[str, float]:
         "sha256": (lambda data: hashlib.sha256(data).hexdigest(), datas),
         "mean_std": (rgb_mean_std, images),
         "phash_exact": (lambda image: str(imagehash.phash(image)), images),
-        "phash_reducing_gap_2": (lambda image: perceptual_hash(image, 2.0), images),
+        "phash_and_thumbnail_full_size": (lambda image: _hash_and_thumbnail(image, None), images),
+        "phash_and_thumbnail_reducing_gap_2": (lambda image: _hash_and_thumbnail(image, 2.0), images),
     }
     timings = {}
     for step, (function, inputs) in steps.items():
@@ -94,6 +98,11 @@ def cpu_ms_per_image(paths: list[str], repeats: int = 3) -> dict[str, float]:
             best = min(best, time.process_time() - started)
         timings[step] = round(1000 * best / len(inputs), 3)
     return timings
+
+
+def _hash_and_thumbnail(image: Image.Image, reducing_gap: float | None) -> tuple[str, str]:
+    grey = reduced_grey(image, reducing_gap)
+    return phash_of_grey(grey), thumbnail(grey)
 
 
 def warm_cache(paths: list[str]) -> None:
@@ -144,9 +153,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunksize", type=int, default=32)
     parser.add_argument("--out", type=Path, help="ingest output folder (default: a temporary one)")
-    parser.add_argument("--phash-reducing-gap", type=float, default=None, help="ingest's phash_reducing_gap")
+    parser.add_argument("--phash-reducing-gap", type=float, default=2.0,
+                        help="ingest's phash_reducing_gap (config default 2.0; a negative value: null, the exact pHash)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="1: bare then ingest; 2 (default) or more (even): ABBA order, means per pass")
     parser.add_argument("--profile-images", type=int, default=200, help="images for the per-step CPU profile (0: none)")
     args = parser.parse_args(argv)
+    if args.phash_reducing_gap is not None and args.phash_reducing_gap < 0:
+        args.phash_reducing_gap = None
     if args.replicate:
         args.train, args.test, args.images = replicate(args.replicate, args.n_images, args.root)
     if not (args.images and args.train and args.test):
@@ -154,16 +168,29 @@ def main(argv: list[str] | None = None) -> dict:
 
     paths = referenced_paths(args.train, args.test, args.images)
     warm_cache(paths)
-    started, cpu_started = time.perf_counter(), cpu_seconds()
-    run_bare_decode(paths, args.workers, args.chunksize)
-    bare_seconds, bare_cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    totals = {"bare": [0.0, 0.0], "ingest": [0.0, 0.0]}
+    passes = []
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch) / "ingest"
-        started, cpu_started = time.perf_counter(), cpu_seconds()
-        summary = run_into(out, train_csv=args.train, test_csv=args.test, images_dir=args.images,
-                           threads=args.workers, chunksize=args.chunksize,
-                           phash_reducing_gap=args.phash_reducing_gap, max_image_mb=64)
-        ingest_seconds, ingest_cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+        # ABBA order (bare, ingest, ingest, bare, ...): a load that drifts during the run hits both alike
+        order = ["bare", "ingest"] if args.rounds == 1 else ["bare", "ingest", "ingest", "bare"] * (args.rounds // 2)
+        for kind in order:
+            started, cpu_started = time.perf_counter(), cpu_seconds()
+            if kind == "bare":
+                run_bare_decode(paths, args.workers, args.chunksize)
+            else:
+                summary = run_into(out, train_csv=args.train, test_csv=args.test, images_dir=args.images,
+                                   threads=args.workers, chunksize=args.chunksize,
+                                   phash_reducing_gap=args.phash_reducing_gap, max_image_mb=64)
+            wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+            totals[kind][0] += wall
+            totals[kind][1] += cpu
+            passes.append({"pass": kind, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+                           "load": round(os.getloadavg()[0], 2)})
+    (bare_seconds, bare_cpu), (ingest_seconds, ingest_cpu) = totals["bare"], totals["ingest"]
+    runs = len(passes) // 2
+    bare_seconds, bare_cpu, ingest_seconds, ingest_cpu = (x / runs for x in (bare_seconds, bare_cpu, ingest_seconds,
+                                                                               ingest_cpu))
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {multiprocessing.cpu_count()} cpus, python {platform.python_version()}",
@@ -180,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         "bare_decode_cpu_seconds": round(bare_cpu, 2),
         "ingest_cpu_seconds": round(ingest_cpu, 2),
         "cpu_ratio_ingest_to_bare": round(ingest_cpu / bare_cpu, 2),
+        "passes": passes,
         "cpu_ms_per_image": cpu_ms_per_image(paths[: args.profile_images]) if args.profile_images else {},
         "rows_in": summary["rows_in"],
         "images_quarantined": summary["images_quarantined"],

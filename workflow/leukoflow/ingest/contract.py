@@ -121,8 +121,8 @@ def ingest(*, train_csv: str, test_csv: str, images_dir: str, images: str, boxes
         repaired: folder of the RGB working copies of repaired images; must lie outside `images_dir`.
         threads: decoding processes (1 decodes in this process).
         chunksize: images per task sent to a decoding process.
-        phash_reducing_gap: None for exactly `imagehash.phash`; a value > 1 for a faster, slightly
-            different hash (`leukoflow.images.perceptual_hash`).
+        phash_reducing_gap: None for exactly `imagehash.phash` of the full image; a value > 1 to take
+            the pHash and the thumbnail from one box-reduced grey copy (`leukoflow.images.reduced_grey`).
         max_image_mb: files larger than this are quarantined (too_large) without being read.
 
     Returns:

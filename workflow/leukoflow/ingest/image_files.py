@@ -83,8 +83,9 @@ def inspect_image(task: ImageTask) -> ImageRecord:
         record.findings.append(("mode", ACTION_REPAIRED, mode_reason(decoded.stored_mode),
                                 f"{decoded.stored_mode} converted to RGB"))
     record.pixel_mean, record.pixel_std = images.rgb_mean_std(image)
-    record.phash = images.perceptual_hash(image, task.phash_reducing_gap)
-    record.thumbnail = thumbnail(image)
+    grey = images.reduced_grey(image, task.phash_reducing_gap)  # one grey conversion and reduction for both
+    record.phash = images.phash_of_grey(grey)
+    record.thumbnail = thumbnail(grey)
     if record.findings:
         image.save(task.repaired, format=REPAIRED_FORMAT)
         record.path = task.repaired

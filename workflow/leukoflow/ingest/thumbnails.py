@@ -10,13 +10,19 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from leukoflow.images import ReducedGrey
+
 THUMBNAIL_SIDE = 32  # 1 KiB per image; at ~360 px smears one thumbnail px is ~11 image px
 
 
-def thumbnail(rgb: Image.Image) -> str:
-    """Hex string of the THUMBNAIL_SIDE^2 grey levels of an RGB image (box-filtered, row-major)."""
-    grey = rgb.convert("L").resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX)
-    return grey.tobytes().hex()
+def thumbnail(grey: ReducedGrey) -> str:
+    """Hex string of the THUMBNAIL_SIDE^2 grey levels of an image (box-filtered, row-major).
+
+    Ingest passes its `leukoflow.images.reduced_grey`, already box-reduced by whole factors when
+    `ingest.phash_reducing_gap` is set: the same box filter up to the reduction's rounding (at most
+    one grey level).
+    """
+    return grey.resized(THUMBNAIL_SIDE, Image.Resampling.BOX).tobytes().hex()
 
 
 def thumbnails_to_array(values: list[str]) -> np.ndarray:
