@@ -83,6 +83,24 @@ def test_undecodable_bytes_with_a_matching_checksum_name_the_file_and_row(tmp_pa
         PixelCache(tmp_path / "bad.shard", index)[1]
 
 
+def test_decoding_does_not_go_through_a_wrapped_image_open(tmp_path, monkeypatch):
+    """ultralytics wraps PIL's Image.open; a bad tile must still give our error, a good one its pixels."""
+
+    def wrapped_open(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'pi_heif'")
+
+    monkeypatch.setattr(Image, "open", wrapped_open)
+    tiles = _tiles(2)
+    for fmt in ("png", "webp"):
+        index = write_shard(tmp_path / f"{fmt}.shard", [encode_tile(tiles[0], fmt), b"not an image"], fmt=fmt,
+                            size=SIZE, rows=2)
+        index.insert(0, "id", ["a", "b"])
+        cache = PixelCache(tmp_path / f"{fmt}.shard", index)
+        assert np.array_equal(cache[0], tiles[0])
+        with pytest.raises(ValueError, match=r"row 1 \(id b\) cannot be decoded"):
+            cache[1]
+
+
 def test_a_truncated_shard_or_a_foreign_index_is_refused(tmp_path):
     tiles = _tiles(5)
     cache, index = _shard(tmp_path, tiles, "png")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, PngImagePlugin, WebPImagePlugin
 
 FORMATS = ("webp", "png", "raw")
 SHARD_COLUMNS = ["offset", "length", "crc32"]
@@ -37,6 +37,10 @@ MAGIC = b"LFSHARD1"
 # slowest settings (within 5 %) at a third of their encoding time.
 _WEBP = {"lossless": True, "method": 1, "quality": 50}
 _PNG = {"compress_level": 6}
+# Each format's own reader rather than Image.open: no format probing, and no library that wraps
+# Image.open can change what a bad tile raises (ultralytics retries a failed open through an
+# optional HEIF plugin and raises ModuleNotFoundError where it is not installed).
+_READERS = {"webp": WebPImagePlugin.WebPImageFile, "png": PngImagePlugin.PngImageFile}
 
 
 def encode_tile(tile: np.ndarray, fmt: str) -> bytes:
@@ -57,7 +61,9 @@ def decode_tile(blob: bytes | memoryview, fmt: str, size: int) -> np.ndarray:
     """The uint8 `[size, size, 3]` tile of `encode_tile`'s bytes; raises on anything else."""
     if fmt == "raw":
         return np.frombuffer(blob, dtype=np.uint8).reshape(size, size, 3)
-    with Image.open(io.BytesIO(blob)) as image:
+    if fmt not in _READERS:
+        raise ValueError(f"unknown pixel cache format {fmt!r}; expected one of {FORMATS}")
+    with _READERS[fmt](io.BytesIO(blob)) as image:
         tile = np.asarray(image.convert("RGB"))
     if tile.shape != (size, size, 3):
         raise ValueError(f"decoded a {tile.shape} tile, expected {(size, size, 3)}")
@@ -150,7 +156,7 @@ class PixelCache:
             raise ValueError(f"{where} is corrupt: its bytes do not match the index checksum")
         try:
             return decode_tile(blob if self.format == "raw" else blob.tobytes(), self.format, self.size)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SyntaxError) as error:  # PIL's readers raise SyntaxError on foreign bytes
             raise ValueError(f"{where} cannot be decoded: {error}") from error
 
     def __getitem__(self, rows: Any) -> np.ndarray:
