@@ -84,8 +84,8 @@ def stage_outputs(stage: str, p: dict[str, Path]) -> list[Path]:
         "repair_boxes": [p["boxes"], p["held_out_boxes"], p["repair_ledger"]],
         "make_folds": [p["folds"], p["balance"], p["balance_plot"]], "export_yolo": [p["yolo"]],
         "ground_truth_crops": [p["crops"]],
-        "cache_crops": [p["cache"] / f"crops_{sizes['crops']}.{ext}" for ext in ("npy", "parquet")],
-        "cache_images": [p["cache"] / f"images_{sizes['images']}.{ext}" for ext in ("npy", "parquet")],
+        "cache_crops": [p["cache"] / f"crops_{sizes['crops']}.{ext}" for ext in ("shard", "parquet")],
+        "cache_images": [p["cache"] / f"images_{sizes['images']}.{ext}" for ext in ("shard", "parquet")],
     }[stage]
 
 
@@ -156,7 +156,7 @@ def run_stage(stage: str, folder: Path, n_images: int, workers: int, expand_from
             images=p["curated_images"], crops=p["crops"] if source == "crops" else [],
             folds=p["folds"] if source == "images" else [], backgrounds=[], pixels=pixels, index=index,
             source=source, size=size, seed=SEED, background=CONFIG["classifiers"]["background_crops"],
-            threads=workers)
+            cache_format=CONFIG["classifiers"]["cache_format"], threads=workers)
     raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
 
 
