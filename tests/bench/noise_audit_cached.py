@@ -5,8 +5,8 @@ crops, reviewed boxes, multiclass OOF logits) with the noisy settings of a confi
 the summaries `flag_noisy_boxes` and `clean_labels` would write. Run it from a directory where the
 run's image paths resolve (the run's own root), e.g.
 
-    cd /work/main && PYTHONPATH=/work/wt/noise/workflow .venv/bin/python \
-        /work/wt/noise/tests/bench/noise_audit_cached.py --run . --config config/config.yaml
+    cd /tmp/run && PYTHONPATH=$REPO/workflow python $REPO/tests/bench/noise_audit_cached.py \
+        --run . --config $REPO/config/config.yaml
 """
 
 from __future__ import annotations
@@ -23,13 +23,17 @@ import yaml
 from leukoflow.detection import label_noise, noisy
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def finished_run(description: str) -> tuple[Path, dict]:
+    """(`<run>/results`, the config's `noisy` settings) from the command line's --run and --config."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--run", default=".", help="root of a finished run (holds results/)")
     parser.add_argument("--config", default="config/config.yaml")
     args = parser.parse_args()
-    results = Path(args.run) / "results"
-    settings = yaml.safe_load(Path(args.config).read_text())["noisy"]
+    return Path(args.run) / "results", yaml.safe_load(Path(args.config).read_text())["noisy"]
+
+
+def main() -> None:
+    results, settings = finished_run(__doc__.splitlines()[0])
     defects = [str(results / "synthetic/defects.parquet")]
     with tempfile.TemporaryDirectory() as out:
         boxes = noisy.flag_noisy_boxes(

@@ -16,13 +16,11 @@ carry it or no defect of a box kind. Run from the run's root, e.g.
 
 from __future__ import annotations
 
-import argparse
 import glob
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
+from noise_audit_cached import finished_run  # the sibling bench script (tests/bench is on sys.path[0])
 
 from leukoflow import boxes as boxes_lib
 from leukoflow import tables
@@ -77,12 +75,7 @@ def score(flagged: set[str], defects: pd.DataFrame, evaluated: set[str]) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default=".", help="root of a finished run (holds results/)")
-    parser.add_argument("--config", default="config/config.yaml")
-    args = parser.parse_args()
-    results = Path(args.run) / "results"
-    settings = yaml.safe_load(Path(args.config).read_text())["noisy"]
+    results, settings = finished_run(__doc__.splitlines()[0])
     raw = sorted(glob.glob(str(results / "detection/det1/fold*/oof_raw.parquet")))
     detections = pd.concat([tables.read_table(path, tables.DETECTIONS) for path in raw], ignore_index=True)
     boxes = tables.read_table(results / "curation/boxes.parquet", tables.CURATED_BOXES)
