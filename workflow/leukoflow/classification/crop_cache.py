@@ -42,7 +42,8 @@ from PIL import Image
 from leukoflow.classification.pixel_shards import SHARD_COLUMNS, PixelCache, encode_tile, write_shard
 
 LOGGER = logging.getLogger(__name__)
-INDEX_COLUMNS = ["id", "name", "fold", "role", *SHARD_COLUMNS]
+ITEM_COLUMNS = ["id", "name", "fold", "role"]  # what each tile is; SHARD_COLUMNS: where it lies
+INDEX_COLUMNS = [*ITEM_COLUMNS, *SHARD_COLUMNS]
 SOURCES = ("crops", "images", "background_crops", "background_images")
 
 
@@ -174,7 +175,7 @@ def build_background_crop_cache(backgrounds: pd.DataFrame, size: int, pixels_pat
         return _crop_boxes(_open_rgb(path), boxes, size, f"background {name}")
 
     shard = _write_cache(groups, render, len(rows), size, Path(pixels_path), threads, fmt)
-    return pd.concat([pd.DataFrame(rows, columns=INDEX_COLUMNS[:4]), shard], axis=1)
+    return pd.concat([pd.DataFrame(rows, columns=ITEM_COLUMNS), shard], axis=1)
 
 
 def write_index(index: pd.DataFrame, path: str | Path) -> None:

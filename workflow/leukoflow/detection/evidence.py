@@ -133,7 +133,7 @@ def image_evidence(truth: pd.DataFrame, detections: pd.DataFrame, *, width: int,
     # a confident detection belongs to the annotation it fits best among those it covers (share of
     # either box inside the other at least `unmatched_overlap`, the bar below which it counts as on
     # no annotation): a neighbour's box that grazes an annotation says nothing about its geometry
-    coverage = np.maximum(np.maximum(det_inside, ann_inside), iou)
+    coverage = np.maximum(det_inside, ann_inside)  # IoU never exceeds either share
     owned = (confident[None, :] & (coverage >= unmatched_overlap)
              & (iou >= iou.max(axis=0, initial=0.0)[None, :]) & (inter > 0))
     # the detector is engaged on an annotation when it confirms it or a confident detection of its own
