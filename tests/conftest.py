@@ -40,7 +40,7 @@ E2E_FIXTURES = ("tiny_run",)
 # long ones start first and the short ones fill the gaps. Files not listed follow, in path order.
 HEAVY_FIRST = (
     "test_slurm.py", "test_workflow.py", "test_bccd.py", "test_chaos.py", "test_gpu_smoke.py",
-    "test_packaging.py", "test_pseudo_labels.py", "test_report.py", "test_reproduce.py", "test_dvc.py",
+    "test_packaging.py", "test_classification_workflow.py", "test_report.py", "test_reproduce.py", "test_dvc.py",
     "test_tracking.py", "test_docs_e2e.py",
 )
 
@@ -94,6 +94,17 @@ def _run_root(tmp_path_factory) -> Path:
     """The pytest run's temporary root: under pytest-xdist the folder all workers share."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="module")
+def module_dir(request, tmp_path_factory) -> Path:
+    """A folder for one test file's shared run, removed when the file is done unless one of its
+    tests failed: the suite would otherwise keep every run until the end, and a CI disk is finite."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

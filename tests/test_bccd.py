@@ -25,10 +25,11 @@ BCCD_TINY = REPO / "tests" / "configs" / "bccd_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def bccd_run(tmp_path_factory) -> Path:
+def bccd_run(module_dir) -> Path:
     data = shared_path("data", "bccd")
-    workdir = tmp_path_factory.mktemp("bccd_run")
-    overlay = workdir.parent / f"{workdir.name}_data.yaml"
+    workdir = module_dir / "bccd_run"
+    workdir.mkdir()
+    overlay = module_dir / "bccd_data.yaml"
     overlay.write_text(yaml.safe_dump({"data": {"dir": str(data)}}))
     run_workflow(workdir, configfile=BCCD_CONFIG, overlays=(overlay, NO_TRACKING_CONFIG, BCCD_TINY))
     return workdir

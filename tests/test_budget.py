@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from leukoflow.engine import budget
-from leukoflow.engine.config import load_config
+
+CHALLENGE = budget.REPO / "config" / "cytologia.yaml"
 
 DOT = """digraph snakemake_dag {
 	0[label = "all", color = "0.00 0.6 0.85", style="rounded"];
@@ -92,10 +93,15 @@ def test_block_replacement_keeps_the_rest_of_the_page():
         budget.replace_block("no markers", "new")
 
 
+@pytest.fixture(scope="module")
+def challenge_plan() -> dict[str, budget.Job]:
+    """Snakemake's plan of config/cytologia.yaml, costed (one planning for the tests below)."""
+    return budget.costed_plan(CHALLENGE)
+
+
 @pytest.mark.e2e
-def test_the_challenge_configuration_is_planned_and_costed():
-    jobs = budget.job_graph(budget.REPO / "config" / "cytologia.yaml", budget.Path(budget.tempfile.mkdtemp()))
-    budget.cost_jobs(jobs, load_config(budget.REPO / "config" / "cytologia.yaml"))
+def test_the_challenge_configuration_is_planned_and_costed(challenge_plan):
+    jobs = challenge_plan
     trained = [job for job in jobs.values() if job.rule == "train_detector"]
     assert trained and all(job.gpu_hours > 0 for job in trained)
     assert budget.makespan(jobs, 4) < budget.makespan(jobs, 1)
@@ -103,7 +109,8 @@ def test_the_challenge_configuration_is_planned_and_costed():
 
 
 @pytest.mark.e2e
-def test_the_budget_in_docs_hardware_is_current():
+def test_the_budget_in_docs_hardware_is_current(challenge_plan, monkeypatch):
+    monkeypatch.setattr(budget, "costed_plan", lambda configfile: challenge_plan)
     page = budget.REPO / "docs" / "hardware.md"
-    assert budget.main(["--configfile", str(budget.REPO / "config" / "cytologia.yaml"), "--write", str(page),
+    assert budget.main(["--configfile", str(CHALLENGE), "--write", str(page),
                         "--check"]) == 0, "run: python -m leukoflow.engine.budget --write docs/hardware.md"

@@ -114,6 +114,13 @@ def _spec(**overrides) -> ClassifierSpec:
     return ClassifierSpec.from_config(_entry(**overrides))
 
 
+def test_a_model_entry_is_the_same_param_whatever_the_order_of_its_keys():
+    entry = {"name": "m", "backbone": "resnet10t", "kind": "multiclass", "img_size": 32, "epochs": 1, "lr": 0.01}
+    reordered = dict(reversed(list(entry.items())))
+    assert list(with_defaults(entry, DEFAULTS).items()) == list(with_defaults(reordered, DEFAULTS).items())
+    assert with_defaults({**entry, "epochs": 3}, DEFAULTS)["epochs"] == 3
+
+
 SETTINGS = TrainSettings(seed=7, device="cpu", threads=1, amp=True, deterministic=True, channels_last=True,
                          prefetch=True)
 

@@ -55,7 +55,8 @@ def test_predict_extra_installs_into_a_fresh_venv_and_predicts(tmp_path):
 
     environment = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(environment)
-    pip = [str(environment / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    pip = [str(environment / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+           "--no-compile"]  # byte-compiling ~10k files costs half a CPU-minute; imports compile what they use
     installed = subprocess.run([*pip, f"{REPO}[predict]"], capture_output=True, text=True, timeout=1500)
     assert installed.returncode == 0, installed.stderr[-4000:]
 

@@ -170,8 +170,8 @@ def export_world_bundle(root: Path, bundle_dir: Path, detectors: list[Path], cla
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("predict")
+def world(module_dir) -> dict:
+    root = module_dir
     smear = make_test_images(root)
     detectors = _detector_weights(root)
     classifiers = {"mc": ("multiclass", _classifier_checkpoints(root, "mc", "multiclass")),

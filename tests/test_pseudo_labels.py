@@ -1,9 +1,9 @@
-"""Pseudo-label rounds: fold-safe selection, training on them, the round summary, and a tiny run."""
+"""Pseudo-label rounds: fold-safe selection, training on them, the round summary (the tiny run with a
+round is in tests/test_classification_workflow.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -11,7 +11,6 @@ import pandas as pd
 from leukoflow import tables
 from leukoflow.classification import pseudo_labels
 from leukoflow.constants import CLASSES
-from tests.conftest import REPO, run_workflow
 
 N = len(CLASSES)
 
@@ -73,21 +72,3 @@ def test_round_summary_reports_pseudo_labels_and_oof_per_round(tmp_path):
     rounds = {entry["round"]: entry for entry in summary["rounds"]}
     assert rounds[0]["pseudo_labels"] == 0 and rounds[1]["pseudo_labels"] == 7
     assert rounds[1]["oof_macro_f1"] == 1.0 and rounds[0]["oof_macro_f1"] < 1.0
-
-
-def test_a_tiny_run_with_one_round_writes_the_pseudo_label_summary(tiny_run, tmp_path):
-    """The shared tiny run plus one round: only the round's jobs run (selection, the round's model)."""
-    workdir = tmp_path / "run"
-    shutil.copytree(tiny_run, workdir, symlinks=True)  # copy2 keeps the mtimes Snakemake compares
-    # an option first: targets right after the config files would be read as config files
-    result = run_workflow(workdir, "--rerun-incomplete", "results/pseudo_labels/summary.json",
-                          "results/classification/summary.json", overlays=(REPO / "tests" / "configs" / "pseudo.yaml",))
-    assert "rule train_detector" not in result.stdout + result.stderr
-    summary = json.loads((workdir / "results" / "pseudo_labels" / "summary.json").read_text())
-    assert [entry["round"] for entry in summary["rounds"]] == [0, 1]
-    assert summary["rounds"][1]["pseudo_labels"] > 0 and summary["rounds"][1]["models"] == ["mc_resnet10t_32_pl1"]
-    assert all(0.0 <= entry["oof_macro_f1"] <= 1.0 for entry in summary["rounds"])
-    for fold in (0, 1):
-        fold_summary = json.loads((workdir / f"results/classification/mc_resnet10t_32_pl1/fold{fold}/summary.json")
-                                  .read_text())
-        assert fold_summary["pseudo_labels"] == summary["rounds"][1]["per_fold"][str(fold)]

@@ -47,8 +47,8 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def slurm_run(cluster, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    workdir = tmp_path_factory.mktemp("slurm_run")
+def slurm_run(cluster, module_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    workdir = module_dir
     env = {**cluster.env, "LEUKOFLOW_SLURM_PARTITION": slurm_cluster.PARTITION}
     result = run_workflow(workdir, "--workflow-profile", str(SLURM_PROFILE), *TEST_OVERRIDES,
                           overlays=(NO_TRACKING_CONFIG,), env=env, timeout=RUN_TIMEOUT_S, check=False)

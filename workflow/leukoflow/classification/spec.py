@@ -29,8 +29,10 @@ def model_defaults(schema_path: str | Path) -> dict[str, Any]:
 
 
 def with_defaults(entry: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """A config model entry completed with the schema defaults (the entry wins)."""
-    return {**defaults, **entry}
+    """A config model entry completed with the schema defaults (the entry wins), keys sorted: a rule
+    param, and Snakemake's params trigger compares dicts in order, so reordering a YAML entry's keys
+    must not re-train the model."""
+    return dict(sorted({**defaults, **entry}.items()))
 
 
 @dataclass(frozen=True)

@@ -280,11 +280,16 @@ def budget_table(jobs: Mapping[str, Job]) -> str:
     return "\n".join(lines)
 
 
-def render(configfile: Path) -> str:
-    config = load_config(configfile)
+def costed_plan(configfile: Path) -> dict[str, Job]:
+    """The job graph of `configfile` with each job's projected GPU-hours."""
     with tempfile.TemporaryDirectory(prefix="leukoflow-budget-") as workdir:
         jobs = job_graph(configfile, Path(workdir))
-    cost_jobs(jobs, config)
+    cost_jobs(jobs, load_config(configfile))
+    return jobs
+
+
+def render(configfile: Path) -> str:
+    jobs = costed_plan(configfile)
     return f"Budget of `{configfile.relative_to(REPO) if configfile.is_relative_to(REPO) else configfile}`:\n\n" + budget_table(jobs)
 
 
