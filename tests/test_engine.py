@@ -161,3 +161,57 @@ def test_the_engine_and_the_report_import_without_mlflow_or_torch():
             "print(sorted(m for m in ('mlflow', 'torch') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+MINI_SNAKEFILE = """
+rule all:
+    input: "out/summary.json"
+
+rule job:
+    output: summary="out/summary.json", table="out/table.csv"
+    log: "logs/job.log"
+    script: "job.py"
+"""
+
+# The entry registers an exit handler: it runs when the process ends the usual way, and must not run
+# after a finished job (run_rule ends it at once); output, summary and log must be complete anyway.
+MINI_SCRIPT = """
+import atexit
+import logging
+from pathlib import Path
+from leukoflow.engine.runtime import run_rule
+
+
+def job(*, table):
+    atexit.register(lambda: Path("teardown_ran").touch())
+    Path(table).write_text("a\\n1\\n")
+    logging.getLogger("mini").info("last line before the exit")
+    return {"rows": 1}
+
+
+run_rule(snakemake, job)
+"""
+
+
+@pytest.mark.e2e
+def test_a_finished_job_ends_without_interpreter_teardown_and_loses_nothing(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    from tests.conftest import REPO, SNAKEMAKE
+
+    (tmp_path / "Snakefile").write_text(MINI_SNAKEFILE)
+    (tmp_path / "job.py").write_text(MINI_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    done = subprocess.run([str(SNAKEMAKE), "--cores", "1"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows"] == 1
+    assert (tmp_path / "out" / "table.csv").read_text() == "a\n1\n"
+    log = (tmp_path / "logs" / "job.log").read_text()
+    assert "last line before the exit" in log and "rule job done" in log
+    assert not (tmp_path / "teardown_ran").exists()
+
+
+def test_stand_in_job_objects_return_from_run_rule():
+    assert not runtime._is_snakemake_job(SimpleNamespace(rule="x"))

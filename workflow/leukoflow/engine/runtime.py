@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -105,7 +106,28 @@ def run_rule(smk: Any, entry: Callable[..., dict[str, Any]]) -> dict[str, Any]:
         write_json(smk.output.summary, summary)
     logger.info("rule %s done in %.1f s", smk.rule, summary["seconds"])
     run.finish(summary, smk)
+    if _is_snakemake_job(smk):
+        _end_finished_job()
     return summary
+
+
+def _is_snakemake_job(smk: Any) -> bool:
+    """True in the process Snakemake started for a `script:` job (tests pass stand-in objects)."""
+    return type(smk).__name__ == "Snakemake" and type(smk).__module__.startswith("snakemake")
+
+
+def _end_finished_job() -> None:
+    """Exit a finished job's process at once, every output written and closed.
+
+    Interpreter teardown after torch, timm or MLflow costs 0.4-1.0 s of CPU per job (the C++
+    libraries' destructors; BENCHMARKS.md, "Job exit"), which nothing of the job needs: logs and
+    streams are flushed here, the tracking run is already ended, worker pools are closed by their
+    context managers.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _configure_logging(log_path: Path | None) -> None:
