@@ -292,6 +292,14 @@ def test_bad_thumbnail_is_refused():
     assert thumbnails_to_array([]).shape == (0, THUMBNAIL_SIDE, THUMBNAIL_SIDE)
 
 
+def test_stored_thumbnails_decode_to_uint8_and_score_as_their_float_copies():
+    levels = [np.clip(scene(k), 0, 255).astype(np.uint8) for k in (1, 2, 1)]
+    thumbnails = thumbnails_to_array([level.tobytes().hex() for level in levels])
+    assert thumbnails.dtype == np.uint8 and np.array_equal(thumbnails, np.stack(levels))
+    pairs = np.array([0, 0]), np.array([1, 2])
+    assert np.array_equal(similarity(thumbnails, *pairs), similarity(thumbnails.astype(np.float32), *pairs))
+
+
 # ---------------------------------------------------------------- held-out split by group
 
 def grouped_dataset(n_groups: int, copies: int, singles: int) -> tuple[pd.DataFrame, pd.DataFrame]:

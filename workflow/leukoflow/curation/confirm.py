@@ -24,9 +24,11 @@ _FLAT = 1e-6  # a window whose variance per pixel is below this (squared grey le
 
 
 def _smoothed(thumbnails: np.ndarray) -> np.ndarray:
-    """Each thumbnail smoothed with SMOOTHING_SIGMA (float32)."""
-    return np.stack([cv2.GaussianBlur(thumbnail, (0, 0), SMOOTHING_SIGMA, borderType=cv2.BORDER_REFLECT)
-                     for thumbnail in thumbnails]) if len(thumbnails) else thumbnails
+    """Each thumbnail smoothed with SMOOTHING_SIGMA (float32, whatever the input's type)."""
+    if not len(thumbnails):
+        return thumbnails.astype(np.float32)
+    return np.stack([cv2.GaussianBlur(thumbnail.astype(np.float32), (0, 0), SMOOTHING_SIGMA,
+                                      borderType=cv2.BORDER_REFLECT) for thumbnail in thumbnails])
 
 
 def _window_sums(integral: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
@@ -56,7 +58,7 @@ def similarity(thumbnails: np.ndarray, first: np.ndarray, second: np.ndarray) ->
     mean, unit variance); window means and variances come from integral images.
 
     Args:
-        thumbnails: (n, side, side) float32 grey thumbnails.
+        thumbnails: (n, side, side) grey thumbnails (uint8 as ingest stores them, or float).
         first, second: index arrays of equal length, the candidate pairs.
 
     Returns:
