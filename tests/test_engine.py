@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 import textwrap
 from types import SimpleNamespace
 
 import pytest
 
 from leukoflow.engine import benchmarks, devices, provenance, runtime, summaries
+from tests.conftest import REPO, SNAKEMAKE
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -154,9 +159,6 @@ def test_bind_names_unknown_and_missing_arguments():
 
 def test_the_engine_and_the_report_import_without_mlflow_or_torch():
     """Only tracked jobs pay for MLflow; a report or data job never imports it (nor torch)."""
-    import subprocess
-    import sys
-
     code = ("import sys, leukoflow.engine.runtime, leukoflow.engine.tracking, leukoflow.report; "
             "print(sorted(m for m in ('mlflow', 'torch') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -195,12 +197,6 @@ run_rule(snakemake, job)
 
 @pytest.mark.e2e
 def test_a_finished_job_ends_without_interpreter_teardown_and_loses_nothing(tmp_path):
-    import json
-    import os
-    import subprocess
-
-    from tests.conftest import REPO, SNAKEMAKE
-
     (tmp_path / "Snakefile").write_text(MINI_SNAKEFILE)
     (tmp_path / "job.py").write_text(MINI_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
