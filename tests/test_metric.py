@@ -21,6 +21,8 @@ from leukoflow.metric import (
     SubmissionError,
     TableReadError,
     count_problems,
+    fixed_box_scorer,
+    macro_f1_of_labels,
     score,
     score_files,
     validate_submission,
@@ -284,6 +286,40 @@ def test_vectorised_score_equals_reference_loop(inputs):
     assert got.per_row["trustii_id"].tolist() == want["trustii_id"].tolist()
     assert got.per_row["class_pred"].tolist() == want["class_pred"].tolist()
     np.testing.assert_array_equal(got.per_row["giou"].to_numpy(), want["giou"].to_numpy())
+
+
+@settings(max_examples=120, deadline=None)
+@given(scoring_inputs(), st.randoms(use_true_random=False))
+def test_fixed_box_scorer_equals_score_for_any_classes(inputs, random):
+    truth, sub = inputs
+    scorer = fixed_box_scorer(truth, sub)
+    same_box_twice = sub.duplicated(subset=["NAME", *BOX]).any()
+    if scorer is None:
+        assert same_box_twice  # only shared boxes make the classes decide which rows survive
+        return
+    for _ in range(3):
+        classes = [random.choice(CLASS_POOL) for _ in range(len(sub))]
+        expected = score(truth, sub.assign(**{"class": classes})).score
+        got = scorer.score(np.array(classes, dtype=object))
+        assert got == expected or (math.isnan(got) and math.isnan(expected))  # bit for bit
+
+
+def test_fixed_box_scorer_declines_a_shared_box():
+    truth = _truth()
+    shared = truth.copy()
+    shared.loc[2, BOX] = shared.loc[0, BOX].to_numpy()  # both a.jpg rows now hold one box
+    assert fixed_box_scorer(truth, truth) is not None
+    assert fixed_box_scorer(truth, shared) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["PNN", "LY", "MO", "None", "nan"]),
+                          st.sampled_from(["PNN", "LY", "EO", "None"])), min_size=1, max_size=30))
+def test_macro_f1_of_labels_is_scikit_learns_bit_for_bit(pairs):
+    true, pred = (np.array(side, dtype=object) for side in zip(*pairs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        assert macro_f1_of_labels(true, pred) == float(f1_score(true, pred, average="macro"))
 
 
 # ----------------------------------------------------------------------------- validator

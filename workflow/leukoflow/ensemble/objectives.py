@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,6 +84,7 @@ class OfficialMetric:
         self.skeleton = skeleton
         self.crop_row = skeleton["crop_row"].to_numpy()
         self.names = names
+        self._scorers: dict[str | None, tuple[np.ndarray, Any]] = {}
 
     def relevant(self, class_idx: np.ndarray) -> np.ndarray:
         """The classes the score depends on: those of the crops answering an OOF box."""
@@ -93,18 +95,36 @@ class OfficialMetric:
         frame["class"] = CLASS_CODES[class_idx[self.crop_row]]
         return frame
 
+    def _scope(self, rows: np.ndarray | None) -> tuple[pd.DataFrame, np.ndarray]:
+        """(truth, positions of the skeleton rows) of the images of `rows` (all when None)."""
+        if rows is None:
+            return self.truth, np.arange(len(self.skeleton))
+        keep = set(self.names[rows])
+        return self.truth[self.truth["NAME"].isin(keep)], np.flatnonzero(self.skeleton["NAME"].isin(keep).to_numpy())
+
     def result(self, class_idx: np.ndarray, rows: np.ndarray | None = None):
         from leukoflow import metric
 
-        truth, submission = self.truth, self.submission(class_idx)
-        if rows is not None:
-            keep = set(self.names[rows])
-            truth = truth[truth["NAME"].isin(keep)]
-            submission = submission[submission["NAME"].isin(keep)]
-        return metric.score(truth, submission)
+        truth, positions = self._scope(rows)
+        return metric.score(truth, self.submission(class_idx).iloc[positions])
 
     def __call__(self, class_idx: np.ndarray, rows: np.ndarray | None = None) -> float:
-        return self.result(class_idx, rows).score
+        positions, scorer = self._fixed_scorer(rows)
+        if scorer is None:
+            return self.result(class_idx, rows).score
+        return scorer.score(CLASS_CODES[class_idx[self.crop_row[positions]]])
+
+    def _fixed_scorer(self, rows: np.ndarray | None):
+        """The boxes never change between calls, so they are matched once per scope
+        (`metric.fixed_box_scorer`): about 40x cheaper than a full `metric.score` on the demo."""
+        from leukoflow import metric
+
+        key = None if rows is None else _digest(rows)
+        if key not in self._scorers:
+            truth, positions = self._scope(rows)
+            skeleton = self.skeleton.drop(columns="crop_row").iloc[positions].assign(**{"class": ""})
+            self._scorers[key] = (positions, metric.fixed_box_scorer(truth, skeleton))
+        return self._scorers[key]
 
 
 def official_metric(inputs: EnsembleInputs, oof_boxes: pd.DataFrame, crops: pd.DataFrame,
