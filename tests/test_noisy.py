@@ -109,6 +109,25 @@ def test_all_clean_input_flags_nothing():
     assert len(flags) == 0 and not cap_bound
 
 
+def test_an_unannotated_cell_is_found_by_a_detector_that_boxes_every_cell_twice():
+    """Every cell gets a tight box (0.95) and a second, looser one (0.9, IoU 0.43); junk on the
+    background scores 0.3. The second box never confirms an annotation (one-to-one matching), so
+    P(confirms a box) at 0.9 is 0, which would hide a cell that nobody annotated; P(a cell lies
+    there), calibrated on whether a detection lies on an annotated cell, is 1 at 0.9."""
+    rows, found = [], []
+    for k in range(25):
+        name = "extra.jpg" if k == 24 else f"twice{k:02d}.jpg"
+        rows.append((2000 + k, name, 20, 20, 60, 60))
+        found += [(name, 21, 21, 60, 60, 0.95), (name, 32, 32, 64, 64, 0.9), (name, 70, 70, 95, 95, 0.3)]
+    found.append(("extra.jpg", 66, 2, 98, 34, 0.9))  # the unannotated cell
+    boxes, table = truth(*rows), detections(*found)
+    names = sorted(set(boxes["name"]))
+    assert evidence.confirms_a_box(table, boxes, 0.5).sum() == 25
+    assert evidence.lies_on_a_cell(table, boxes, 0.3).sum() == 50
+    flags, _ = noisy.find_noisy_boxes(table, boxes, folds_for(names), images_for(names), **EVIDENCE, **DECISION)
+    assert set(zip(flags["name"], flags["reason"])) == {("extra.jpg", "unannotated_cell")}
+
+
 def realistic_background(n=200):
     """n clean single-cell images whose detections fit their boxes with logit-IoUs at the normal quantiles
     of N(1.5, 0.6) (IoU about 0.6 to 0.95) and sides 40-48 px: the geometry null at the demo's size."""
@@ -223,10 +242,10 @@ def test_calibration_falls_back_to_the_other_folds_and_then_to_raw_scores():
                        detections(("b.jpg", 10, 10, 50, 50, 0.3), ("b.jpg", 60, 60, 90, 90, 0.2), fold=1)],
                       ignore_index=True)
     # one image per fold model: nothing of its own to calibrate with, so the other fold's images do
-    assert evidence.calibrate_out_of_fold(found, boxes, match_iou=0.5).tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert evidence.calibrate_out_of_fold(found, evidence.confirms_a_box(found, boxes, 0.5)).tolist() == [1.0, 0.0, 1.0, 0.0]
     only_a = found[found["name"] == "a.jpg"]
     # a single image: nothing at all to calibrate with, raw scores kept
-    assert evidence.calibrate_out_of_fold(only_a, boxes, match_iou=0.5).tolist() == only_a["score"].tolist()
+    assert evidence.calibrate_out_of_fold(only_a, evidence.confirms_a_box(only_a, boxes, 0.5)).tolist() == only_a["score"].tolist()
 
 
 def test_calibration_follows_each_fold_models_own_score_scale():
@@ -239,7 +258,7 @@ def test_calibration_follows_each_fold_models_own_score_scale():
             rows.append((10 * fold + k, name, 10, 10, 50, 50))
             found.append(detections((name, 10, 10, 50, 50, cell), (name, 60, 60, 90, 90, junk), fold=fold))
     table = pd.concat(found, ignore_index=True)
-    calibrated = evidence.calibrate_out_of_fold(table, truth(*rows), match_iou=0.5)
+    calibrated = evidence.calibrate_out_of_fold(table, evidence.confirms_a_box(table, truth(*rows), 0.5))
     real = table["x1"].to_numpy() == 10
     assert (calibrated[real] == 1.0).all() and (calibrated[~real] == 0.0).all()
 

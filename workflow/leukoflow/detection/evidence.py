@@ -3,17 +3,22 @@
 Every fold model predicted only images it never trained on, so its boxes are an independent
 opinion of each image. Three kinds of evidence come out of them:
 
-* calibration: a raw detector score becomes P(real white cell) by isotonic regression fitted per
-  fold model on its *other* images (a detection is "real" when it is matched one-to-one to an
-  annotation at IoU >= `match_iou`), so no image calibrates itself;
+* calibration: a raw detector score becomes a probability by isotonic regression fitted per fold
+  model on its *other* images, so no image calibrates itself. Two questions, two outcomes: for the
+  annotation families, P(the detection confirms a box): matched one-to-one to an annotation at
+  IoU >= `match_iou`; for the unannotated-cell family, P(a white cell lies there): the detection
+  covers, or lies in, an annotation by at least `unmatched_overlap`. A loose or second box on a cell
+  fails the first test but not the second; calibrated on the first, a detection on no annotation
+  looked 20-25 % likely to be junk at any score, while in the 3,000-image scenario only 4 of the
+  189 such detections above 0.5 lay on defect-free images (BENCHMARKS.md);
 * per annotation: its confirmation (best calibrated score at IoU >= `match_iou`), the geometry
   against the best-fitting confident detection on it (IoU, share of the detection inside the
   annotation: an oversized box; share of the annotation inside the detection: an undersized or
   shifted box), its log-area relative to its class (robust z), and how active the detector is on
   the rest of its image (the share of the other annotations it confirms or lays a confident
   detection on: a detector that sees nothing there cannot condemn this box);
-* per confident detection that lies on no annotation: its calibrated score, whether the image
-  border cuts it, and the image's surplus of confident detections over annotations.
+* per detection that lies on no annotation and is confidently a cell: its P(a cell lies there),
+  whether the image border cuts it, and the image's surplus of confident detections over annotations.
 """
 
 from __future__ import annotations
@@ -65,18 +70,19 @@ def _isotonic(scores: np.ndarray, real: np.ndarray) -> IsotonicRegression | None
     return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True).fit(scores, real)
 
 
-def calibrate_out_of_fold(detections: pd.DataFrame, boxes: pd.DataFrame, *, match_iou: float,
+def calibrate_out_of_fold(detections: pd.DataFrame, outcome: np.ndarray, *,
                           n_splits: int = CALIBRATION_SPLITS) -> np.ndarray:
-    """P(real white cell) of every detection (row order kept), isotonic regression fitted out of fold.
+    """P(outcome) of every detection (row order kept), isotonic regression fitted out of fold.
 
     Each fold's model has its own score scale (a weak fold model scores junk as high as a strong one
     scores cells), so its scores are calibrated on its own detections, cross-fitted by image: the
     images of a fold are split into `n_splits` groups and each group is mapped by the isotonic fit
     on the others. Where those others hold only one outcome, the other folds' detections calibrate
     it instead; where they do too, the raw score is kept. No image ever calibrates itself.
+    `outcome`: one bool per detection (`confirms_a_box` or `lies_on_a_cell`).
     """
     detections = detections.reset_index(drop=True)
-    real = _matched_detections(detections, boxes, match_iou)
+    real = np.asarray(outcome, dtype=bool)
     scores, folds = detections["score"].to_numpy(float), detections["fold"].to_numpy()
     images = pd.factorize(detections["name"])[0]
     calibrated = scores.copy()
@@ -93,14 +99,34 @@ def calibrate_out_of_fold(detections: pd.DataFrame, boxes: pd.DataFrame, *, matc
     return calibrated
 
 
-def _matched_detections(detections: pd.DataFrame, boxes: pd.DataFrame, match_iou: float) -> np.ndarray:
+def confirms_a_box(detections: pd.DataFrame, boxes: pd.DataFrame, match_iou: float) -> np.ndarray:
+    """Per detection (row order): matched one-to-one to an annotation of its image at IoU >= match_iou."""
+    return _per_image(detections, boxes, lambda truth, found: matched_to_annotation(
+        truth, found[XYXY].to_numpy(float), found["score"].to_numpy(float), match_iou))
+
+
+def lies_on_a_cell(detections: pd.DataFrame, boxes: pd.DataFrame, overlap: float) -> np.ndarray:
+    """Per detection (row order): it covers, or lies in, an annotation of its image by at least `overlap`
+    (share of either box inside the other), the bar below which it counts as on no annotation."""
+    return _per_image(detections, boxes, lambda truth, found: (
+        _coverage(truth, found[XYXY].to_numpy(float)).max(axis=0, initial=0.0) >= overlap))
+
+
+def _per_image(detections: pd.DataFrame, boxes: pd.DataFrame, outcome) -> np.ndarray:
+    detections = detections.reset_index(drop=True)
     truth_by_name = {name: group[XYXY].to_numpy(float) for name, group in boxes.groupby("name")}
-    real = np.zeros(len(detections), dtype=bool)
+    result = np.zeros(len(detections), dtype=bool)
     for name, group in detections.groupby("name", sort=False):
-        real[group.index.to_numpy()] = matched_to_annotation(
-            truth_by_name.get(name, np.zeros((0, 4))), group[XYXY].to_numpy(float),
-            group["score"].to_numpy(float), match_iou)
-    return real
+        result[group.index.to_numpy()] = outcome(truth_by_name.get(name, np.zeros((0, 4))), group)
+    return result
+
+
+def _coverage(truth_xyxy: np.ndarray, det_xyxy: np.ndarray) -> np.ndarray:
+    """(len(truth), len(det)): the larger of the shares of either box inside the other, and the IoU."""
+    inter = intersection_matrix(truth_xyxy, det_xyxy)
+    det_inside = inter / areas(det_xyxy)[None, :]
+    ann_inside = inter / areas(truth_xyxy)[:, None]
+    return np.maximum(np.maximum(det_inside, ann_inside), boxes_lib.iou_matrix(truth_xyxy, det_xyxy))
 
 
 def robust_z(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -120,10 +146,11 @@ def image_evidence(truth: pd.DataFrame, detections: pd.DataFrame, *, width: int,
                    ) -> tuple[list[dict], list[dict]]:
     """Evidence rows of one image: (one per annotation, one per confident detection on no annotation).
 
-    truth: its CURATED_BOXES rows; detections: its OOF boxes with a calibrated `p` column.
+    truth: its CURATED_BOXES rows; detections: its OOF boxes with the calibrated columns `p`
+    (P(confirms a box)) and `p_cell` (P(a cell lies there)).
     """
     truth_xyxy, det_xyxy = truth[XYXY].to_numpy(float), detections[XYXY].to_numpy(float)
-    p = detections["p"].to_numpy(float)
+    p, p_cell = detections["p"].to_numpy(float), detections["p_cell"].to_numpy(float)
     iou = boxes_lib.iou_matrix(truth_xyxy, det_xyxy)
     inter = intersection_matrix(truth_xyxy, det_xyxy)
     det_inside = inter / areas(det_xyxy)[None, :]
@@ -153,13 +180,12 @@ def image_evidence(truth: pd.DataFrame, detections: pd.DataFrame, *, width: int,
             "ann_inside": float(ann_inside[index, best]) if best >= 0 else np.nan,
         })
     # a detection around an (undersized) annotation covers it as much as one inside an oversized one
-    covered = (np.maximum(np.maximum(det_inside, ann_inside), iou).max(axis=0) if len(truth_xyxy)
-               else np.zeros(len(det_xyxy)))
-    loose = np.flatnonzero(confident & (covered < unmatched_overlap))
-    loose = loose[boxes_lib.nms(det_xyxy[loose], p[loose], match_iou)] if len(loose) else loose
+    covered = _coverage(truth_xyxy, det_xyxy).max(axis=0, initial=0.0)
+    loose = np.flatnonzero((p_cell >= detect_p) & (covered < unmatched_overlap))
+    loose = loose[boxes_lib.nms(det_xyxy[loose], p_cell[loose], match_iou)] if len(loose) else loose
     surplus = int(confident.sum()) - len(truth)
     cells = [{"row": -1, "x1": det_xyxy[k, 0], "y1": det_xyxy[k, 1], "x2": det_xyxy[k, 2], "y2": det_xyxy[k, 3],
-              "p": float(p[k]), "covered": float(covered[k]), "surplus": surplus,
+              "p": float(p_cell[k]), "covered": float(covered[k]), "surplus": surplus,
               "at_border": bool(det_xyxy[k, 0] <= border_px or det_xyxy[k, 1] <= border_px
                                 or det_xyxy[k, 2] >= width - 1 - border_px or det_xyxy[k, 3] >= height - 1 - border_px)}
              for k in loose]
@@ -175,7 +201,9 @@ def collect_evidence(detections: pd.DataFrame, boxes: pd.DataFrame, folds: pd.Da
     images: CURATED_IMAGES (sizes, for the border feature).
     """
     detections = detections[detections["name"].isin(set(folds["name"]))].reset_index(drop=True)
-    detections = detections.assign(p=calibrate_out_of_fold(detections, boxes, match_iou=match_iou))
+    detections = detections.assign(
+        p=calibrate_out_of_fold(detections, confirms_a_box(detections, boxes, match_iou)),
+        p_cell=calibrate_out_of_fold(detections, lies_on_a_cell(detections, boxes, unmatched_overlap)))
     size = images.set_index("name")[["width", "height"]]
     truth_by_name = dict(tuple(boxes.groupby("name")))
     det_by_name = dict(tuple(detections.groupby("name")))

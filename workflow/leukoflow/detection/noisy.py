@@ -11,8 +11,8 @@ boxed as white cells, boxes far too large, spurious boxes). We decide from the e
   detection overlaps it badly. The statistic is the logit of that IoU against a normal null fitted
   robustly (reweighted MCD, `robust_null`) to every such annotation; one-sided p-values; for nested
   boxes the annotation's class-relative size must agree (see `geometry_pvalues`);
-* `unannotated_cell`: a confident detection on no annotation; evidence = its calibrated P(real
-  cell) x (1 - its overlap with the annotations).
+* `unannotated_cell`: a detection on no annotation that is confidently a cell; evidence = its
+  calibrated P(a cell lies there) x (1 - its overlap with the annotations).
 
 Thresholds: the two posterior families flag every item whose own estimated false-discovery
 probability, 1 - evidence, is within `target_fdr` (local fdr); the geometry family flags every item
