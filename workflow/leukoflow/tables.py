@@ -274,8 +274,9 @@ NOISY_FLAGS = _register(Schema(
         Column("y2", "float", "bottom, px"),
         Column("iou", "float", "box_geometry: IoU of the best confident detection with the annotation; "
                                "unannotated_cell: the detection's largest overlap with an annotation; else 0"),
-        Column("score", "float", "calibrated P(real cell): of the confirming detection (unconfirmed_box), of the "
-                                 "best-fitting detection (box_geometry), of the detection (unannotated_cell)"),
+        Column("score", "float", "calibrated probability: P(confirms a box) of the confirming detection "
+                                 "(unconfirmed_box) or of the best-fitting one (box_geometry); P(a cell lies "
+                                 "there) of the detection (unannotated_cell)"),
         Column("evidence", "float", "strength of the flag in [0, 1] (posterior families: P(defect); "
                                     "box_geometry: 1 - one-sided p-value)"),
         Column("det_inside", "float", "share of the detection inside the annotation (NaN when none)"),
