@@ -95,9 +95,7 @@ def score(truth: pd.DataFrame, submission: pd.DataFrame) -> MetricResult:
     """
     _require_columns(truth, SUBMISSION_COLUMNS, "truth")
     _require_columns(submission, SUBMISSION_COLUMNS, "submission")
-    truth_rows, image_of_truth, images = _truth_in_scoring_order(truth)
-    if len(truth_rows) == 0:
-        raise MetricInputError("truth has no row with a NAME: nothing to score")
+    truth_rows, image_of_truth, images = _scoring_truth(truth)
     candidates, image_of_candidate = _candidate_predictions(truth, images, submission)
     giou, matched = _match_best_candidates(
         _boxes_xyxy(truth_rows, "truth"), image_of_truth,
@@ -110,7 +108,7 @@ def score(truth: pd.DataFrame, submission: pd.DataFrame) -> MetricResult:
         "class_pred": class_pred,
         "giou": giou,
     })
-    per_row["rescaled_giou"] = ((per_row["giou"] + 1) / 2).fillna(0)
+    per_row["rescaled_giou"] = _rescaled_giou(per_row["giou"])
     return _combine(per_row)
 
 
@@ -163,6 +161,20 @@ def _boxes_xyxy(frame: pd.DataFrame, source: str) -> np.ndarray:
         return frame[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as error:
         raise MetricInputError(f"{source} has a non-numeric box coordinate: {error}") from error
+
+
+def _scoring_truth(truth: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, pd.Index]:
+    """`_truth_in_scoring_order` of a truth table that has the columns and at least one scored row."""
+    _require_columns(truth, SUBMISSION_COLUMNS, "truth")
+    ordered = _truth_in_scoring_order(truth)
+    if len(ordered[0]) == 0:
+        raise MetricInputError("truth has no row with a NAME: nothing to score")
+    return ordered
+
+
+def _rescaled_giou(giou: pd.Series) -> pd.Series:
+    """(GIoU + 1) / 2, a NaN GIoU counting 0 (the published function's fillna)."""
+    return ((giou + 1) / 2).fillna(0)
 
 
 def _truth_in_scoring_order(truth: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, pd.Index]:
@@ -314,10 +326,7 @@ def macro_f1_of_labels(class_true: np.ndarray, class_pred: np.ndarray) -> float:
 def fixed_box_scorer(truth: pd.DataFrame, submission: pd.DataFrame) -> FixedBoxScorer | None:
     """A `FixedBoxScorer` for a submission's boxes (its `class` column is ignored), or None when two
     candidate rows of one image share a box: there the classes decide which rows survive."""
-    _require_columns(truth, SUBMISSION_COLUMNS, "truth")
-    truth_rows, image_of_truth, images = _truth_in_scoring_order(truth)
-    if len(truth_rows) == 0:
-        raise MetricInputError("truth has no row with a NAME: nothing to score")
+    truth_rows, image_of_truth, images = _scoring_truth(truth)
     positions = submission.assign(**{"class": np.arange(len(submission))})  # every row its own class
     candidates, image_of_candidate = _candidate_predictions(truth, images, positions)
     if candidates.duplicated(subset=["_image", *BOX_COLUMNS]).any():
@@ -328,9 +337,8 @@ def fixed_box_scorer(truth: pd.DataFrame, submission: pd.DataFrame) -> FixedBoxS
     matched_row = np.full(len(matched), -1)
     has_match = matched >= 0
     matched_row[has_match] = candidates["class"].to_numpy(dtype=np.int64)[matched[has_match]]
-    rescaled = ((pd.Series(giou) + 1) / 2).fillna(0)
     return FixedBoxScorer(class_true=truth_rows["class"].to_numpy(dtype=object), matched_row=matched_row,
-                          mean_rescaled_giou=float(rescaled.mean()))
+                          mean_rescaled_giou=float(_rescaled_giou(pd.Series(giou)).mean()))
 
 
 # ----------------------------------------------------------------------------- validation

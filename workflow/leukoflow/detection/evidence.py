@@ -121,11 +121,16 @@ def _per_image(detections: pd.DataFrame, boxes: pd.DataFrame, outcome) -> np.nda
     return result
 
 
+def _shares(truth_xyxy: np.ndarray, det_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intersection, share of each detection inside each annotation, share of each annotation inside
+    each detection), each (len(truth), len(det))."""
+    inter = intersection_matrix(truth_xyxy, det_xyxy)
+    return inter, inter / areas(det_xyxy)[None, :], inter / areas(truth_xyxy)[:, None]
+
+
 def _coverage(truth_xyxy: np.ndarray, det_xyxy: np.ndarray) -> np.ndarray:
     """(len(truth), len(det)): the larger of the shares of either box inside the other, and the IoU."""
-    inter = intersection_matrix(truth_xyxy, det_xyxy)
-    det_inside = inter / areas(det_xyxy)[None, :]
-    ann_inside = inter / areas(truth_xyxy)[:, None]
+    _, det_inside, ann_inside = _shares(truth_xyxy, det_xyxy)
     return np.maximum(np.maximum(det_inside, ann_inside), boxes_lib.iou_matrix(truth_xyxy, det_xyxy))
 
 
@@ -152,9 +157,7 @@ def image_evidence(truth: pd.DataFrame, detections: pd.DataFrame, *, width: int,
     truth_xyxy, det_xyxy = truth[XYXY].to_numpy(float), detections[XYXY].to_numpy(float)
     p, p_cell = detections["p"].to_numpy(float), detections["p_cell"].to_numpy(float)
     iou = boxes_lib.iou_matrix(truth_xyxy, det_xyxy)
-    inter = intersection_matrix(truth_xyxy, det_xyxy)
-    det_inside = inter / areas(det_xyxy)[None, :]
-    ann_inside = inter / areas(truth_xyxy)[:, None]
+    inter, det_inside, ann_inside = _shares(truth_xyxy, det_xyxy)
     confident = p >= detect_p
     confirm = np.where(iou >= match_iou, p[None, :], 0.0).max(axis=1) if len(det_xyxy) else np.zeros(len(truth))
     # a confident detection belongs to the annotation it fits best among those it covers (share of
@@ -180,7 +183,7 @@ def image_evidence(truth: pd.DataFrame, detections: pd.DataFrame, *, width: int,
             "ann_inside": float(ann_inside[index, best]) if best >= 0 else np.nan,
         })
     # a detection around an (undersized) annotation covers it as much as one inside an oversized one
-    covered = _coverage(truth_xyxy, det_xyxy).max(axis=0, initial=0.0)
+    covered = np.maximum(coverage, iou).max(axis=0, initial=0.0)  # `_coverage`, from the matrices at hand
     loose = np.flatnonzero((p_cell >= detect_p) & (covered < unmatched_overlap))
     loose = loose[boxes_lib.nms(det_xyxy[loose], p_cell[loose], match_iou)] if len(loose) else loose
     surplus = int(confident.sum()) - len(truth)
