@@ -230,7 +230,7 @@ INGEST_CASES = [
 
 def _ingest(ds: Dataset, max_image_mb: float = 64) -> dict:
     return run_into(ds.out, train_csv=ds.train, test_csv=ds.test, images_dir=ds.images, threads=1, chunksize=8,
-                    phash_reducing_gap=None, max_image_mb=max_image_mb)
+                    decode_reduction=1, phash_reducing_gap=None, max_image_mb=max_image_mb)
 
 
 def _assert_accounting(summary: dict, ds: Dataset) -> None:

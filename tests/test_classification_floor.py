@@ -40,7 +40,7 @@ def _ground_truth_crops(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                defects={}, threads=1, near_duplicate_max_distance=3)
     out = root / "ingest"
     ingest.run_into(out, train_csv=data / "train.csv", test_csv=data / "test.csv", images_dir=data / "images",
-                    threads=1, chunksize=32, phash_reducing_gap=None, max_image_mb=64)
+                    threads=1, chunksize=32, decode_reduction=1, phash_reducing_gap=None, max_image_mb=64)
     images = pd.read_parquet(out / "images.parquet")
     boxes = pd.read_parquet(out / "boxes.parquet")
     train_names = sorted(images.loc[images["split"] == "train", "name"])

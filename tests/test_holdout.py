@@ -119,6 +119,7 @@ def bccd_chain(tmp_path_factory) -> dict:
     no_test_table(test_csv=out / "no_test.csv")
     ingest_summary = contract.run_into(out / "ingest", train_csv=data / "train.csv", test_csv=out / "no_test.csv",
                                        images_dir=data / "images", threads=1, chunksize=BCCD["ingest"]["chunksize"],
+                                       decode_reduction=BCCD["ingest"]["decode_reduction"],
                                        phash_reducing_gap=BCCD["ingest"]["phash_reducing_gap"],
                                        max_image_mb=BCCD["ingest"]["max_image_mb"])
     dedup = BCCD["dedup"]

@@ -105,3 +105,58 @@ def test_near_duplicates_keep_close_hashes_and_matching_thumbnails(smears):
     assert distance(hash_of[id(source)], hash_of[id(other)]) > 12  # another smear: no candidate at 12 bits
     scores = similarity(thumbs, np.array([0, 0, 0]), np.array([2, 3, 1]))
     assert scores[0] >= 0.93 and scores[1] >= 0.93 and scores[2] < 0.93
+
+
+# ---------------------------------------------------------------- JPEG decoded at a reduced size
+
+def _jpeg_bytes(rgb: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_a_jpeg_decodes_at_half_size_and_knows_the_files_size_and_extent(smears):
+    rgb = smears[0].crop((0, 0, 301, 263))  # odd sides: the last decoded row and column cover half blocks
+    data = _jpeg_bytes(rgb)
+    half, full = images.decode_rgb(data, 2), images.decode_rgb(data, 1)
+    assert half.image.size == (151, 132) and half.image.mode == "RGB"
+    assert half.stored_size == full.stored_size == full.image.size == (301, 263)
+    assert half.extent == (0.0, 0.0, 150.5, 131.5) and full.extent == (0.0, 0.0, 301.0, 263.0)
+    assert images.decode_rgb(data, 4).image.size == (76, 66)
+
+
+def test_png_and_jpegs_too_small_for_the_reduction_decode_at_full_size(smears):
+    png = io.BytesIO()
+    smears[0].save(png, format="PNG")
+    assert images.decode_rgb(png.getvalue(), 2).image.size == smears[0].size
+    small = _jpeg_bytes(smears[0].resize((90, 60)))  # 60 // 2 < 32: the pHash would read fewer than 32 px
+    decoded = images.decode_rgb(small, 2)
+    assert decoded.image.size == decoded.stored_size == (90, 60) and decoded.extent == (0.0, 0.0, 90.0, 60.0)
+
+
+def test_half_size_decode_keeps_the_mean_and_nearly_all_the_std(smears):
+    for rgb in smears[:8]:
+        data = _jpeg_bytes(rgb)
+        full_mean, full_std = images.rgb_mean_std(images.decode_rgb(data, 1).image)
+        half_mean, half_std = images.rgb_mean_std(images.decode_rgb(data, 2).image)
+        assert abs(half_mean - full_mean) < 0.5
+        assert 0.9 * full_std < half_std <= full_std  # only the variance within 2x2 blocks is lost
+
+
+def test_half_size_decode_keeps_hash_and_thumbnail_of_the_full_decode(smears):
+    distances, scores = [], []
+    for rgb in smears:
+        data = _jpeg_bytes(rgb)
+        grey = {r: images.reduced_grey(d.image, GAP, d.extent)
+                for r, d in ((r, images.decode_rgb(data, r)) for r in (1, 2))}
+        distances.append(distance(images.phash_of_grey(grey[1]), images.phash_of_grey(grey[2])))
+        thumbs = thumbnails_to_array([thumbnail(grey[1]), thumbnail(grey[2])])
+        scores.append(similarity(thumbs, np.array([0]), np.array([1]))[0])
+    assert max(distances) <= 4 and np.mean(np.equal(distances, 0)) >= 0.6
+    assert min(scores) >= 0.99  # dedup's bar is 0.93
+
+
+def test_a_truncated_jpeg_is_still_found_when_decoded_at_half_size(smears):
+    data = _jpeg_bytes(smears[0])
+    decoded = images.decode_rgb(data[: len(data) * 2 // 3], 2)
+    assert "truncated" in decoded.truncation and decoded.stored_size == smears[0].size

@@ -13,14 +13,15 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFile
 
 from leukoflow import tables
 from leukoflow.constants import TEST_COLUMNS, TRAIN_COLUMNS
 from leukoflow.ingest.contract import (
-    IngestError, check_test_rows, check_train_rows, parse_decimal, read_csv_table, referenced_images, run_into,
-    unsafe_name_problem,
+    IngestError, check_test_rows, check_train_rows, parse_decimal, read_csv_table, referenced_images, rgb_mean_std,
+    run_into, unsafe_name_problem,
 )
 from leukoflow.ledger import ACTION_QUARANTINED, LedgerBuilder
 
@@ -87,10 +88,10 @@ def make_dataset(root: Path, train_rows=TRAIN_ROWS, test_rows=TEST_ROWS, names=(
 
 
 def ingest(train: Path, test: Path, images: Path, out: Path, *, workers: int = 1, chunksize: int = 32, phash_reducing_gap=None,
-           max_image_mb: float = 64) -> dict:
+           decode_reduction: int = 1, max_image_mb: float = 64) -> dict:
     """The rule entry with the workflow's file names under `out`."""
     return run_into(out, train_csv=train, test_csv=test, images_dir=images, threads=workers, chunksize=chunksize,
-                    phash_reducing_gap=phash_reducing_gap, max_image_mb=max_image_mb)
+                    decode_reduction=decode_reduction, phash_reducing_gap=phash_reducing_gap, max_image_mb=max_image_mb)
 
 
 def run(dataset: Dataset, **options) -> dict:
@@ -454,3 +455,38 @@ def test_real_challenge_tables_pass_every_row_check():
     assert not any(train.findings) and not any(test.findings)
     splits = referenced_images(train, test)
     assert len(splits) == 69_168 and sum(split == "train" for split in splits.values()) == 48_417
+
+
+def test_reduced_decode_records_the_files_size_and_repairs_at_full_size(dataset):
+    size = (200, 160)
+    for seed, name in enumerate(("a.jpg", "b.jpg", "c.jpg", "d.jpg")):
+        noise_image(seed, size=size).save(dataset.images / name, format="JPEG", quality=90)
+    data = jpeg_bytes(noise_image(7, size=size))
+    (dataset.images / "a.jpg").write_bytes(data[: len(data) * 2 // 3])
+    summary = run(dataset, decode_reduction=2, phash_reducing_gap=2.0)
+    images = outputs(dataset)["images"]
+    assert (images["width"] == 200).all() and (images["height"] == 160).all()
+    assert (images.loc["a.jpg", "status"], images.loc["a.jpg", "reason"]) == ("repaired", "truncated_jpeg")
+    assert Image.open(images.loc["a.jpg", "path"]).size == size  # the working copy is never the reduced decode
+    exact = Image.open(dataset.images / "b.jpg").convert("RGB")
+    assert abs(images.loc["b.jpg", "pixel_mean"] - rgb_mean_std(exact)[0]) < 0.5
+    assert summary["images_repaired"] == 1 and summary["images_in"] == 4
+
+
+def test_images_table_written_in_row_groups_equals_one_frame(dataset, monkeypatch):
+    from leukoflow.ingest import contract
+
+    run(dataset)
+    whole = outputs(dataset)["images"]
+    monkeypatch.setattr(contract, "IMAGE_ROWS_PER_GROUP", 1)
+    run(dataset)
+    pd.testing.assert_frame_equal(outputs(dataset)["images"], whole)
+    assert pq.ParquetFile(dataset.out / "images.parquet").num_row_groups == len(whole) > 1
+
+
+def test_a_refused_ingest_leaves_no_images_table_behind(tmp_path):
+    bad_rows = [[name, "1", "1", "5", "5", "NOT_A_CLASS"] for name in ("a.jpg", "b.jpg")]
+    dataset = make_dataset(tmp_path, train_rows=bad_rows)
+    with pytest.raises(IngestError, match="no usable row left"):
+        run(dataset)
+    assert not list(dataset.out.glob("images.parquet*"))

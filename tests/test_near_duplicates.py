@@ -72,13 +72,15 @@ def test_retake_moves_pixels_and_boxes_consistently():
     assert (dx, dy) == (0, 0) and not np.array_equal(recoloured, rgb)
 
 
-@pytest.mark.parametrize("phash_reducing_gap", [DEMO["ingest"]["phash_reducing_gap"], None],
-                         ids=["configured_reduced_hash", "exact_full_size_hash"])
-def test_configured_search_groups_every_retake_and_no_hard_negative(dataset, tmp_path, phash_reducing_gap):
+@pytest.mark.parametrize(("decode_reduction", "phash_reducing_gap"),
+                         [(DEMO["ingest"]["decode_reduction"], DEMO["ingest"]["phash_reducing_gap"]), (1, None)],
+                         ids=["configured_reduced_decode_and_hash", "exact_full_size_hash"])
+def test_configured_search_groups_every_retake_and_no_hard_negative(dataset, tmp_path, decode_reduction,
+                                                                    phash_reducing_gap):
     out, _, defects = dataset
     contract.run_into(tmp_path, train_csv=out / "train.csv", test_csv=out / "test.csv", images_dir=out / "images",
-                      threads=1, chunksize=32, phash_reducing_gap=phash_reducing_gap,
-                      max_image_mb=DEMO["ingest"]["max_image_mb"])
+                      threads=1, chunksize=32, decode_reduction=decode_reduction,
+                      phash_reducing_gap=phash_reducing_gap, max_image_mb=DEMO["ingest"]["max_image_mb"])
     images = tables.read_table(tmp_path / "images.parquet", tables.INGEST_IMAGES)
     boxes = tables.read_table(tmp_path / "boxes.parquet", tables.INGEST_BOXES)
     dedup = DEMO["dedup"]

@@ -43,10 +43,11 @@ def generate(data: Path, args: argparse.Namespace) -> float:
     return time.perf_counter() - started
 
 
-def ingest(data: Path, out: Path, workers: int, phash_reducing_gap: float | None) -> float:
+def ingest(data: Path, out: Path, workers: int, phash_reducing_gap: float | None, decode_reduction: int) -> float:
     started = time.perf_counter()
     contract.run_into(out, train_csv=data / "train.csv", test_csv=data / "test.csv", images_dir=data / "images",
-                      threads=workers, chunksize=64, phash_reducing_gap=phash_reducing_gap,
+                      threads=workers, chunksize=64, decode_reduction=decode_reduction,
+                      phash_reducing_gap=phash_reducing_gap,
                       max_image_mb=MAX_IMAGE_MB)
     return time.perf_counter() - started
 
@@ -86,6 +87,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--phash-reducing-gap", type=float, default=2.0,
                         help="ingest's phash_reducing_gap (a negative value: null, the exact full-size pHash)")
+    parser.add_argument("--decode-reduction", type=int, default=2, choices=(1, 2, 4, 8),
+                        help="ingest's decode_reduction (1: full-size decode)")
     args = parser.parse_args()
     if args.phash_reducing_gap < 0:
         args.phash_reducing_gap = None
@@ -94,7 +97,7 @@ def main() -> None:
     if not data.exists():
         report["generate_seconds"] = round(generate(data, args), 1)
     if not out.exists():
-        report["ingest_seconds"] = round(ingest(data, out, args.workers, args.phash_reducing_gap), 1)
+        report["ingest_seconds"] = round(ingest(data, out, args.workers, args.phash_reducing_gap, args.decode_reduction), 1)
     images, boxes = read_table(out / "images.parquet", INGEST_IMAGES), read_table(out / "boxes.parquet", INGEST_BOXES)
     defects = read_table(data / "defects.parquet", DEFECTS)
     report["bare_decode_cpu_seconds"] = round(bare_decode_cpu_seconds(data / "images"), 2)

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from leukoflow.constants import CLASSES
-from leukoflow.images import decode_image, phash_of_grey, reduced_grey, rgb_mean_std
+from leukoflow.images import decode_image, decode_rgb, phash_of_grey, reduced_grey, rgb_mean_std
 from leukoflow.ingest.thumbnails import thumbnail
 from leukoflow.ingest.contract import list_image_folder, read_csv_table, run_into
 
@@ -75,18 +75,24 @@ def run_bare_decode(paths: list[str], workers: int, chunksize: int) -> None:
             bare_decode(path)
 
 
-def cpu_ms_per_image(paths: list[str], repeats: int = 3) -> dict[str, float]:
-    """Where one image's time goes, in this process (CPU ms per image, best of `repeats`)."""
+def cpu_ms_per_image(paths: list[str], reduction: int, repeats: int = 3) -> dict[str, float]:
+    """Where one image's time goes, in this process (CPU ms per image, best of `repeats`); the
+    `*_reduced` steps are ingest's with `decode_reduction` = `reduction`."""
     datas = [Path(path).read_bytes() for path in paths]
     images = [decode_image(data)[0].convert("RGB") for data in datas]
+    reduced = [decode_rgb(data, reduction) for data in datas]
     steps = {
         "bare_decode": (bare_decode, paths),
         "decode": (decode_image, datas),
+        "decode_reduced": (lambda data: decode_rgb(data, reduction), datas),
         "sha256": (lambda data: hashlib.sha256(data).hexdigest(), datas),
         "mean_std": (rgb_mean_std, images),
+        "mean_std_reduced": (lambda decoded: rgb_mean_std(decoded.image), reduced),
         "phash_exact": (lambda image: str(imagehash.phash(image)), images),
         "phash_and_thumbnail_full_size": (lambda image: _hash_and_thumbnail(image, None), images),
         "phash_and_thumbnail_reducing_gap_2": (lambda image: _hash_and_thumbnail(image, 2.0), images),
+        "phash_and_thumbnail_reduced": (lambda decoded: _hash_and_thumbnail(decoded.image, 2.0, decoded.extent),
+                                        reduced),
     }
     timings = {}
     for step, (function, inputs) in steps.items():
@@ -100,8 +106,8 @@ def cpu_ms_per_image(paths: list[str], repeats: int = 3) -> dict[str, float]:
     return timings
 
 
-def _hash_and_thumbnail(image: Image.Image, reducing_gap: float | None) -> tuple[str, str]:
-    grey = reduced_grey(image, reducing_gap)
+def _hash_and_thumbnail(image: Image.Image, reducing_gap: float | None, extent=None) -> tuple[str, str]:
+    grey = reduced_grey(image, reducing_gap, extent)
     return phash_of_grey(grey), thumbnail(grey)
 
 
@@ -155,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="ingest output folder (default: a temporary one)")
     parser.add_argument("--phash-reducing-gap", type=float, default=2.0,
                         help="ingest's phash_reducing_gap (config default 2.0; a negative value: null, the exact pHash)")
+    parser.add_argument("--decode-reduction", type=int, default=2, choices=(1, 2, 4, 8),
+                        help="ingest's decode_reduction (config default 2; 1: full-size decode)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="1: bare then ingest; 2 (default) or more (even): ABBA order, means per pass")
     parser.add_argument("--profile-images", type=int, default=200, help="images for the per-step CPU profile (0: none)")
@@ -181,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 summary = run_into(out, train_csv=args.train, test_csv=args.test, images_dir=args.images,
                                    threads=args.workers, chunksize=args.chunksize,
+                                   decode_reduction=args.decode_reduction,
                                    phash_reducing_gap=args.phash_reducing_gap, max_image_mb=64)
             wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
             totals[kind][0] += wall
@@ -197,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         "images": len(paths),
         "workers": args.workers,
         "chunksize": args.chunksize,
+        "decode_reduction": args.decode_reduction,
         "phash_reducing_gap": args.phash_reducing_gap,
         "bare_decode_seconds": round(bare_seconds, 2),
         "bare_decode_images_per_second": round(len(paths) / bare_seconds, 1),
@@ -208,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ingest_cpu_seconds": round(ingest_cpu, 2),
         "cpu_ratio_ingest_to_bare": round(ingest_cpu / bare_cpu, 2),
         "passes": passes,
-        "cpu_ms_per_image": cpu_ms_per_image(paths[: args.profile_images]) if args.profile_images else {},
+        "cpu_ms_per_image": cpu_ms_per_image(paths[: args.profile_images], args.decode_reduction) if args.profile_images else {},
         "rows_in": summary["rows_in"],
         "images_quarantined": summary["images_quarantined"],
     }

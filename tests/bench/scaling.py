@@ -112,6 +112,7 @@ def run_stage(stage: str, folder: Path, n_images: int, workers: int, expand_from
         settings = CONFIG["ingest"]
         return contract.run_into(p["ingest"], train_csv=p["train_csv"], test_csv=p["test_csv"],
                                  images_dir=p["images"], threads=workers, chunksize=settings["chunksize"],
+                                 decode_reduction=settings["decode_reduction"],
                                  phash_reducing_gap=settings["phash_reducing_gap"],
                                  max_image_mb=settings["max_image_mb"])
     if stage == "deduplicate":

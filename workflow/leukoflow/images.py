@@ -34,6 +34,7 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 # Full range of each high-bit-depth storage type (PIL mode prefix -> the value that maps to 255).
 _SIXTEEN_BIT = 65535.0
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+Extent = tuple[float, float, float, float]  # (0, 0, width, height) of a whole file in decoded pixels
 
 
 class UnreadableImage(ValueError):
@@ -54,6 +55,10 @@ class DecodedImage:
     stored_channels: int
     truncation: str = ""
     depth_scaling: str = ""
+    stored_size: tuple[int, int] = (0, 0)  # the file's width and height, whatever the decode's reduction
+    # (0, 0, width / r, height / r) when the decoder reduced by r (JPEG DCT scaling): fractional
+    # where a side is no multiple of r, as the last decoded row or column covers a part block.
+    extent: Extent = (0.0, 0.0, 0.0, 0.0)
 
 
 def read_limited(path: str | Path, max_bytes: int) -> bytes:
@@ -84,29 +89,41 @@ def _truncated_images_allowed() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _open_loaded(data: bytes) -> Image.Image:
+def _open_loaded(data: bytes, reduction: int = 1) -> tuple[Image.Image, tuple[int, int], Extent]:
+    """The loaded image, the file's own size and where the whole file lies in the decoded pixels;
+    a JPEG decodes at 1/`reduction` (`Image.draft`)."""
     image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    extent = (0.0, 0.0, float(width), float(height))
+    if reduction > 1 and image.format == "JPEG" and min(width, height) // reduction >= PHASH_SIDE:
+        drafted = image.draft(image.mode, (width // reduction, height // reduction))
+        extent = tuple(float(v) for v in drafted[1]) if drafted else extent
     image.load()
-    return image
+    return image, (width, height), extent
 
 
-def decode_image(data: bytes) -> tuple[Image.Image, str]:
+def decode_image(data: bytes, reduction: int = 1) -> tuple[Image.Image, str]:
     """The decoded image as stored and, when it decoded only as a truncated file, PIL's message.
 
     Raises:
         UnreadableImage: empty bytes, or whatever PIL or a registered plugin raises otherwise.
     """
+    image, _, _, truncation = _decode(data, reduction)
+    return image, truncation
+
+
+def _decode(data: bytes, reduction: int) -> tuple[Image.Image, tuple[int, int], Extent, str]:
     if not data:
         raise UnreadableImage("unreadable image: the file has 0 bytes")
     try:
         try:
-            return _open_loaded(data), ""
+            return *_open_loaded(data, reduction), ""
         except OSError as err:
             if "truncated" not in str(err).lower():
                 raise
             truncation = str(err)
         with _truncated_images_allowed():
-            return _open_loaded(data), truncation
+            return *_open_loaded(data, reduction), truncation
     except Exception as err:  # NOTE: PIL and plugins raise many types (OSError, SyntaxError, ImportError, ...)
         raise UnreadableImage(f"unreadable image: {error_text(err)}") from err
 
@@ -155,11 +172,15 @@ def load_rgb(path: str | Path, max_bytes: int) -> DecodedImage:
     return decode_rgb(read_limited(path, max_bytes))
 
 
-def decode_rgb(data: bytes) -> DecodedImage:
-    image, truncation = decode_image(data)
+def decode_rgb(data: bytes, reduction: int = 1) -> DecodedImage:
+    """`decode_image` then `to_rgb8`. With `reduction` r in 2, 4, 8 a JPEG whose short side keeps at
+    least PHASH_SIDE pixels is decoded at 1/r of its size by libjpeg's DCT scaling (each output
+    pixel from one r x r block's low frequencies), which skips most of the inverse DCT; other
+    formats, and JPEGs too small for it, decode at full size."""
+    image, stored_size, extent, truncation = _decode(data, reduction)
     stored = (image.mode, image.format or "", len(image.getbands()))
     rgb, scaling = to_rgb8(image)
-    return DecodedImage(rgb, *stored, truncation, scaling)
+    return DecodedImage(rgb, *stored, truncation, scaling, stored_size, extent)
 
 
 def rgb_mean_std(image: Image.Image) -> tuple[float, float]:
@@ -190,21 +211,23 @@ class ReducedGrey:
         return self.image.resize((side, side), resample, box=self.box)
 
 
-def reduced_grey(image: Image.Image, reducing_gap: float | None) -> ReducedGrey:
+def reduced_grey(image: Image.Image, reducing_gap: float | None,
+                 extent: Extent | None = None) -> ReducedGrey:
     """The image in grey, converted once, reduced (`Image.reduce`) before any resampling.
 
-    With `reducing_gap` None the full-resolution grey image. With a value g the grey image is
+    With `reducing_gap` None the grey image as decoded. With a value g the grey image is
     box-reduced (an exact mean of whole blocks) by the largest whole factor per side that keeps at
     least g x 32 pixels; resizing it with its `box` then equals Pillow's
     `grey.resize(size, resample, reducing_gap=g)`, which reduces the same way first. A 378x375
     smear at g = 2 becomes 76x75, so the 32x32 pHash resize and the thumbnail's box filter read
-    25x fewer pixels, and the full-resolution image is resampled by neither.
+    25x fewer pixels, and the full-resolution image is resampled by neither. `extent` is where the
+    whole file lies in `image` (`DecodedImage.extent`; default: all of it).
     """
     grey = image if image.mode == "L" else image.convert("L")
-    width, height = grey.size
+    width, height = extent[2:] if extent else (float(grey.size[0]), float(grey.size[1]))
     if reducing_gap is None:
-        return ReducedGrey(grey, (0.0, 0.0, float(width), float(height)))
-    factors = tuple(max(1, int(length / PHASH_SIDE / reducing_gap)) for length in grey.size)
+        return ReducedGrey(grey, (0.0, 0.0, width, height))
+    factors = tuple(max(1, int(length / PHASH_SIDE / reducing_gap)) for length in (width, height))
     reduced = grey.reduce(factors) if factors != (1, 1) else grey
     return ReducedGrey(reduced, (0.0, 0.0, width / factors[0], height / factors[1]))
 

@@ -13,6 +13,7 @@ renders these definitions into docs/tables.md.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +59,14 @@ INGEST_IMAGES = _register(Schema(
         Column("path", "str", "image the later stages read: the input file, or the repaired working copy"),
         _STATUS,
         _REASON,
-        Column("width", "int", "decoded width in px (0 when quarantined)"),
-        Column("height", "int", "decoded height in px (0 when quarantined)"),
+        Column("width", "int", "the file's width in px (0 when quarantined)"),
+        Column("height", "int", "the file's height in px (0 when quarantined)"),
         Column("channels", "int", "channels of the file as stored (1 grey, 3 RGB, 4 CMYK/RGBA)"),
         Column("mode", "str", "PIL mode of the file as stored"),
         Column("file_sha256", "str", "SHA-256 of the input file bytes"),
-        Column("pixel_mean", "float", "mean over all RGB pixels and channels (0-255)"),
-        Column("pixel_std", "float", "standard deviation over all RGB pixels and channels"),
-        Column("phash", "str", "64-bit imagehash pHash of the RGB image as 16 hex digits (empty when quarantined)"),
+        Column("pixel_mean", "float", "mean over all RGB pixels and channels (0-255) of ingest's decode: JPEGs at 1/ingest.decode_reduction of their size"),
+        Column("pixel_std", "float", "standard deviation over all RGB pixels and channels of that decode"),
+        Column("phash", "str", "64-bit imagehash pHash of that decode as 16 hex digits (empty when quarantined; docs/method.md, Perceptual hash)"),
         Column("thumbnail", "str", "32x32 grey thumbnail, row-major bytes as hex (empty when quarantined); curation compares candidate duplicates with it"),
     ),
 ))
@@ -497,6 +498,38 @@ def write_table(frame: pd.DataFrame, path: str | Path, schema: Schema) -> None:
         frame.to_csv(path, index=False)
     else:
         frame.to_parquet(path, index=False)
+
+
+class TableWriter:
+    """A parquet table written in row groups as its rows arrive, each group validated like
+    `write_table`'s frame, so that peak memory is one group whatever the table's length. The file
+    appears at `path` only on `commit` (a partial file never passes for the table)."""
+
+    def __init__(self, path: str | Path, schema: Schema) -> None:
+        self.path, self.schema = Path(path), schema
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._writer = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(validate(frame, self.schema, str(self.path)), preserve_index=False)
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self._partial, table.schema)
+        self._writer.write_table(table.cast(self._writer.schema))
+
+    def commit(self) -> None:
+        if self._writer is None:
+            self.write(empty_frame(self.schema))
+        self._writer.close()
+        os.replace(self._partial, self.path)
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._partial.unlink(missing_ok=True)
 
 
 def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:

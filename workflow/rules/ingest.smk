@@ -69,6 +69,7 @@ rule ingest:
         runtime=runtime_min("ingest"),
     params:
         chunksize=lookup(dpath="ingest/chunksize", within=config),
+        decode_reduction=lookup(dpath="ingest/decode_reduction", within=config),
         phash_reducing_gap=lookup(dpath="ingest/phash_reducing_gap", within=config),
         max_image_mb=lookup(dpath="ingest/max_image_mb", within=config),
     script:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from leukoflow import tables
 from leukoflow.constants import TEST_COLUMNS, TRAIN_COLUMNS
 from leukoflow.images import decode_image, perceptual_hash, rgb_mean_std  # noqa: F401 (re-exported)
 from leukoflow.ingest.findings import (  # noqa: F401 (re-exported)
-    COORDINATE_COLUMNS, IMAGES_TABLE, REASON_CODES, STAGE, TEST_TABLE, TRAIN_TABLE, IngestError, status_of,
+    COORDINATE_COLUMNS, IMAGES_TABLE, REASON_CODES, STAGE, TEST_TABLE, TRAIN_TABLE, Finding, IngestError, status_of,
 )
 from leukoflow.ingest.image_files import (  # noqa: F401 (re-exported)
     ImageRecord, inspect_image, list_image_folder, measure_images, referenced_images,
@@ -39,6 +40,8 @@ from leukoflow.ledger import (
 
 logger = logging.getLogger(__name__)
 BYTES_PER_MB = 1024 * 1024
+# Images per row group of images.parquet: about 10 MB of records at a time, whatever the dataset's size.
+IMAGE_ROWS_PER_GROUP = 4096
 
 
 # ---------------------------------------------------------------- frames
@@ -56,6 +59,22 @@ def frame_of_images(records: list[ImageRecord], splits: dict[str, str]) -> pd.Da
                    "thumbnail"):
         columns[column] = [getattr(r, column) for r in records]
     return _typed_frame(columns, tables.INGEST_IMAGES)
+
+
+def write_image_rows(records: Iterable[ImageRecord], splits: dict[str, str],
+                     table: tables.TableWriter) -> dict[str, list[Finding]]:
+    """Write the images table in row groups as the records come; keep only each image's findings."""
+    findings: dict[str, list[Finding]] = {}
+    group: list[ImageRecord] = []
+    for record in records:
+        findings[record.name] = record.findings
+        group.append(record)
+        if len(group) == IMAGE_ROWS_PER_GROUP:
+            table.write(frame_of_images(group, splits))
+            group = []
+    if group or not findings:
+        table.write(frame_of_images(group, splits))
+    return findings
 
 
 def frame_of_boxes(rows: CheckedTrainRows) -> pd.DataFrame:
@@ -83,17 +102,17 @@ def _typed_frame(columns: dict[str, Any], schema: tables.Schema) -> pd.DataFrame
                          for c in schema.columns})
 
 
-def build_ledger(train: CheckedTrainRows, test: CheckedTestRows, records: list[ImageRecord], unreferenced: list[str],
-                 images_dir: Path) -> LedgerBuilder:
+def build_ledger(train: CheckedTrainRows, test: CheckedTestRows, image_findings: dict[str, list[Finding]],
+                 unreferenced: list[str], images_dir: Path) -> LedgerBuilder:
     """All ingest decisions: train rows, test rows, images, then unreferenced files, each in order."""
     ledger = LedgerBuilder()
     for table, rows in ((TRAIN_TABLE, train), (TEST_TABLE, test)):
         for row, (name, findings) in enumerate(zip(rows.names, rows.findings)):
             for field_name, action, reason, detail in findings:
                 ledger.add(STAGE, table, row, name, field_name, action, reason, detail)
-    for record in records:
-        for field_name, action, reason, detail in record.findings:
-            ledger.add(STAGE, IMAGES_TABLE, NO_ROW, record.name, field_name, action, reason, detail)
+    for name, findings in image_findings.items():
+        for field_name, action, reason, detail in findings:
+            ledger.add(STAGE, IMAGES_TABLE, NO_ROW, name, field_name, action, reason, detail)
     for name in unreferenced:
         ledger.add(STAGE, IMAGES_TABLE, NO_ROW, name, "file", ACTION_QUARANTINED, "unreferenced_image",
                    f"file of {images_dir} referenced by neither {TRAIN_TABLE} nor {TEST_TABLE}")
@@ -103,7 +122,7 @@ def build_ledger(train: CheckedTrainRows, test: CheckedTestRows, records: list[I
 # ---------------------------------------------------------------- entry
 
 def ingest(*, train_csv: str, test_csv: str, images_dir: str, images: str, boxes: str, test: str, ledger: str,
-           repaired: str, threads: int, chunksize: int, phash_reducing_gap: float | None,
+           repaired: str, threads: int, chunksize: int, decode_reduction: int, phash_reducing_gap: float | None,
            max_image_mb: float) -> dict[str, Any]:
     """Check the challenge tables, decode every referenced image once, write the ingest tables.
 
@@ -121,6 +140,8 @@ def ingest(*, train_csv: str, test_csv: str, images_dir: str, images: str, boxes
         repaired: folder of the RGB working copies of repaired images; must lie outside `images_dir`.
         threads: decoding processes (1 decodes in this process).
         chunksize: images per task sent to a decoding process.
+        decode_reduction: 1 decodes every image at full size; 2, 4 or 8 decodes JPEGs at that fraction
+            of their size (`leukoflow.images.decode_rgb`), and measures them on that decode.
         phash_reducing_gap: None for exactly `imagehash.phash` of the full image; a value > 1 to take
             the pHash and the thumbnail from one box-reduced grey copy (`leukoflow.images.reduced_grey`).
         max_image_mb: files larger than this are quarantined (too_large) without being read.
@@ -145,20 +166,26 @@ def ingest(*, train_csv: str, test_csv: str, images_dir: str, images: str, boxes
     repaired_dir.mkdir(parents=True, exist_ok=True)
     records = measure_images(splits, set(test_rows.names), images_dir_path, repaired_dir, files,
                              workers=threads, chunksize=chunksize, progress=sys.stderr.isatty(),
-                             phash_reducing_gap=phash_reducing_gap, max_bytes=int(max_image_mb * BYTES_PER_MB))
-    image_findings = {record.name: record.findings for record in records}
-    propagate_image_findings(train_rows.names, train_rows.findings, image_findings)
-    propagate_image_findings(test_rows.names, test_rows.findings, image_findings)
-    unreferenced = sorted(files - set(splits))
-    decisions = build_ledger(train_rows, test_rows, records, unreferenced, images_dir_path)
-    frames = {"images": frame_of_images(records, splits), "boxes": frame_of_boxes(train_rows),
-              "test": frame_of_test_rows(test_rows)}
-    _refuse_when_nothing_usable(frames, decisions, train_csv, test_csv)
-    tables.write_table(frames["images"], images, tables.INGEST_IMAGES)
+                             phash_reducing_gap=phash_reducing_gap, decode_reduction=decode_reduction,
+                             max_bytes=int(max_image_mb * BYTES_PER_MB))
+    images_table = tables.TableWriter(images, tables.INGEST_IMAGES)
+    try:
+        image_findings = write_image_rows(records, splits, images_table)
+        propagate_image_findings(train_rows.names, train_rows.findings, image_findings)
+        propagate_image_findings(test_rows.names, test_rows.findings, image_findings)
+        unreferenced = sorted(files - set(splits))
+        decisions = build_ledger(train_rows, test_rows, image_findings, unreferenced, images_dir_path)
+        frames = {"boxes": frame_of_boxes(train_rows), "test": frame_of_test_rows(test_rows)}
+        _refuse_when_nothing_usable(frames, decisions, train_csv, test_csv)
+    except BaseException:
+        images_table.discard()
+        raise
+    images_table.commit()
     tables.write_table(frames["boxes"], boxes, tables.INGEST_BOXES)
     tables.write_table(frames["test"], test, tables.INGEST_TEST)
     tables.write_table(decisions.to_frame(), ledger, tables.LEDGER)
-    summary = summarize(frames, decisions, unreferenced, time.perf_counter() - started, threads)
+    image_status = pd.Series([status_of(findings)[0] for findings in image_findings.values()], dtype="str")
+    summary = summarize(frames, image_status, decisions, unreferenced, time.perf_counter() - started, threads)
     summary["extra_columns"] = {TRAIN_TABLE: train_table.extra_columns, TEST_TABLE: test_table.extra_columns}
     summary["csv_repairs"] = {TRAIN_TABLE: train_table.repairs, TEST_TABLE: test_table.repairs}
     logger.info("ingest: %s", {k: v for k, v in summary.items() if k != "reasons"})
@@ -166,14 +193,15 @@ def ingest(*, train_csv: str, test_csv: str, images_dir: str, images: str, boxes
 
 
 def run_into(out_dir: str | Path, *, train_csv: str | Path, test_csv: str | Path, images_dir: str | Path,
-             threads: int, chunksize: int, phash_reducing_gap: float | None, max_image_mb: float) -> dict[str, Any]:
+             threads: int, chunksize: int, decode_reduction: int, phash_reducing_gap: float | None,
+             max_image_mb: float) -> dict[str, Any]:
     """`ingest` with the workflow's file names under one folder (tests and benchmarks)."""
     out_dir = Path(out_dir)
     return ingest(train_csv=str(train_csv), test_csv=str(test_csv), images_dir=str(images_dir),
                   images=str(out_dir / "images.parquet"), boxes=str(out_dir / "boxes.parquet"),
                   test=str(out_dir / "test.parquet"), ledger=str(out_dir / "ledger.csv"),
                   repaired=str(out_dir / "repaired"), threads=threads, chunksize=chunksize,
-                  phash_reducing_gap=phash_reducing_gap, max_image_mb=max_image_mb)
+                  decode_reduction=decode_reduction, phash_reducing_gap=phash_reducing_gap, max_image_mb=max_image_mb)
 
 
 def _refuse_inside_input(images_dir: Path, *outputs: Path) -> None:
@@ -194,19 +222,18 @@ def _refuse_when_nothing_usable(frames: dict[str, pd.DataFrame], decisions: Ledg
                               "see the reason codes in docs/reliability.md")
 
 
-def summarize(frames: dict[str, pd.DataFrame], ledger: LedgerBuilder, unreferenced: list[str],
+def summarize(frames: dict[str, pd.DataFrame], image_status: pd.Series, ledger: LedgerBuilder, unreferenced: list[str],
               seconds: float, workers: int) -> dict[str, Any]:
     """Counts per status for rows (train + test) and images; checks that nothing went uncounted."""
     row_status = pd.concat([frames["boxes"]["status"], frames["test"]["status"]]).value_counts()
-    image_status = frames["images"]["status"].value_counts()
     summary: dict[str, Any] = {
         "rows_in": len(frames["boxes"]) + len(frames["test"]),
         "train_rows": len(frames["boxes"]),
         "test_rows": len(frames["test"]),
-        "images_in": len(frames["images"]),
+        "images_in": len(image_status),
         "images_unreferenced": len(unreferenced),
     }
-    for prefix, counts in (("rows", row_status), ("images", image_status)):
+    for prefix, counts in (("rows", row_status), ("images", image_status.value_counts())):
         for status, key in ((STATUS_OK, "kept"), (STATUS_REPAIRED, "repaired"), (STATUS_QUARANTINED, "quarantined")):
             summary[f"{prefix}_{key}"] = int(counts.get(status, 0))
         accounted = sum(summary[f"{prefix}_{key}"] for key in ("kept", "repaired", "quarantined"))
@@ -215,5 +242,5 @@ def summarize(frames: dict[str, pd.DataFrame], ledger: LedgerBuilder, unreferenc
                                  "kept + repaired + quarantined")
     summary["reasons"] = ledger.reason_counts()
     summary.update(workers=workers, seconds=round(seconds, 3),
-                   images_per_second=round(len(frames["images"]) / seconds, 1) if seconds > 0 else 0.0)
+                   images_per_second=round(len(image_status) / seconds, 1) if seconds > 0 else 0.0)
     return summary

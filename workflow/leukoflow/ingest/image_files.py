@@ -12,7 +12,7 @@ import math
 import multiprocessing
 import os
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ class ImageTask:
     repaired: str  # where the working copy goes if a repair is needed
     max_bytes: int
     phash_reducing_gap: float | None = None
+    decode_reduction: int = 1  # JPEGs decode at 1/n (`leukoflow.images.decode_rgb`)
 
 
 @dataclass
@@ -68,11 +69,11 @@ def inspect_image(task: ImageTask) -> ImageRecord:
     if not data:
         return _quarantine(record, "zero_size", "the file has 0 bytes")
     try:
-        decoded = images.decode_rgb(data)
+        decoded = images.decode_rgb(data, task.decode_reduction)
     except images.UnreadableImage as err:
         return _quarantine(record, "unreadable", str(err))
     image = decoded.image
-    record.width, record.height = image.size
+    record.width, record.height = decoded.stored_size
     record.mode, record.channels = decoded.stored_mode, decoded.stored_channels
     if decoded.truncation:
         reason = "truncated_jpeg" if decoded.stored_format == "JPEG" else "truncated_image"
@@ -83,11 +84,12 @@ def inspect_image(task: ImageTask) -> ImageRecord:
         record.findings.append(("mode", ACTION_REPAIRED, mode_reason(decoded.stored_mode),
                                 f"{decoded.stored_mode} converted to RGB"))
     record.pixel_mean, record.pixel_std = images.rgb_mean_std(image)
-    grey = images.reduced_grey(image, task.phash_reducing_gap)  # one grey conversion and reduction for both
+    grey = images.reduced_grey(image, task.phash_reducing_gap, decoded.extent)  # one grey copy for both
     record.phash = images.phash_of_grey(grey)
     record.thumbnail = thumbnail(grey)
     if record.findings:
-        image.save(task.repaired, format=REPAIRED_FORMAT)
+        full_size = image if image.size == decoded.stored_size else images.decode_rgb(data).image
+        full_size.save(task.repaired, format=REPAIRED_FORMAT)
         record.path = task.repaired
     return record
 
@@ -101,20 +103,23 @@ def _quarantine(record: ImageRecord, reason: str, detail: str) -> ImageRecord:
     return record
 
 
-def inspect_images(tasks: list[ImageTask], workers: int, chunksize: int, progress: bool) -> list[ImageRecord]:
-    """`inspect_image` over all tasks in `workers` processes; results in task order."""
+def inspect_images(tasks: Iterable[ImageTask], total: int, workers: int, chunksize: int,
+                   progress: bool) -> Iterator[ImageRecord]:
+    """`inspect_image` over the tasks in `workers` processes, yielded in task order as they come.
+
+    Neither the tasks nor the records are held: the pool draws tasks as its workers free up and
+    the caller writes each record away (ingest's images table, in row groups).
+    """
     with contextlib.ExitStack() as stack:
-        if workers > 1 and len(tasks) > 1:
+        if workers > 1 and total > 1:
             pool = stack.enter_context(multiprocessing.Pool(processes=workers))
             results: Iterable[ImageRecord] = pool.imap(inspect_image, tasks, chunksize=chunksize)
         else:
             results = map(inspect_image, tasks)
-        bar = stack.enter_context(tqdm(total=len(tasks), disable=not progress, unit="img", desc="ingest images"))
-        records = []
+        bar = stack.enter_context(tqdm(total=total, disable=not progress, unit="img", desc="ingest images"))
         for record in results:
-            records.append(record)
             bar.update()
-    return records
+            yield record
 
 
 def list_image_folder(images_dir: Path) -> set[str]:
@@ -134,21 +139,20 @@ def referenced_images(train: CheckedTrainRows, test: CheckedTestRows) -> dict[st
 
 def measure_images(splits: dict[str, str], test_names: set[str], images_dir: Path, repaired_dir: Path,
                    files: set[str], *, workers: int, chunksize: int, progress: bool,
-                   phash_reducing_gap: float | None, max_bytes: int) -> list[ImageRecord]:
-    """One record per referenced image: decoded when its file exists, quarantined otherwise."""
-    tasks = [ImageTask(name, str(images_dir / name), str(repaired_dir / (name + REPAIRED_SUFFIX)), max_bytes,
-                       phash_reducing_gap)
-             for name in splits if name in files]
-    decoded = {record.name: record for record in inspect_images(tasks, workers, chunksize, progress)}
-    records = []
+                   phash_reducing_gap: float | None, decode_reduction: int, max_bytes: int) -> Iterator[ImageRecord]:
+    """One record per referenced image, in the order of `splits`: decoded when its file exists,
+    quarantined otherwise."""
+    present = [name for name in splits if name in files]
+    tasks = (ImageTask(name, str(images_dir / name), str(repaired_dir / (name + REPAIRED_SUFFIX)), max_bytes,
+                       phash_reducing_gap, decode_reduction) for name in present)
+    decoded = inspect_images(tasks, len(present), workers, chunksize, progress)
     for name, split in splits.items():
-        record = decoded.get(name) or _quarantine(ImageRecord(name, str(images_dir / name)), "missing_file",
-                                                  _missing_detail(name, images_dir, files))
+        record = next(decoded) if name in files else _quarantine(
+            ImageRecord(name, str(images_dir / name)), "missing_file", _missing_detail(name, images_dir, files))
         if split == SPLIT_TRAIN and name in test_names:
             record.findings.append(("split", ACTION_QUARANTINED, "name_in_both_splits",
                                     "NAME is referenced by train.csv and by test.csv"))
-        records.append(record)
-    return records
+        yield record
 
 
 def _missing_detail(name: str, images_dir: Path, files: set[str]) -> str:
