@@ -6,6 +6,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -255,3 +256,65 @@ def test_a_bundle_is_logged_as_a_model(tmp_path):
     model_id = tracking.log_bundle(client, settings, experiment_id, run.info.run_id, bundle, name="ensemble")
     model = client.get_logged_model(model_id)
     assert model.source_run_id == run.info.run_id and "READY" in str(model.status)
+
+
+class _Files(list):
+    """A Snakemake named file list: iterates over its paths, names them as attributes."""
+
+    def __init__(self, **named: str) -> None:
+        super().__init__(named.values())
+        self._names = list(named)
+        self.__dict__.update(named)
+
+
+def _job(tmp_path: Path, name: str) -> SimpleNamespace:
+    summary, log = tmp_path / "out" / f"{name}.json", tmp_path / "logs" / f"{name}.log"
+    for path in (summary, log):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    return SimpleNamespace(config=_tracking_config(), rule="evaluate", threads=1, wildcards=_Files(fold="2"),
+                           params=_Files(width=3), output=_Files(summary=str(summary)), log=_Files(log=str(log)))
+
+
+@pytest.mark.slow
+def test_a_journaled_job_reaches_the_store_with_its_own_times_values_and_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(tracking.ENV_PARENT_RUN, raising=False)
+    done = tracking.start_journaled_run(_job(tmp_path, "done"))
+    done.log_epoch({"loss": 0.5}, step=1)
+    done.finish({"score": 0.75, "loss": 0.5}, _job(tmp_path, "done"))
+    failed = tracking.start_journaled_run(_job(tmp_path, "failed"))
+    failed.fail()
+    killed = tracking.start_journaled_run(_job(tmp_path, "killed"))  # its job died before an end
+    (tmp_path / "logs" / "done.log").write_text("rewritten by a later job")
+    records = sorted((tmp_path / tracking.JOURNAL_DIR).glob("*.json"))
+    assert len(records) == 3 and killed.active
+    settings = tracking.settings_from_config(_tracking_config(), tmp_path)
+    client, experiment_id = tracking.open_store(settings)
+    assert tracking.flush_journal(client, settings, experiment_id, tmp_path) == 3
+    assert not list((tmp_path / tracking.JOURNAL_DIR).iterdir())
+    runs = {run.info.status: run for run in client.search_runs([experiment_id])}
+    assert sorted(runs) == ["FAILED", "FINISHED", "KILLED"]
+    first = runs["FINISHED"]
+    assert first.info.run_name == "evaluate[fold=2]" and first.data.params["width"] == "3"
+    assert first.data.metrics == {"score": 0.75, "loss": 0.5}  # the epoch's loss is not logged twice
+    assert first.info.end_time >= first.info.start_time == done.record["start_ms"]
+    assert first.data.tags["rule"] == "evaluate" and first.data.tags["leukoflow.run_kind"] == "rule"
+    log = client.download_artifacts(first.info.run_id, "logs/done.log", str(tmp_path / "dl"))
+    assert Path(log).read_text() == "{}"  # the log as the job left it
+
+
+def test_a_journaled_job_never_imports_mlflow(tmp_path):
+    script = (
+        "import sys; from types import SimpleNamespace\n"
+        "from tests.test_tracking import _job\n"
+        "from leukoflow.engine import tracking\n"
+        "from pathlib import Path\n"
+        f"run = tracking.start_journaled_run(_job(Path({str(tmp_path)!r}), 'j'))\n"
+        f"run.finish({{'score': 1.0}}, _job(Path({str(tmp_path)!r}), 'j'))\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'mlflow'], 'mlflow was imported'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "workflow"), str(REPO)])}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / tracking.JOURNAL_DIR).glob("*.json"))) == 1
