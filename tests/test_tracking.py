@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from leukoflow.engine import summaries, tracking
+from leukoflow.engine import journal, summaries, tracking
 from tests.conftest import REPO, SNAKEMAKE
 
 PARALLEL_JOBS = 4
@@ -280,19 +280,19 @@ def _job(tmp_path: Path, name: str) -> SimpleNamespace:
 def test_a_journaled_job_reaches_the_store_with_its_own_times_values_and_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(tracking.ENV_PARENT_RUN, raising=False)
-    done = tracking.start_journaled_run(_job(tmp_path, "done"))
+    done = journal.start_journaled_run(_job(tmp_path, "done"))
     done.log_epoch({"loss": 0.5}, step=1)
     done.finish({"score": 0.75, "loss": 0.5}, _job(tmp_path, "done"))
-    failed = tracking.start_journaled_run(_job(tmp_path, "failed"))
+    failed = journal.start_journaled_run(_job(tmp_path, "failed"))
     failed.fail()
-    killed = tracking.start_journaled_run(_job(tmp_path, "killed"))  # its job died before an end
+    killed = journal.start_journaled_run(_job(tmp_path, "killed"))  # its job died before an end
     (tmp_path / "logs" / "done.log").write_text("rewritten by a later job")
-    records = sorted((tmp_path / tracking.JOURNAL_DIR).glob("*.json"))
+    records = sorted((tmp_path / journal.JOURNAL_DIR).glob("*.json"))
     assert len(records) == 3 and killed.active
     settings = tracking.settings_from_config(_tracking_config(), tmp_path)
     client, experiment_id = tracking.open_store(settings)
-    assert tracking.flush_journal(client, settings, experiment_id, tmp_path) == 3
-    assert not list((tmp_path / tracking.JOURNAL_DIR).iterdir())
+    assert journal.flush_journal(client, settings, experiment_id, tmp_path) == 3
+    assert not list((tmp_path / journal.JOURNAL_DIR).iterdir())
     runs = {run.info.status: run for run in client.search_runs([experiment_id])}
     assert sorted(runs) == ["FAILED", "FINISHED", "KILLED"]
     first = runs["FINISHED"]
@@ -308,13 +308,13 @@ def test_a_journaled_job_never_imports_mlflow(tmp_path):
     script = (
         "import sys; from types import SimpleNamespace\n"
         "from tests.test_tracking import _job\n"
-        "from leukoflow.engine import tracking\n"
+        "from leukoflow.engine import journal\n"
         "from pathlib import Path\n"
-        f"run = tracking.start_journaled_run(_job(Path({str(tmp_path)!r}), 'j'))\n"
+        f"run = journal.start_journaled_run(_job(Path({str(tmp_path)!r}), 'j'))\n"
         f"run.finish({{'score': 1.0}}, _job(Path({str(tmp_path)!r}), 'j'))\n"
         "assert not [m for m in sys.modules if m.split('.')[0] == 'mlflow'], 'mlflow was imported'\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "workflow"), str(REPO)])}
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert len(list((tmp_path / tracking.JOURNAL_DIR).glob("*.json"))) == 1
+    assert len(list((tmp_path / journal.JOURNAL_DIR).glob("*.json"))) == 1

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from leukoflow.engine import live, offline, recovery, tracking
+from leukoflow.engine import journal, live, offline, recovery, tracking
 from leukoflow.engine.summaries import read_json, write_json
 
 __all__ = ["RuleBindingError", "bind", "read_json", "run_rule", "tracked", "write_json"]
@@ -42,7 +42,7 @@ def tracked(entry: Entry | None = None, *, live: bool = False) -> Any:
 
     `@tracked(live=True)` (training) opens the run in the job, so its per-epoch curves show while
     it trains; plain `@tracked` journals the run for the main process to log at the end
-    (`tracking.JournaledRun`), so the job never imports MLflow.
+    (`leukoflow.engine.journal`), so the job never imports MLflow.
     """
     def mark(function: Entry) -> Entry:
         function.tracked = TRACKED_LIVE if live else TRACKED_JOURNALED  # type: ignore[attr-defined]
@@ -124,7 +124,7 @@ def _start_run(smk: Any, tracked_as: str | None) -> Any:
     if tracked_as == TRACKED_LIVE:
         return tracking.start_rule_run(smk)
     if tracked_as == TRACKED_JOURNALED:
-        return tracking.start_journaled_run(smk)
+        return journal.start_journaled_run(smk)
     return tracking.RuleRun()
 
 

@@ -10,7 +10,7 @@ Life cycle (docs/hardware.md §3):
 - `start_rule_run` (called by `runtime.run_rule` for training entries, `@tracked(live=True)`) opens
   the job's child run with its params and provenance tags. Other tracked jobs get a `JournaledRun`:
   the same run kept as a record file, logged by the main process when the invocation ends
-  (`flush_journal`, from `on_finish`), so they never import MLflow. While the job runs, `RuleRun.log_epoch` takes its training loops' per-epoch
+  (`leukoflow.engine.journal`, flushed by the `onsuccess`/`onerror` hooks), so they never import MLflow. While the job runs, `RuleRun.log_epoch` takes its training loops' per-epoch
   metrics (via `leukoflow.engine.live`): live curves, one series per quantity. `RuleRun.finish`
   logs the summary's numbers that live logging did not (`summaries.end_of_job_values`; lists are
   per-step curves), small output files as artifacts and a declared `bundle` output as an MLflow
@@ -35,7 +35,6 @@ import logging
 import os
 import random
 import re
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -48,7 +47,6 @@ from leukoflow.engine.summaries import end_of_job_values, flatten, metric_key, m
 
 ENV_PARENT_RUN = "LEUKOFLOW_PARENT_RUN_ID"
 PARENT_RUN_FILE = Path("results/tracking/parent_run.json")
-JOURNAL_DIR = Path("results/tracking/journal")  # runs of jobs that do not train, until the main process logs them
 # Files worth keeping beside a run: plots, small tables, summaries, logs.
 SMALL_ARTIFACT_SUFFIXES = frozenset({".png", ".svg", ".pdf", ".html", ".csv", ".tsv", ".json", ".txt", ".md", ".yaml"})
 BUNDLE_OUTPUT = "bundle"  # a rule output with this name is logged as an MLflow model
@@ -213,7 +211,6 @@ def on_start(config: Mapping[str, Any], workdir: str | Path | None = None, *, ta
         return None
     started = time.perf_counter()
     client, experiment_id = open_store(settings)
-    flush_journal(client, settings, experiment_id, workdir)  # left by an invocation that was killed
     run_file = _run_file(workdir)
     existing = _read_run_file(run_file)
     if existing and existing.get("owner") == _invocation_owner():
@@ -241,8 +238,7 @@ def on_finish(config: Mapping[str, Any], *, succeeded: bool, workdir: str | Path
     existing = _read_run_file(run_file)
     if settings is None or not existing or existing.get("owner") != _invocation_owner():
         return
-    client, experiment_id = open_store(settings)
-    flush_journal(client, settings, experiment_id, workdir)
+    client, _ = open_store(settings)
     run_id = existing["run_id"]
     metrics_path = Path(workdir or ".") / metrics_json
     if succeeded and metrics_path.is_file():
@@ -379,130 +375,6 @@ def start_rule_run(smk: Any) -> RuleRun:
     except Exception:
         logger.warning("tracking: could not open a run in %s; the rule runs untracked", settings.uri, exc_info=True)
         return RuleRun()
-
-
-# ----------------------------------------------------------------------------- journaled runs
-
-class JournaledRun:
-    """The run of a job that does not train, kept as a record file (`JOURNAL_DIR`) that the
-    invocation's main process logs to MLflow when it ends (`flush_journal`): the job never imports
-    MLflow, whose import and SQLite store cost about 2 s of CPU per job (BENCHMARKS.md, "Light
-    jobs"). Times, params, tags, metrics, artifacts and status are the job's own; only the run
-    appears in the store at the end of the invocation instead of while the job runs."""
-
-    def __init__(self, settings: TrackingSettings, path: Path, record: dict[str, Any]) -> None:
-        self.settings, self.path, self.record = settings, path, record
-        self.live_keys: set[str] = set()
-
-    @property
-    def active(self) -> bool:
-        return True
-
-    def finish(self, summary: Mapping[str, Any], smk: Any) -> None:
-        try:
-            self.record["metrics"] += [[key, value, step, _now_ms()]
-                                       for key, value, step in end_of_job_values(summary, self.live_keys)]
-            self.record["artifacts"] = self._keep_small_files(smk)
-            bundle = _named_output(smk, BUNDLE_OUTPUT)
-            self.record["bundle"] = [str(Path(bundle).resolve()), smk.rule] if bundle is not None else None
-            self._end("FINISHED")
-        except Exception:
-            logger.warning("tracking: could not record run %s; the rule's outputs are unaffected", self.path,
-                           exc_info=True)
-
-    def log_epoch(self, metrics: Mapping[str, Any], step: int) -> None:
-        values = [[key, value, step, _now_ms()] for key, value, _ in metric_values(metrics)]
-        self.record["metrics"] += values
-        self.live_keys.update(key for key, *_ in values)
-
-    def fail(self) -> None:
-        with contextlib.suppress(Exception):
-            self._end("FAILED")
-
-    def _end(self, status: str) -> None:
-        self.record.update(status=status, end_ms=_now_ms())
-        _write_record(self.path, self.record)
-
-    def _keep_small_files(self, smk: Any) -> list[list[str]]:
-        """Copies of the small outputs and logs as they are now (a later job may rewrite a log)."""
-        kept = []
-        for path, folder in _small_files(smk, self.settings.max_artifact_mb):
-            copy = self.path.with_suffix("") / folder / path.name
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, copy)
-            kept.append([str(copy.resolve()), folder])
-        return kept
-
-
-def start_journaled_run(smk: Any) -> JournaledRun | RuleRun:
-    """Begin the record of a tracked job that does not train (no-op when tracking is off)."""
-    settings = settings_from_config(getattr(smk, "config", {}) or {})
-    if settings is None:
-        return RuleRun()
-    tags = {**provenance_tags(smk.config), **rule_tags(smk)}
-    parent = parent_run_id()
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    record = {"run_name": run_name(smk), "tags": _truncate_tags(tags), "start_ms": _now_ms(), "status": "RUNNING",
-              "params": {key: _param_value(value) for key, value in rule_params(smk).items()}, "metrics": []}
-    path = JOURNAL_DIR / f"{time.time_ns()}-{socket.gethostname()}-{os.getpid()}.json"
-    _write_record(path, record)  # a job killed before its end still leaves its run (logged KILLED)
-    return JournaledRun(settings, path, record)
-
-
-def flush_journal(client: Any, settings: TrackingSettings, experiment_id: str,
-                  workdir: str | Path | None = None) -> int:
-    """Log every journaled run to the store, oldest first, and remove its record; how many.
-
-    A record that cannot be logged stays for the next invocation's `on_start`.
-    """
-    folder = Path(workdir or ".") / JOURNAL_DIR
-    logged = 0
-    for path in sorted(folder.glob("*.json")):
-        record = _read_run_file(path)
-        if record is None:
-            continue
-        try:
-            _log_record(client, settings, experiment_id, record)
-        except Exception:
-            logger.warning("tracking: could not log the journaled run %s; kept for the next run", path, exc_info=True)
-            continue
-        path.unlink()
-        shutil.rmtree(path.with_suffix(""), ignore_errors=True)
-        logged += 1
-    return logged
-
-
-def _log_record(client: Any, settings: TrackingSettings, experiment_id: str, record: dict[str, Any]) -> None:
-    from mlflow.entities import Metric, Param
-
-    run = with_lock_retries(lambda: client.create_run(experiment_id, start_time=record["start_ms"], tags=record["tags"],
-                                                      run_name=record["run_name"]), settings, "create run")
-    run_id = run.info.run_id
-    params = [Param(key, value) for key, value in record["params"].items()]
-    for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
-        with_lock_retries(lambda c=chunk: client.log_batch(run_id, params=c), settings, "log params")
-    metrics = [Metric(key, value, timestamp, step) for key, value, step, timestamp in record["metrics"]]
-    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-        with_lock_retries(lambda c=chunk: client.log_batch(run_id, metrics=c), settings, "log metrics")
-    for path, folder in record.get("artifacts") or ():
-        with_lock_retries(lambda p=path, f=folder: client.log_artifact(run_id, p, f), settings, f"log artifact {path}")
-    if record.get("bundle") and Path(record["bundle"][0]).exists():
-        log_bundle(client, settings, experiment_id, run_id, Path(record["bundle"][0]), name=record["bundle"][1])
-    status = "KILLED" if record["status"] == "RUNNING" else record["status"]
-    with_lock_retries(lambda: client.set_terminated(run_id, status, end_time=record.get("end_ms")), settings, "end run")
-
-
-def _write_record(path: Path, record: dict[str, Any]) -> None:
-    """Whole or not at all: a reader never sees half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(record, default=str) + "\n")
-    os.replace(partial, path)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def run_name(smk: Any) -> str:
