@@ -287,7 +287,7 @@ def test_exact_hashes_link_without_confirmation():
 def test_bad_thumbnail_is_refused():
     images = ingest_images([("a.jpg", "train", BASE)])
     images.loc[0, "thumbnail"] = "00ff"
-    with pytest.raises(ValueError, match="thumbnail"):
+    with pytest.raises(ValueError, match="row 0: thumbnail"):
         run(images, ingest_boxes([("a.jpg", "LY")]))
     assert thumbnails_to_array([]).shape == (0, THUMBNAIL_SIDE, THUMBNAIL_SIDE)
 
@@ -296,6 +296,8 @@ def test_stored_thumbnails_decode_to_uint8_and_score_as_their_float_copies():
     levels = [scene(k) for k in (1, 2, 1)]  # uint8, as ingest stores them
     thumbnails = thumbnails_to_array([level.tobytes().hex() for level in levels])
     assert thumbnails.dtype == np.uint8 and np.array_equal(thumbnails, np.stack(levels))
+    hexes = pd.Series([level.tobytes().hex() for level in levels], dtype="str").array
+    assert np.array_equal(thumbnails_to_array(hexes, [2, 0]), np.stack([levels[2], levels[0]]))
     pairs = np.array([0, 0]), np.array([1, 2])
     assert np.array_equal(similarity(thumbnails, *pairs), similarity(thumbnails.astype(np.float32), *pairs))
 

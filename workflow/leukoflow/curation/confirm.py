@@ -23,12 +23,14 @@ _PAIRS_PER_BLOCK = 4096  # bounds memory: a block holds 2 x pairs x side^2 float
 _FLAT = 1e-6  # a window whose variance per pixel is below this (squared grey levels) counts as flat: score 0
 
 
-def _smoothed(thumbnails: np.ndarray) -> np.ndarray:
-    """Each thumbnail smoothed with SMOOTHING_SIGMA (float32, whatever the input's type)."""
-    if not len(thumbnails):
-        return thumbnails.astype(np.float32)
-    return np.stack([cv2.GaussianBlur(thumbnail.astype(np.float32), (0, 0), SMOOTHING_SIGMA,
-                                      borderType=cv2.BORDER_REFLECT) for thumbnail in thumbnails])
+def _smoothed(thumbnails: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """The thumbnails at `used`, each smoothed with SMOOTHING_SIGMA (float32, whatever the input's
+    type), written into one array: no list of copies to stack (1.2 GB more at 300k images)."""
+    smoothed = np.empty((len(used), *thumbnails.shape[1:]), np.float32)
+    for index, row in enumerate(used):
+        smoothed[index] = cv2.GaussianBlur(thumbnails[row].astype(np.float32), (0, 0), SMOOTHING_SIGMA,
+                                           borderType=cv2.BORDER_REFLECT)
+    return smoothed
 
 
 def _window_sums(integral: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
@@ -66,7 +68,7 @@ def similarity(thumbnails: np.ndarray, first: np.ndarray, second: np.ndarray) ->
     """
     side = thumbnails.shape[-1]
     used = np.union1d(first, second)  # only candidates are smoothed: at 69k images most are never read
-    smoothed = _smoothed(thumbnails[used])
+    smoothed = _smoothed(thumbnails, used)
     first, second = np.searchsorted(used, first), np.searchsorted(used, second)
     best = np.full(len(first), -1.0)
     for start in range(0, len(first), _PAIRS_PER_BLOCK):

@@ -7,6 +7,8 @@ thumbnail per image in images.parquet lets it do so without decoding any image a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image
 
@@ -25,16 +27,19 @@ def thumbnail(grey: ReducedGrey) -> str:
     return grey.resized(THUMBNAIL_SIDE, Image.Resampling.BOX).tobytes().hex()
 
 
-def thumbnails_to_array(values: list[str]) -> np.ndarray:
-    """(n, side, side) uint8 grey levels from thumbnail hex strings; raises naming the first bad one.
+def thumbnails_to_array(values: Sequence[str], rows: Sequence[int] | None = None) -> np.ndarray:
+    """(n, side, side) uint8 grey levels from thumbnail hex strings (those at `rows`, in that order,
+    when given); raises naming the first bad one by its row.
 
     Decoded row by row into one uint8 array: at 300k images, joining the strings and widening
     them to float32 held about 1.8 GB more than these 300 MB (BENCHMARKS.md, "Dedup memory").
     """
     size = THUMBNAIL_SIDE * THUMBNAIL_SIDE
-    levels = np.empty((len(values), THUMBNAIL_SIDE, THUMBNAIL_SIDE), np.uint8)
-    for index, value in enumerate(values):
+    rows = range(len(values)) if rows is None else rows
+    levels = np.empty((len(rows), THUMBNAIL_SIDE, THUMBNAIL_SIDE), np.uint8)
+    for index, row in enumerate(rows):
+        value = values[row]
         if len(value) != 2 * size:
-            raise ValueError(f"images table, row {index}: thumbnail has {len(value) // 2} bytes, expected {size}")
+            raise ValueError(f"images table, row {row}: thumbnail has {len(value) // 2} bytes, expected {size}")
         levels[index] = np.frombuffer(bytes.fromhex(value), np.uint8).reshape(THUMBNAIL_SIDE, THUMBNAIL_SIDE)
     return levels
