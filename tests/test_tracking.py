@@ -7,6 +7,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -289,10 +290,10 @@ def test_a_journaled_job_reaches_the_store_with_its_own_times_values_and_files(t
     (tmp_path / "logs" / "done.log").write_text("rewritten by a later job")
     records = sorted((tmp_path / journal.JOURNAL_DIR).glob("*.json"))
     assert len(records) == 3 and killed.active
+    assert journal.flush(_tracking_config(), tmp_path) == 3  # no relay ran: all logged at the end
+    assert not list((tmp_path / journal.JOURNAL_DIR).iterdir())
     settings = tracking.settings_from_config(_tracking_config(), tmp_path)
     client, experiment_id = tracking.open_store(settings)
-    assert journal.flush_journal(client, settings, experiment_id, tmp_path) == 3
-    assert not list((tmp_path / journal.JOURNAL_DIR).iterdir())
     runs = {run.info.status: run for run in client.search_runs([experiment_id])}
     assert sorted(runs) == ["FAILED", "FINISHED", "KILLED"]
     first = runs["FINISHED"]
@@ -318,3 +319,39 @@ def test_a_journaled_job_never_imports_mlflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / journal.JOURNAL_DIR).glob("*.json"))) == 1
+
+
+@pytest.mark.slow
+def test_the_relay_shows_a_training_jobs_epochs_while_it_runs_and_logs_each_value_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(tracking.ENV_PARENT_RUN, raising=False)
+    job = _job(tmp_path, "train")
+    run = journal.start_journaled_run(job)
+    settings = tracking.settings_from_config(_tracking_config(), tmp_path)
+    client, experiment_id = tracking.open_store(settings)
+    relay = journal.Relay(client, settings, experiment_id, tmp_path)
+    for epoch in (1, 2):
+        run.log_epoch({"train_loss": 1.0 / epoch}, step=epoch)
+    assert relay.sync(final=False) == 0
+    live = client.search_runs([experiment_id])[0]
+    assert live.info.status == "RUNNING"
+    assert [m.step for m in client.get_metric_history(live.info.run_id, "train_loss")] == [1, 2]
+    run.log_epoch({"train_loss": 0.25}, step=3)
+    run.finish({"train_loss": [1.0, 0.5, 0.25], "best": 0.9}, job)
+    assert relay.sync(final=False) == 1 and relay.sync(final=True) == 0
+    done = client.get_run(live.info.run_id)
+    assert done.info.status == "FINISHED" and done.data.metrics["best"] == 0.9
+    history = client.get_metric_history(live.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 0.25)]  # the summary's curve not again
+    assert len(client.search_runs([experiment_id])) == 1
+
+
+def test_the_relay_thread_starts_with_the_invocation_and_stops_at_its_end(tmp_path):
+    config = _tracking_config(relay_s=0.05)
+    relay = journal.start(config, tmp_path)
+    thread = [t for t in threading.enumerate() if t.name == "leukoflow-journal-relay"]
+    assert relay is not None and len(thread) == 1 and thread[0].daemon
+    assert journal.flush(config, tmp_path) == 0
+    thread[0].join(timeout=5)
+    assert not thread[0].is_alive()
+    assert journal.start({}, tmp_path) is None and journal.flush({}, tmp_path) == 0  # tracking off

@@ -1,14 +1,14 @@
 # MLflow: one parent run per invocation, opened before the first job and ended after the last.
 # Hooks run in the main snakemake process only (spawned cluster jobs get --no-hooks), so the
-# store is created/upgraded exactly once before parallel jobs log into it (docs/hardware.md §3).
-# Training jobs open their own child run in leukoflow.engine.runtime.run_rule; the other tracked
-# jobs journal theirs, and these hooks log the journal (leukoflow.engine.journal).
+# store is created/upgraded exactly once before any job's run is logged (docs/hardware.md §3).
+# Tracked jobs journal their runs (leukoflow.engine.runtime.run_rule); this process relays the
+# records into the store while the jobs run and logs what is left at the end (leukoflow.engine.journal).
 from leukoflow.engine import journal, tracking
 
 
 onstart:
     tracking.on_start(config, targets=tracking.requested_targets(workflow))
-    journal.flush(config)  # runs a killed invocation left
+    journal.start(config)
 
 
 onsuccess:

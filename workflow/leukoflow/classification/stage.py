@@ -36,7 +36,7 @@ def _settings(seed: int, device: str, amp: bool, deterministic: bool, channels_l
                          channels_last=channels_last, prefetch=prefetch)
 
 
-@tracked(live=True)
+@tracked
 def train_classifier(*, pixels: Path_, index: Path_, crops: Optional, boxes: Optional, folds: Optional,
                      background_pixels: Optional, background_index: Optional, weights: Optional, init: Optional,
                      pseudo: Optional, best: Path_, oof: Path_, fold_test: Path_, spec: dict[str, Any], fold: int,

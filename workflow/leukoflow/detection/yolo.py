@@ -57,7 +57,7 @@ def import_yolo():
     return YOLO
 
 
-@tracked(live=True)
+@tracked
 def train_detector(*, datasets: str, fold: str, run_dir: str, weights: str, history: str, arch: str,
                    init_weights: str, train_args: Mapping[str, Any], seed: int, device: str,
                    threads: int) -> dict[str, Any]:

@@ -1,12 +1,15 @@
-"""Journaled MLflow runs: the run of a tracked job that does not train, kept as a record file.
+"""Journaled MLflow runs: every tracked job writes its run as a record file; the main process logs it.
 
-The job writes its run (start and end times, params, provenance tags, metrics, copies of its small
-outputs and logs, its bundle's path, its status) under `JOURNAL_DIR` without importing MLflow,
-whose import and SQLite store cost about 2 s of CPU per job (BENCHMARKS.md, "Light jobs"). The
-invocation's main process, which has MLflow loaded since `onstart`, logs every record when the
-invocation ends (`flush`, from the `onsuccess`/`onerror` hooks of workflow/rules/tracking.smk);
-records a killed invocation left are logged by the next `onstart`, a job that never ended as KILLED. Training jobs keep live runs
-(`tracking.start_rule_run`): their per-epoch curves show while they train.
+A tracked job (`runtime.tracked`) writes its run under `JOURNAL_DIR` (start and end times,
+params, provenance tags, per-epoch and end-of-job metrics, copies of its small outputs and logs,
+its bundle's path, its status) and never imports MLflow, whose import and SQLite store cost about
+2 s of CPU per job (BENCHMARKS.md, "Journaled runs"). The invocation's main Snakemake process,
+which loads MLflow once for the parent run, relays the records into the store (`Relay`): a
+thread started by `start` (the `onstart` hook) creates each run as its job starts, logs its
+epochs as they come and ends it when its record does, every `tracking.relay_s` seconds; `flush`
+(the `onsuccess`/`onerror` hooks) stops the thread and logs what is left. Records a killed
+invocation left are logged by the next `start`, a job that never ended as KILLED. A record that
+cannot be logged stays for the next invocation.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,13 +35,12 @@ from leukoflow.engine.tracking import (
     run_name, settings_from_config, with_lock_retries,
 )
 
-JOURNAL_DIR = Path("results/tracking/journal")  # runs of jobs that do not train, until the main process logs them
+JOURNAL_DIR = Path("results/tracking/journal")  # the jobs' runs, until the main process has logged them
 logger = logging.getLogger("leukoflow.engine.tracking")
 
 
 class JournaledRun:
-    """The run of a job that does not train, as a record file (`JOURNAL_DIR`); same interface as
-    `tracking.RuleRun`. The run appears in the store when the invocation ends, not while the job runs."""
+    """The run of a tracked job as a record file (`JOURNAL_DIR`); same interface as `tracking.RuleRun`."""
 
     def __init__(self, settings: TrackingSettings, path: Path, record: dict[str, Any]) -> None:
         self.settings, self.path, self.record = settings, path, record
@@ -60,9 +63,12 @@ class JournaledRun:
                            exc_info=True)
 
     def log_epoch(self, metrics: Mapping[str, Any], step: int) -> None:
+        """One epoch's numbers at `step`: written at once, so the relay shows them while the job trains."""
         values = [[key, value, step, _now_ms()] for key, value, _ in metric_values(metrics)]
         self.record["metrics"] += values
         self.live_keys.update(key for key, *_ in values)
+        with contextlib.suppress(OSError):
+            _write_record(self.path, self.record)
 
     def fail(self) -> None:
         with contextlib.suppress(Exception):
@@ -84,7 +90,7 @@ class JournaledRun:
 
 
 def start_journaled_run(smk: Any) -> JournaledRun | RuleRun:
-    """Begin the record of a tracked job that does not train (no-op when tracking is off)."""
+    """Begin the record of a tracked job (no-op when tracking is off)."""
     settings = settings_from_config(getattr(smk, "config", {}) or {})
     if settings is None:
         return RuleRun()
@@ -99,56 +105,113 @@ def start_journaled_run(smk: Any) -> JournaledRun | RuleRun:
     return JournaledRun(settings, path, record)
 
 
-def flush(config: Mapping[str, Any], workdir: str | Path | None = None) -> int:
-    """Snakemake hooks: log the journaled runs of this working directory (none when tracking is off)."""
-    settings = settings_from_config(config, workdir)
-    if settings is None or not any((Path(workdir or ".") / JOURNAL_DIR).glob("*.json")):
-        return 0
-    client, experiment_id = open_store(settings)
-    return flush_journal(client, settings, experiment_id, workdir)
+class Relay:
+    """Logs the journal of one working directory into the store, record by record and part by part:
+    a run is created once, its metric values are logged once each, and it ends with its record."""
 
+    def __init__(self, client: Any, settings: TrackingSettings, experiment_id: str,
+                 workdir: str | Path | None = None) -> None:
+        self.client, self.settings, self.experiment_id = client, settings, experiment_id
+        self.folder = Path(workdir or ".") / JOURNAL_DIR
+        self.open: dict[Path, tuple[str, int]] = {}  # record -> (run id, metric values logged)
+        self._lock = threading.Lock()
 
-def flush_journal(client: Any, settings: TrackingSettings, experiment_id: str,
-                  workdir: str | Path | None = None) -> int:
-    """Log every journaled run to the store, oldest first, and remove its record; how many.
+    def sync(self, *, final: bool) -> int:
+        """One pass over the records; `final` also ends runs still RUNNING (KILLED). Runs ended."""
+        ended = 0
+        with self._lock:
+            for path in sorted(self.folder.glob("*.json")):
+                record = _read_run_file(path)
+                if record is None:
+                    continue
+                try:
+                    ended += self._sync_record(path, record, final)
+                except Exception:
+                    logger.warning("tracking: could not log the journaled run %s; kept for the next pass", path,
+                                   exc_info=True)
+        return ended
 
-    A record that cannot be logged stays for the next invocation's `on_start`.
-    """
-    folder = Path(workdir or ".") / JOURNAL_DIR
-    logged = 0
-    for path in sorted(folder.glob("*.json")):
-        record = _read_run_file(path)
-        if record is None:
-            continue
-        try:
-            _log_record(client, settings, experiment_id, record)
-        except Exception:
-            logger.warning("tracking: could not log the journaled run %s; kept for the next run", path, exc_info=True)
-            continue
+    def _sync_record(self, path: Path, record: dict[str, Any], final: bool) -> int:
+        from mlflow.entities import Metric
+
+        run_id, logged = self.open.get(path) or (self._create_run(record), 0)
+        self.open[path] = (run_id, logged)
+        new = [Metric(key, value, timestamp, step) for key, value, step, timestamp in record["metrics"][logged:]]
+        for chunk in _chunks(new, MAX_METRICS_PER_BATCH):
+            with_lock_retries(lambda c=chunk: self.client.log_batch(run_id, metrics=c), self.settings, "log metrics")
+        self.open[path] = (run_id, logged + len(new))
+        if record["status"] == "RUNNING" and not final:
+            return 0
+        self._end_run(run_id, record)
         path.unlink()
         shutil.rmtree(path.with_suffix(""), ignore_errors=True)
-        logged += 1
-    return logged
+        del self.open[path]
+        return 1
+
+    def _create_run(self, record: dict[str, Any]) -> str:
+        from mlflow.entities import Param
+
+        run = with_lock_retries(lambda: self.client.create_run(self.experiment_id, start_time=record["start_ms"],
+                                                               tags=record["tags"], run_name=record["run_name"]),
+                                self.settings, "create run")
+        params = [Param(key, value) for key, value in record["params"].items()]
+        for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
+            with_lock_retries(lambda c=chunk: self.client.log_batch(run.info.run_id, params=c), self.settings,
+                              "log params")
+        return run.info.run_id
+
+    def _end_run(self, run_id: str, record: dict[str, Any]) -> None:
+        for path, folder in record.get("artifacts") or ():
+            with_lock_retries(lambda p=path, f=folder: self.client.log_artifact(run_id, p, f), self.settings,
+                              f"log artifact {path}")
+        if record.get("bundle") and Path(record["bundle"][0]).exists():
+            log_bundle(self.client, self.settings, self.experiment_id, run_id, Path(record["bundle"][0]),
+                       name=record["bundle"][1])
+        status = "KILLED" if record["status"] == "RUNNING" else record["status"]
+        with_lock_retries(lambda: self.client.set_terminated(run_id, status, end_time=record.get("end_ms")),
+                          self.settings, "end run")
 
 
-def _log_record(client: Any, settings: TrackingSettings, experiment_id: str, record: dict[str, Any]) -> None:
-    from mlflow.entities import Metric, Param
+# The relay of this process's invocation: (relay, stop event, thread), set by `start`.
+_ACTIVE: dict[Path, tuple[Relay, threading.Event, threading.Thread]] = {}
 
-    run = with_lock_retries(lambda: client.create_run(experiment_id, start_time=record["start_ms"], tags=record["tags"],
-                                                      run_name=record["run_name"]), settings, "create run")
-    run_id = run.info.run_id
-    params = [Param(key, value) for key, value in record["params"].items()]
-    for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
-        with_lock_retries(lambda c=chunk: client.log_batch(run_id, params=c), settings, "log params")
-    metrics = [Metric(key, value, timestamp, step) for key, value, step, timestamp in record["metrics"]]
-    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-        with_lock_retries(lambda c=chunk: client.log_batch(run_id, metrics=c), settings, "log metrics")
-    for path, folder in record.get("artifacts") or ():
-        with_lock_retries(lambda p=path, f=folder: client.log_artifact(run_id, p, f), settings, f"log artifact {path}")
-    if record.get("bundle") and Path(record["bundle"][0]).exists():
-        log_bundle(client, settings, experiment_id, run_id, Path(record["bundle"][0]), name=record["bundle"][1])
-    status = "KILLED" if record["status"] == "RUNNING" else record["status"]
-    with_lock_retries(lambda: client.set_terminated(run_id, status, end_time=record.get("end_ms")), settings, "end run")
+
+def start(config: Mapping[str, Any], workdir: str | Path | None = None) -> Relay | None:
+    """Snakemake `onstart`: log the records a killed invocation left, then relay this one's."""
+    settings = settings_from_config(config, workdir)
+    if settings is None:
+        return None
+    client, experiment_id = open_store(settings)
+    relay = Relay(client, settings, experiment_id, workdir)
+    relay.sync(final=True)  # no job of this invocation has started yet: every record is a leftover
+    stop = threading.Event()
+    thread = threading.Thread(target=_relay_until, args=(relay, stop), name="leukoflow-journal-relay", daemon=True)
+    _ACTIVE[relay.folder.resolve()] = (relay, stop, thread)
+    thread.start()
+    return relay
+
+
+def _relay_until(relay: Relay, stop: threading.Event) -> None:
+    while not stop.wait(relay.settings.relay_s):
+        relay.sync(final=False)
+
+
+def flush(config: Mapping[str, Any], workdir: str | Path | None = None) -> int:
+    """Snakemake `onsuccess`/`onerror`: stop the relay and log every record left; runs ended."""
+    settings = settings_from_config(config, workdir)
+    if settings is None:
+        return 0
+    folder = Path(workdir or ".") / JOURNAL_DIR
+    active = _ACTIVE.pop(folder.resolve(), None)
+    if active is not None:
+        relay, stop, thread = active
+        stop.set()
+        thread.join()
+        return relay.sync(final=True)
+    if not any(folder.glob("*.json")):
+        return 0
+    client, experiment_id = open_store(settings)
+    return Relay(client, settings, experiment_id, workdir).sync(final=True)
 
 
 def _write_record(path: Path, record: dict[str, Any]) -> None:

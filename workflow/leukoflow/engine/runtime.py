@@ -29,7 +29,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 SUMMARY_OUTPUT = "summary"
-TRACKED_LIVE, TRACKED_JOURNALED = "live", "journaled"
 Entry = TypeVar("Entry", bound=Callable[..., dict[str, Any]])
 
 
@@ -37,18 +36,14 @@ class RuleBindingError(TypeError):
     """A rule's named files/params do not match its entry's keyword arguments."""
 
 
-def tracked(entry: Entry | None = None, *, live: bool = False) -> Any:
+def tracked(entry: Entry) -> Entry:
     """Mark a rule entry whose job is one MLflow run (training, prediction, evaluation, search).
 
-    `@tracked(live=True)` (training) opens the run in the job, so its per-epoch curves show while
-    it trains; plain `@tracked` journals the run for the main process to log at the end
-    (`leukoflow.engine.journal`), so the job never imports MLflow.
+    The job journals its run (`leukoflow.engine.journal`) and never imports MLflow; the main
+    Snakemake process relays the record into the store while the job runs, epochs included.
     """
-    def mark(function: Entry) -> Entry:
-        function.tracked = TRACKED_LIVE if live else TRACKED_JOURNALED  # type: ignore[attr-defined]
-        return function
-
-    return mark(entry) if entry is not None else mark
+    entry.tracked = True  # type: ignore[attr-defined]
+    return entry
 
 
 def bind(smk: Any, entry: Callable[..., Any]) -> dict[str, Any]:
@@ -94,12 +89,12 @@ def run_rule(smk: Any, entry: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     if multiprocessing.parent_process() is not None:
         return {}  # a spawned worker re-imports the script as its main module: only the job runs the rule
     recovery.die_with_snakemake()  # no orphan writes after a kill -9 of the run
-    tracked_as = getattr(entry, "tracked", None)
+    is_tracked = getattr(entry, "tracked", False)
     offline.enforce()
     log_path = Path(smk.log[0]) if len(smk.log) else None
     _configure_logging(log_path)
     logger = logging.getLogger(f"leukoflow.{smk.rule}")
-    run = _start_run(smk, tracked_as)  # no-op unless `tracking.enabled`
+    run = journal.start_journaled_run(smk) if is_tracked else tracking.RuleRun()  # no-op unless `tracking.enabled`
     started = time.perf_counter()
     logger.info("rule %s starts (threads=%s, tracked=%s)", smk.rule, smk.threads, run.active)
     try:
@@ -118,14 +113,6 @@ def run_rule(smk: Any, entry: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     if _is_snakemake_job(smk):
         _end_finished_job()
     return summary
-
-
-def _start_run(smk: Any, tracked_as: str | None) -> Any:
-    if tracked_as == TRACKED_LIVE:
-        return tracking.start_rule_run(smk)
-    if tracked_as == TRACKED_JOURNALED:
-        return journal.start_journaled_run(smk)
-    return tracking.RuleRun()
 
 
 def _is_snakemake_job(smk: Any) -> bool:

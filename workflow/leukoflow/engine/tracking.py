@@ -7,11 +7,10 @@ Life cycle (docs/hardware.md §3):
   id in `LEUKOFLOW_PARENT_RUN_ID` (inherited by local jobs and by `sbatch`'s default
   `--export=ALL`). The id is also written to `results/tracking/parent_run.json`, keyed by the
   main process (host + pid), for jobs that do not inherit the environment.
-- `start_rule_run` (called by `runtime.run_rule` for training entries, `@tracked(live=True)`) opens
-  the job's child run with its params and provenance tags. Other tracked jobs get a `JournaledRun`:
-  the same run kept as a record file, logged by the main process when the invocation ends
-  (`leukoflow.engine.journal`, flushed by the `onsuccess`/`onerror` hooks), so they never import MLflow. While the job runs, `RuleRun.log_epoch` takes its training loops' per-epoch
-  metrics (via `leukoflow.engine.live`): live curves, one series per quantity. `RuleRun.finish`
+- Tracked jobs journal their child runs (`leukoflow.engine.journal`): a record file the main
+  process relays into the store while the job runs, so no job imports MLflow. `start_rule_run`
+  opens a child run in the calling process instead, with its params and provenance tags;
+  `RuleRun.log_epoch` takes per-epoch metrics (via `leukoflow.engine.live`), `RuleRun.finish`
   logs the summary's numbers that live logging did not (`summaries.end_of_job_values`; lists are
   per-step curves), small output files as artifacts and a declared `bundle` output as an MLflow
   model, and ends the run FINISHED; `RuleRun.fail` ends it FAILED.
@@ -74,6 +73,7 @@ class TrackingSettings:
     max_artifact_mb: float
     lock_retries: int
     lock_backoff_s: float
+    relay_s: float = 2.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -97,6 +97,7 @@ def settings_from_config(config: Mapping[str, Any], workdir: str | Path | None =
         max_artifact_mb=float(section.get("max_artifact_mb", 5)),
         lock_retries=int(section.get("lock_retries", 6)),
         lock_backoff_s=float(section.get("lock_backoff_s", 0.5)),
+        relay_s=float(section.get("relay_s", 2.0)),
     )
 
 
