@@ -1,6 +1,7 @@
-"""Live tracking: per-epoch metrics reach the job's MLflow run while it trains, epochs that
-skipped validation log no validation metric at all (never a zero filler), and the job's summary
-at its end adds no second series of what was logged live."""
+"""Live tracking: per-epoch metrics reach the job's MLflow run while it trains (through its journal
+and the main process's relay, `leukoflow.engine.journal`), epochs that skipped validation log no
+validation metric at all (never a zero filler), and the job's summary at its end adds no second
+series of what was logged live."""
 
 from __future__ import annotations
 
@@ -11,23 +12,44 @@ import pytest
 
 from leukoflow.classification.loop import train_fold
 from leukoflow.detection import yolo as detection
-from leukoflow.engine import live, summaries, tracking
+from leukoflow.engine import journal, live, summaries, tracking
 from tests.test_classification import SETTINGS, _fold_data, _spec, dataset  # noqa: F401 - `dataset` is a fixture
-from tests.test_tracking import _tracking_config
+from tests.test_tracking import _job, _tracking_config
 
 VALIDATION_PREFIXES = ("metrics/", "val/")
 
 
+class _RelayedRun(journal.JournaledRun):
+    """A tracked job's journaled run, with the main process's relay passing after each write as
+    its thread does every `tracking.relay_s` seconds."""
+
+    def __init__(self, relay: journal.Relay, job: SimpleNamespace) -> None:
+        started = journal.start_journaled_run(job)
+        super().__init__(started.settings, started.path, started.record)
+        self.relay = relay
+        relay.sync(final=False)
+        (self.run_id, _), = relay.open.values()
+
+    def log_epoch(self, metrics, step: int) -> None:
+        super().log_epoch(metrics, step)
+        self.relay.sync(final=False)
+
+    def finish(self, summary, smk) -> None:
+        super().finish(summary, smk)
+        self.relay.sync(final=False)
+
+
 @pytest.fixture()
-def rule_run(tmp_path) -> tracking.RuleRun:
-    """An open run in a fresh SQLite store, as `start_rule_run` leaves it for a tracked job."""
+def rule_run(tmp_path, monkeypatch) -> _RelayedRun:
+    """A tracked job's run as `run_rule` starts it, relayed into a fresh SQLite store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(tracking.ENV_PARENT_RUN, raising=False)
     settings = tracking.settings_from_config(_tracking_config(), tmp_path)
     client, experiment_id = tracking.open_store(settings)
-    run = client.create_run(experiment_id, run_name="live")
-    return tracking.RuleRun(client, settings, run.info.run_id, experiment_id)
+    return _RelayedRun(journal.Relay(client, settings, experiment_id, tmp_path), _job(tmp_path, "train"))
 
 
-def _reader(rule_run: tracking.RuleRun):
+def _reader(rule_run: _RelayedRun):
     """A second client on the store, as the MLflow UI reads it."""
     from mlflow.tracking import MlflowClient
 
@@ -138,7 +160,7 @@ def test_a_detector_trained_without_validation_logs_it_for_the_last_epoch_only(r
 
 # ----------------------------------------------------------------------------- one series per quantity
 
-def _finish(rule_run: tracking.RuleRun, summary: dict) -> dict[str, list[tuple[int, float]]]:
+def _finish(rule_run: _RelayedRun, summary: dict) -> dict[str, list[tuple[int, float]]]:
     """End the run as `run_rule` does after the entry returns; every metric's (step, value) points."""
     rule_run.finish(summary, SimpleNamespace(output=[], log=[], rule="train"))
     reader = _reader(rule_run)

@@ -89,7 +89,7 @@ def _truncated_images_allowed() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _open_loaded(data: bytes, reduction: int = 1) -> tuple[Image.Image, tuple[int, int], Extent]:
+def _open_loaded(data: bytes, reduction: int) -> tuple[Image.Image, tuple[int, int], Extent]:
     """The loaded image, the file's own size and where the whole file lies in the decoded pixels;
     a JPEG decodes at 1/`reduction` (`Image.draft`)."""
     image = Image.open(io.BytesIO(data))
@@ -102,13 +102,13 @@ def _open_loaded(data: bytes, reduction: int = 1) -> tuple[Image.Image, tuple[in
     return image, (width, height), extent
 
 
-def decode_image(data: bytes, reduction: int = 1) -> tuple[Image.Image, str]:
+def decode_image(data: bytes) -> tuple[Image.Image, str]:
     """The decoded image as stored and, when it decoded only as a truncated file, PIL's message.
 
     Raises:
         UnreadableImage: empty bytes, or whatever PIL or a registered plugin raises otherwise.
     """
-    image, _, _, truncation = _decode(data, reduction)
+    image, _, _, truncation = _decode(data, 1)
     return image, truncation
 
 

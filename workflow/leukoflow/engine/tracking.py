@@ -73,7 +73,7 @@ class TrackingSettings:
     max_artifact_mb: float
     lock_retries: int
     lock_backoff_s: float
-    relay_s: float = 2.0
+    relay_s: float
 
     @property
     def is_sqlite(self) -> bool:
