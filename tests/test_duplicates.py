@@ -14,7 +14,9 @@ from leukoflow.curation.duplicates import find_duplicates
 from leukoflow.curation.hash_search import (
     find_near_pairs, near_pairs_brute_force, near_pairs_multi_index, phash_to_uint64,
 )
-from leukoflow.ingest.thumbnails import THUMBNAIL_SIDE, thumbnails_to_array
+from leukoflow.curation.neighbours import layouts, neighbour_pairs
+from leukoflow.ingest import thumbnails as thumbnails_module
+from leukoflow.ingest.thumbnails import THUMBNAIL_SIDE, read_thumbnails, thumbnails_to_array
 from leukoflow.tables import (
     CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, read_table, validate, write_table,
 )
@@ -82,8 +84,10 @@ BASE = 0x9F3A_5C71_0E2B_D486
 FAR = 0x1234_5678_9ABC_DEF0
 
 
+# Every pair is searched (neighbours None): these frames share one thumbnail scene, so the nearest
+# layouts would be ties; the layout-bounded search has its own tests with distinct scenes.
 OPTIONS = {"max_distance": 4, "min_similarity": 0.9, "conflict_policy": "keep_survivor", "near_policy": "remove",
-           "holdout_fraction": 0.0, "seed": 0}
+           "holdout_fraction": 0.0, "seed": 0, "neighbours": None}
 
 
 def run(images: pd.DataFrame, boxes: pd.DataFrame, **kwargs):
@@ -244,6 +248,59 @@ def test_multi_index_search_equals_brute_force(max_distance):
     np.testing.assert_array_equal(find_near_pairs(hashes, max_distance), found)
 
 
+def test_layouts_are_blind_to_light_and_flat_images_are_zero():
+    thumbnails = np.stack([scene(1), np.clip(scene(1) * 0.8 + 20, 0, 255).astype(np.uint8),
+                           np.full((THUMBNAIL_SIDE, THUMBNAIL_SIDE), 90, np.uint8)])
+    vectors = layouts(thumbnails, np.arange(3))
+    assert vectors.shape == (3, 64)
+    assert np.linalg.norm(vectors[0]) == pytest.approx(1.0) and vectors[0].mean() == pytest.approx(0.0, abs=1e-6)
+    assert vectors[0] @ vectors[1] > 0.999
+    assert not vectors[2].any()
+
+
+def test_neighbour_pairs_find_each_moved_copy_and_stay_within_n_times_k():
+    sources = [scene(100 + k) for k in range(150)]
+    copies = [scene(100 + k, shift=1, gain=0.9) for k in range(0, 150, 5)]  # 30 moved, re-lit retakes
+    thumbnails = np.stack(sources + copies)
+    rows = np.arange(len(thumbnails))
+    pairs = neighbour_pairs(thumbnails, rows, neighbours=2)
+    found = {tuple(pair) for pair in pairs.tolist()}
+    assert all((5 * c, 150 + c) in found for c in range(30))
+    assert len(pairs) <= 2 * len(rows) and (pairs[:, 0] < pairs[:, 1]).all()
+    np.testing.assert_array_equal(pairs, neighbour_pairs(thumbnails, rows, neighbours=2))
+    subset = rows[::3]  # positions refer to `rows`, not to the thumbnail array
+    assert neighbour_pairs(thumbnails, subset, neighbours=2).max() < len(subset)
+
+
+def test_neighbour_pairs_cover_every_pair_of_a_small_set():
+    thumbnails = np.stack([scene(k) for k in range(5)])
+    np.testing.assert_array_equal(neighbour_pairs(thumbnails, np.arange(5), neighbours=4),
+                                  np.array([[i, j] for i in range(5) for j in range(i + 1, 5)]))
+    assert neighbour_pairs(thumbnails, np.arange(1), neighbours=4).shape == (0, 2)
+    with pytest.raises(ValueError, match="neighbours"):
+        neighbour_pairs(thumbnails, np.arange(5), neighbours=0)
+
+
+def test_bounded_search_groups_what_the_exhaustive_search_groups():
+    rng = np.random.default_rng(3)
+    specs = []
+    for k in range(60):
+        value = int(rng.integers(0, 2**63))
+        specs.append((f"s{k:03d}.jpg", "train", value, 360, 363, "ok", scene(200 + k)))
+        if k % 6 == 0:  # a moved, re-lit retake 5 bits away
+            specs.append((f"s{k:03d}-retake.jpg", "train", flip(value, [1, 9, 17, 33, 50]), 360, 363, "ok",
+                          scene(200 + k, shift=1, gain=1.1)))
+    images, boxes = ingest_images(specs), ingest_boxes([(spec[0], "LY") for spec in specs])
+    bounded_groups, _, _, summary = run(images, boxes, max_distance=64 - 1, neighbours=3)
+    every_groups, _, _, every_summary = run(images, boxes, max_distance=64 - 1, neighbours=None)
+    assert summary["duplicate_groups"] == every_summary["duplicate_groups"] == 10
+    pd.testing.assert_frame_equal(bounded_groups, every_groups)
+    assert summary["candidate_pairs"] <= 3 * len(specs) < every_summary["candidate_pairs"]
+    assert summary["neighbours"] == 3
+    with pytest.raises(ValueError, match="neighbours"):
+        run(images, boxes, neighbours=0)
+
+
 def test_phash_parsing_is_big_endian_hex():
     parsed = phash_to_uint64(pd.Series(["0000000000000001", "ffffffffffffffff", "8000000000000000"]))
     assert list(parsed) == [1, 2**64 - 1, 2**63]
@@ -290,6 +347,29 @@ def test_bad_thumbnail_is_refused():
     with pytest.raises(ValueError, match="row 0: thumbnail"):
         run(images, ingest_boxes([("a.jpg", "LY")]))
     assert thumbnails_to_array([]).shape == (0, THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+
+
+def test_thumbnails_are_read_batch_by_batch_in_the_order_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(thumbnails_module, "_BATCH_ROWS", 3)
+    images = ingest_images([(f"i{k}.jpg", "train", BASE + k, 360, 363, "ok", scene(k)) for k in range(8)])
+    write_table(images, tmp_path / "images.parquet", INGEST_IMAGES)
+    rows = np.array([7, 0, 4, 3])  # across three batches, out of order
+    levels = read_thumbnails(tmp_path / "images.parquet", rows)
+    np.testing.assert_array_equal(levels, np.stack([scene(k) for k in rows]))
+    assert read_thumbnails(tmp_path / "images.parquet", np.array([], np.int64)).shape == (0, 32, 32)
+    with pytest.raises(ValueError, match="row 9 asked for, the table has 8 rows"):
+        read_thumbnails(tmp_path / "images.parquet", np.array([1, 9]))
+    images.loc[5, "thumbnail"] = "00ff"
+    write_table(images, tmp_path / "bad.parquet", INGEST_IMAGES)
+    with pytest.raises(ValueError, match="row 5: thumbnail has 2 bytes"):
+        read_thumbnails(tmp_path / "bad.parquet", np.array([5]))
+
+
+def test_a_table_is_read_without_a_wide_column():
+    narrow = INGEST_IMAGES.without("thumbnail")
+    assert "thumbnail" not in narrow.column_names and len(narrow.columns) == len(INGEST_IMAGES.columns) - 1
+    with pytest.raises(ValueError, match="no columns"):
+        INGEST_IMAGES.without("pixels")
 
 
 def test_stored_thumbnails_decode_to_uint8_and_score_as_their_float_copies():

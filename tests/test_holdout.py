@@ -128,7 +128,7 @@ def bccd_chain(tmp_path_factory) -> dict:
         groups=out / "groups.parquet", images=out / "images.parquet", ledger=out / "dedup_ledger.csv",
         max_distance=dedup["max_distance"], min_similarity=dedup["min_similarity"],
         conflict_policy=dedup["conflict_policy"], near_policy=dedup["near_policy"],
-        holdout_fraction=BCCD["data"]["holdout_fraction"], seed=BCCD["seed"])
+        holdout_fraction=BCCD["data"]["holdout_fraction"], seed=BCCD["seed"], neighbours=dedup["neighbours"])
     repair_summary = repair_boxes(ingest_boxes=out / "ingest" / "boxes.parquet", curated_images=out / "images.parquet",
                                   boxes=out / "boxes.parquet", held_out_boxes=out / "held_out.parquet",
                                   ledger=out / "repair_ledger.csv")

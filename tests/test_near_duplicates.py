@@ -86,13 +86,15 @@ def test_configured_search_groups_every_retake_and_no_hard_negative(dataset, tmp
     dedup = DEMO["dedup"]
     groups, _, _, summary = find_duplicates(
         images, boxes, max_distance=dedup["max_distance"], min_similarity=dedup["min_similarity"],
-        conflict_policy=dedup["conflict_policy"], near_policy=dedup["near_policy"], holdout_fraction=0.0, seed=0)
+        conflict_policy=dedup["conflict_policy"], near_policy=dedup["near_policy"], holdout_fraction=0.0, seed=0,
+        neighbours=dedup["neighbours"])
     scores = dedup_scores(groups, defects)
     assert all(scores["dedup_recall_by_kind"][kind] == 1.0 for kind in (*RETAKE_KINDS, "exact_duplicate")), scores
     assert scores["dedup_precision"] == 1.0 and scores["hard_negatives_grouped"] == 0
     loose = {**dedup, "max_distance": 16}  # candidates now include hard negatives and distinct smears
     options = {"conflict_policy": loose["conflict_policy"], "near_policy": loose["near_policy"],
-               "holdout_fraction": 0.0, "seed": 0, "max_distance": loose["max_distance"]}
+               "holdout_fraction": 0.0, "seed": 0, "max_distance": loose["max_distance"],
+               "neighbours": loose["neighbours"]}
     confirmed, _, _, loose_summary = find_duplicates(images, boxes, min_similarity=dedup["min_similarity"], **options)
     unconfirmed, *_ = find_duplicates(images, boxes, min_similarity=-1.0, **options)
     assert loose_summary["rejected_pairs"] >= 1

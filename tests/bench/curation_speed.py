@@ -56,7 +56,8 @@ def search(images, boxes, defects, args: argparse.Namespace, min_similarity: flo
     started, cpu = time.perf_counter(), time.process_time()
     groups, _, _, summary = find_duplicates(images, boxes, max_distance=args.max_distance,
                                             min_similarity=min_similarity, conflict_policy="keep_survivor",
-                                            near_policy="remove", holdout_fraction=0.0, seed=args.seed)
+                                            near_policy="remove", holdout_fraction=0.0, seed=args.seed,
+                                            neighbours=args.neighbours if args.neighbours > 0 else None)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     scores = dedup_scores(groups, defects)
     return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "min_similarity": min_similarity,
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--hard-negatives", type=int, default=400)
     parser.add_argument("--max-distance", type=int, default=10)
     parser.add_argument("--min-similarity", type=float, default=0.9)
+    parser.add_argument("--neighbours", type=int, default=16, help="nearest thumbnail layouts per image (0: all pairs)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--phash-reducing-gap", type=float, default=2.0,

@@ -122,7 +122,8 @@ def run_stage(stage: str, folder: Path, n_images: int, workers: int, expand_from
         return deduplicate(ingest_images=p["ingest_images"], ingest_boxes=p["ingest_boxes"], groups=p["groups"],
                            images=p["curated_images"], ledger=p["dedup_ledger"], max_distance=dedup["max_distance"],
                            min_similarity=dedup["min_similarity"], conflict_policy=dedup["conflict_policy"],
-                           near_policy=dedup["near_policy"], holdout_fraction=0.0, seed=SEED)
+                           near_policy=dedup["near_policy"], holdout_fraction=0.0, seed=SEED,
+                           neighbours=dedup["neighbours"])
     if stage == "repair_boxes":
         from leukoflow.curation.box_repair import repair_boxes
 

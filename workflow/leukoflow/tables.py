@@ -38,6 +38,14 @@ class Schema:
     def column_names(self) -> list[str]:
         return [column.name for column in self.columns]
 
+    def without(self, *names: str) -> Schema:
+        """The same table less some columns (to read a wide table without them)."""
+        unknown = set(names) - set(self.column_names)
+        if unknown:
+            raise SchemaError(f"table {self.name}: no columns {sorted(unknown)}")
+        return Schema(self.name, self.path_pattern, self.description,
+                      tuple(c for c in self.columns if c.name not in names))
+
 
 _STATUS = Column("status", "str", "ok | repaired | quarantined")
 _REASON = Column("reason", "str", "';'-joined reason codes of the repair or quarantine; empty when ok")
@@ -532,8 +540,12 @@ class TableWriter:
         self._partial.unlink(missing_ok=True)
 
 
-def read_table(path: str | Path, schema: Schema) -> pd.DataFrame:
+def read_table(path: str | Path, schema: Schema, *, skip: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read and validate a table; `skip` names parquet columns left unread (a wide column's memory)."""
     path = Path(path)
+    if skip:
+        schema = schema.without(*skip)
+        return validate(pd.read_parquet(path, columns=schema.column_names), schema, str(path))
     if path.suffix == ".csv":
         # "" is a missing float (as written for NaN) but an empty text, never a missing one
         frame = pd.read_csv(path, keep_default_na=False, dtype={c.name: _CSV_DTYPES[c.dtype] for c in schema.columns},

@@ -21,6 +21,7 @@ rule deduplicate:
         runtime=runtime_min("deduplicate"),
     params:
         max_distance=lookup(dpath="dedup/max_distance", within=config),
+        neighbours=lookup(dpath="dedup/neighbours", within=config),
         min_similarity=lookup(dpath="dedup/min_similarity", within=config),
         conflict_policy=lookup(dpath="dedup/conflict_policy", within=config),
         near_policy=lookup(dpath="dedup/near_policy", within=config),

@@ -19,15 +19,17 @@ MAX_SHIFT = 2  # thumbnail px (~6 % of the side) tried in each direction
 # Measured on synthetic retakes and hard negatives (BENCHMARKS.md): 0.7 px raised the lowest score
 # of a moved copy from 0.90 to 0.96 while the highest distinct pair stayed below 0.90.
 SMOOTHING_SIGMA = 0.7  # thumbnail px
-_PAIRS_PER_BLOCK = 4096  # bounds memory: a block holds 2 x pairs x side^2 float64
+_PAIRS_PER_BLOCK = 1024  # bounds memory: a block holds 2 x pairs x side^2 float64 and their integrals
 _FLAT = 1e-6  # a window whose variance per pixel is below this (squared grey levels) counts as flat: score 0
 
 
-def _smoothed(thumbnails: np.ndarray, used: np.ndarray) -> np.ndarray:
-    """The thumbnails at `used`, each smoothed with SMOOTHING_SIGMA (float32, whatever the input's
-    type), written into one array: no list of copies to stack (1.2 GB more at 300k images)."""
-    smoothed = np.empty((len(used), *thumbnails.shape[1:]), np.float32)
-    for index, row in enumerate(used):
+def _smoothed(thumbnails: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The thumbnails at `rows`, each smoothed with SMOOTHING_SIGMA, as float64 (whatever the input's type).
+
+    Smoothed per block of pairs rather than once per image: a smoothed copy of every image that
+    some candidate touches was 4 KB per image, and the bounded search touches most of them."""
+    smoothed = np.empty((len(rows), *thumbnails.shape[1:]), np.float64)
+    for index, row in enumerate(rows):
         smoothed[index] = cv2.GaussianBlur(thumbnails[row].astype(np.float32), (0, 0), SMOOTHING_SIGMA,
                                            borderType=cv2.BORDER_REFLECT)
     return smoothed
@@ -67,13 +69,10 @@ def similarity(thumbnails: np.ndarray, first: np.ndarray, second: np.ndarray) ->
         (pairs,) float64 in [-1, 1]; 1 means identical up to brightness/contrast.
     """
     side = thumbnails.shape[-1]
-    used = np.union1d(first, second)  # only candidates are smoothed: at 69k images most are never read
-    smoothed = _smoothed(thumbnails, used)
-    first, second = np.searchsorted(used, first), np.searchsorted(used, second)
     best = np.full(len(first), -1.0)
     for start in range(0, len(first), _PAIRS_PER_BLOCK):
-        a = smoothed[first[start:start + _PAIRS_PER_BLOCK]].astype(np.float64)
-        b = smoothed[second[start:start + _PAIRS_PER_BLOCK]].astype(np.float64)
+        a = _smoothed(thumbnails, first[start:start + _PAIRS_PER_BLOCK])
+        b = _smoothed(thumbnails, second[start:start + _PAIRS_PER_BLOCK])
         (sum_a, square_a), (sum_b, square_b) = _integrals(a), _integrals(b)
         block = best[start:start + _PAIRS_PER_BLOCK]
         for dy in range(-MAX_SHIFT, MAX_SHIFT + 1):

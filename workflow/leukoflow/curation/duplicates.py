@@ -40,8 +40,9 @@ from scipy.sparse.csgraph import connected_components
 
 from leukoflow.curation.confirm import similarity
 from leukoflow.curation.hash_search import find_near_pairs, hamming, phash_to_uint64
+from leukoflow.curation.neighbours import neighbour_pairs
 from leukoflow.ingest.holdout import held_out
-from leukoflow.ingest.thumbnails import thumbnails_to_array
+from leukoflow.ingest.thumbnails import read_thumbnails, thumbnails_to_array
 from leukoflow.ledger import LedgerBuilder
 from leukoflow.tables import (
     CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, read_table, schema_frame, write_table,
@@ -71,10 +72,16 @@ def _exact_links(hashes: np.ndarray) -> np.ndarray:
     return np.stack([order[:-1][same], order[1:][same]], axis=1).astype(np.int64)
 
 
-def _candidate_links(hashes: np.ndarray, max_distance: int) -> np.ndarray:
-    """(k, 2) pairs of representative images (first by name) of distinct hashes within max_distance bits."""
+def _candidate_links(hashes: np.ndarray, thumbnails: np.ndarray, max_distance: int,
+                     neighbours: int | None) -> np.ndarray:
+    """(k, 2) pairs of representative images (first by name) of distinct hashes within max_distance
+    bits: among each one's `neighbours` nearest thumbnail layouts, or among all pairs when None."""
     unique, first = np.unique(hashes, return_index=True)
-    pairs = find_near_pairs(unique, max_distance)
+    if neighbours is None:
+        pairs = find_near_pairs(unique, max_distance)
+    else:
+        pairs = neighbour_pairs(thumbnails, first, neighbours)
+        pairs = pairs[hamming(unique[pairs[:, 0]], unique[pairs[:, 1]]) <= max_distance]
     return first[pairs].reshape(-1, 2).astype(np.int64)
 
 
@@ -89,10 +96,11 @@ class Links:
     confirmed: int
 
 
-def find_links(hashes: np.ndarray, thumbnails: np.ndarray, *, max_distance: int, min_similarity: float) -> Links:
+def find_links(hashes: np.ndarray, thumbnails: np.ndarray, *, max_distance: int, min_similarity: float,
+               neighbours: int | None) -> Links:
     """Exact links (equal hashes) and confirmed near links (hash candidates passing the comparison)."""
     exact = _exact_links(hashes)
-    candidates = _candidate_links(hashes, max_distance)
+    candidates = _candidate_links(hashes, thumbnails, max_distance, neighbours)
     pairs = np.concatenate([exact, candidates])
     scores = similarity(thumbnails, pairs[:, 0], pairs[:, 1])
     confirmed = scores[len(exact):] >= min_similarity
@@ -203,7 +211,16 @@ def _roles_by_group(
 
 # ---------------------------------------------------------------- the search
 
-def _check_options(max_distance: int, min_similarity: float, conflict_policy: str, near_policy: str) -> None:
+def usable_by_name(images: pd.DataFrame) -> pd.DataFrame:
+    """The usable images sorted by NAME, indexed by their row position in `images`, without thumbnails."""
+    table = images.drop(columns="thumbnail", errors="ignore").reset_index(drop=True)
+    return usable(table).sort_values("name", kind="stable")
+
+
+def _check_options(max_distance: int, min_similarity: float, conflict_policy: str, near_policy: str,
+                   neighbours: int | None) -> None:
+    if neighbours is not None and neighbours < 1:
+        raise ValueError(f"dedup neighbours must be at least 1 (or null for every pair), got {neighbours}")
     if conflict_policy not in CONFLICT_POLICIES:
         raise ValueError(f"dedup conflict_policy must be one of {CONFLICT_POLICIES}, got {conflict_policy!r}")
     if near_policy not in NEAR_POLICIES:
@@ -226,6 +243,7 @@ def _hold_out(table: pd.DataFrame, holdout_fraction: float, seed: int) -> None:
 def find_duplicates(
     images: pd.DataFrame, boxes: pd.DataFrame, *, max_distance: int, min_similarity: float,
     conflict_policy: ConflictPolicy, near_policy: NearPolicy, holdout_fraction: float, seed: int,
+    neighbours: int | None, thumbnails: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Group exact and confirmed near-duplicate images and decide which train copies are used.
 
@@ -233,6 +251,10 @@ def find_duplicates(
         images: INGEST_IMAGES frame; quarantined images are left out (ingest's ledger has them).
         boxes: INGEST_BOXES frame; usable boxes give each train image its label multiset.
         max_distance: loose pHash Hamming distance that makes two images a candidate pair.
+        neighbours: a candidate pair must also be among either image's `neighbours` nearest
+            thumbnail layouts (`leukoflow.curation.neighbours`); None searches every pair.
+        thumbnails: the usable images' thumbnails in `usable_by_name` order, when the caller read
+            them itself (`read_thumbnails`); None decodes them from images["thumbnail"].
         min_similarity: thumbnail correlation a candidate needs to be linked (-1 links every candidate).
         conflict_policy: "keep_survivor" or "drop_group" for groups whose train labels differ.
         near_policy: "remove" keeps one train image per group; "keep_grouped" keeps one per
@@ -243,17 +265,19 @@ def find_duplicates(
     Returns:
         (DUPLICATE_GROUPS frame, CURATED_IMAGES frame, LEDGER frame, summary dict).
     """
-    _check_options(max_distance, min_similarity, conflict_policy, near_policy)
+    _check_options(max_distance, min_similarity, conflict_policy, near_policy, neighbours)
     started = time.perf_counter()
-    # The thumbnails (2 KB of hex per image) are read straight into one uint8 array in the table's
-    # order, never copied as text: at 300k images each copy held about 0.6 GB (BENCHMARKS.md).
-    table = usable(images.drop(columns="thumbnail").reset_index(drop=True)).sort_values("name", kind="stable")
-    thumbnails = thumbnails_to_array(images["thumbnail"].array, table.index.to_numpy())  # index = row position
+    table = usable_by_name(images)
+    if thumbnails is None:
+        thumbnails = thumbnails_to_array(images["thumbnail"].array, table.index.to_numpy())  # index = row position
+    elif len(thumbnails) != len(table):
+        raise ValueError(f"deduplicate: {len(thumbnails)} thumbnails for {len(table)} usable images")
     table = table.reset_index(drop=True)
     if table["name"].duplicated().any():
         raise ValueError(f"images table: NAME {table['name'][table['name'].duplicated()].iloc[0]!r} appears twice")
     hashes = phash_to_uint64(table["phash"], table["name"])
-    links = find_links(hashes, thumbnails, max_distance=max_distance, min_similarity=min_similarity)
+    links = find_links(hashes, thumbnails, max_distance=max_distance, min_similarity=min_similarity,
+                       neighbours=neighbours)
     table["group_id"] = _group_ids(table["name"], components(len(table), links.pairs))
     table["hash_distance"], table["similarity"] = closest_link(len(table), links)
     _hold_out(table, holdout_fraction, seed)
@@ -275,6 +299,7 @@ def find_duplicates(
     ledger = _dedup_ledger(table)
     summary = _dedup_summary(images, table, groups, conflicting_groups, links, max_distance, min_similarity,
                              conflict_policy, near_policy)
+    summary["neighbours"] = neighbours
     summary["holdout_fraction"] = float(holdout_fraction)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return groups, curated, ledger, summary
@@ -283,13 +308,17 @@ def find_duplicates(
 def deduplicate(
     *, ingest_images: str | Path, ingest_boxes: str | Path, groups: str | Path, images: str | Path,
     ledger: str | Path, max_distance: int, min_similarity: float, conflict_policy: ConflictPolicy,
-    near_policy: NearPolicy, holdout_fraction: float, seed: int,
+    near_policy: NearPolicy, holdout_fraction: float, seed: int, neighbours: int | None,
 ) -> dict:
     """Rule `deduplicate`: ingest's images and boxes in; duplicate groups, curated images, ledger out."""
+    # The thumbnails' hex text is never read as a column: each batch is decoded straight to uint8.
+    ingested = read_table(ingest_images, INGEST_IMAGES, skip=("thumbnail",))
+    thumbnails = read_thumbnails(ingest_images, usable_by_name(ingested).index.to_numpy())
     found_groups, curated, found_ledger, summary = find_duplicates(
-        read_table(ingest_images, INGEST_IMAGES), read_table(ingest_boxes, INGEST_BOXES),
+        ingested, read_table(ingest_boxes, INGEST_BOXES),
         max_distance=max_distance, min_similarity=min_similarity, conflict_policy=conflict_policy,
-        near_policy=near_policy, holdout_fraction=holdout_fraction, seed=seed,
+        near_policy=near_policy, holdout_fraction=holdout_fraction, seed=seed, neighbours=neighbours,
+        thumbnails=thumbnails,
     )
     write_table(found_groups, groups, DUPLICATE_GROUPS)
     write_table(curated, images, CURATED_IMAGES)

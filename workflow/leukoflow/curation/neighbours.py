@@ -1,0 +1,94 @@
+"""Candidate pairs bounded per image: each image is paired only with its nearest thumbnail layouts.
+
+A fixed pHash radius makes the candidate count grow with the square of the data: at `max_distance`
+12, 10,000 synthetic smears gave 7,144 candidate pairs, 69,168 gave 335,190 and 300,000 gave about
+5.9 million, nearly all of them distinct smears that the thumbnail check then rejects
+(BENCHMARKS.md, "Dedup at scale"). What separates a retake from a distinct smear with a close hash
+is where its cells lie, which the thumbnail resolves. So the search asks first which images look
+alike at all: each thumbnail is box-reduced to an 8x8 layout (zero mean, unit norm, so brightness
+and contrast drop out; the reduction absorbs a move of a thumbnail pixel or two), the layouts are
+projected on their LAYOUT_DIMS principal axes (scikit-learn PCA), and a k-d tree (scipy cKDTree)
+gives every image its `neighbours` nearest layouts. A candidate is such a pair within the pHash
+radius. Work and memory are n log n and n x `neighbours`, not n^2.
+
+What it may miss is a retake that more than `neighbours` other images resemble more closely; the
+synthetic retakes and hard negatives measure it (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+from sklearn.decomposition import PCA
+
+LAYOUT_SIDE = 8
+# Measured at 69k synthetic images, 16 neighbours: 8 axes kept every shifted retake (recall 1.0),
+# 6 axes lost 8.5 % of them, 10 axes found the same pairs at three times the tree's query time.
+LAYOUT_DIMS = 8
+SHORTLIST_PER_NEIGHBOUR = 8
+TREE_EPS = 1.0
+_ROWS_PER_BLOCK = 8192
+_QUERIES_PER_BLOCK = 2048
+
+
+def layouts(thumbnails: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), LAYOUT_SIDE^2) float32 box-reduced thumbnails at `rows`, each with zero mean and
+    unit norm (a flat one: zeros)."""
+    side = thumbnails.shape[-1]
+    if side % LAYOUT_SIDE:
+        raise ValueError(f"thumbnail side {side} is not a multiple of the layout side {LAYOUT_SIDE}")
+    step = side // LAYOUT_SIDE
+    reduced = np.empty((len(rows), LAYOUT_SIDE * LAYOUT_SIDE), np.float32)
+    for start in range(0, len(rows), _ROWS_PER_BLOCK):  # a float copy of all thumbnails: 4 KB per image
+        block = thumbnails[rows[start:start + _ROWS_PER_BLOCK]].reshape(-1, LAYOUT_SIDE, step, LAYOUT_SIDE, step)
+        reduced[start:start + len(block)] = block.mean(axis=(2, 4), dtype=np.float32).reshape(len(block), -1)
+    reduced -= reduced.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(reduced, axis=1, keepdims=True)
+    np.divide(reduced, norms, out=reduced, where=norms > 1e-6)
+    reduced[norms[:, 0] <= 1e-6] = 0.0
+    return reduced
+
+
+def _all_pairs(n: int) -> np.ndarray:
+    first, second = np.triu_indices(n, k=1)
+    return np.stack([first, second], axis=1).astype(np.int64)
+
+
+def _nearest_layouts(vectors: np.ndarray, neighbours: int, workers: int) -> np.ndarray:
+    """(n, neighbours) positions of each layout's nearest others by full cosine, among a shortlist
+    that a k-d tree over the layouts' principal axes draws (approximate within TREE_EPS)."""
+    n = len(vectors)
+    shortlist = min(n, SHORTLIST_PER_NEIGHBOUR * neighbours + 1)
+    # From the 64x64 covariance (no n x 64 SVD factors); deterministic, and the axes' signs change no distance.
+    projected = PCA(min(LAYOUT_DIMS, n), svd_solver="covariance_eigh").fit_transform(vectors)
+    tree = cKDTree(projected)
+    nearest = np.empty((n, neighbours), np.int64)
+    for start in range(0, n, _QUERIES_PER_BLOCK):  # blocks: the shortlists alone are 1 KB per image
+        stop = min(n, start + _QUERIES_PER_BLOCK)
+        _, listed = tree.query(projected[start:stop], k=shortlist, eps=TREE_EPS, workers=workers)
+        scores = np.einsum("bd,bkd->bk", vectors[start:stop], vectors[listed])
+        scores[listed == np.arange(start, stop)[:, None]] = -np.inf
+        best = np.argpartition(-scores, neighbours - 1, axis=1)[:, :neighbours]
+        nearest[start:stop] = np.take_along_axis(listed, best, axis=1)
+    return nearest
+
+
+def neighbour_pairs(thumbnails: np.ndarray, rows: np.ndarray, neighbours: int, *, workers: int = 1) -> np.ndarray:
+    """Sorted unique pairs (i < j) of positions in `rows` where the thumbnail at rows[j] is among the
+    `neighbours` nearest layouts of the one at rows[i], or the other way round.
+
+    With `neighbours` >= len(rows) - 1 every pair is returned, so small sets are searched exhaustively.
+    """
+    if neighbours < 1:
+        raise ValueError(f"dedup neighbours must be at least 1, got {neighbours}")
+    n = len(rows)
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    if neighbours >= n - 1:
+        return _all_pairs(n)
+    nearest = _nearest_layouts(layouts(thumbnails, rows), neighbours, workers)
+    first = np.repeat(np.arange(n, dtype=np.int64), neighbours)
+    second = nearest.ravel()
+    low, high = np.minimum(first, second), np.maximum(first, second)
+    codes = np.unique(low * n + high)
+    return np.stack([codes // n, codes % n], axis=1)
