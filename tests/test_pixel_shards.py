@@ -149,3 +149,36 @@ def test_the_workflow_cache_is_lossless_and_deterministic(tmp_path):
     with pytest.raises(ValueError, match=r"index .*b\.parquet has columns"):
         built["b"][1].drop(columns="offset").to_parquet(tmp_path / "b.parquet")
         crop_cache.read_cache(tmp_path / "b.shard", tmp_path / "b.parquet")
+
+
+def test_cache_encoding_keeps_order_with_a_bounded_number_of_tasks_in_flight():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    in_flight, most, lock = 0, 0, threading.Lock()
+
+    def slow_square(value: int) -> int:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.002 * (value % 3))  # later tasks may finish first
+        with lock:
+            in_flight -= 1
+        return value * value
+
+    submitted = []
+
+    def items():
+        for value in range(200):
+            submitted.append(value)
+            yield value
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = crop_cache._ordered_map(pool, slow_square, items(), window=8)
+        first = next(results)
+        assert first == 0 and len(submitted) <= 8  # not every task submitted up front
+        rest = list(results)
+    assert [first, *rest] == [value * value for value in range(200)]
+    assert most <= 4

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from PIL import Image
 from leukoflow.classification.pixel_shards import SHARD_COLUMNS, PixelCache, encode_tile, write_shard
 
 LOGGER = logging.getLogger(__name__)
+_TASKS_PER_THREAD = 64  # tasks in flight per encoding thread: enough to keep them busy
 ITEM_COLUMNS = ["id", "name", "fold", "role"]  # what each tile is; SHARD_COLUMNS: where it lies
 INDEX_COLUMNS = [*ITEM_COLUMNS, *SHARD_COLUMNS]
 SOURCES = ("crops", "images", "background_crops", "background_images")
@@ -82,8 +84,23 @@ def _write_cache(groups: Sequence[tuple[str, Any]], render: Callable[[Any], list
         return [encode_tile(tile, fmt) for tile in render(payload)]
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        blobs = (blob for group in pool.map(encoded, [payload for _, payload in groups]) for blob in group)
+        blobs = (blob for group in _ordered_map(pool, encoded, (payload for _, payload in groups),
+                                                window=_TASKS_PER_THREAD * max(1, threads))
+                 for blob in group)
         return write_shard(pixels_path, blobs, fmt=fmt, size=size, rows=n_rows)
+
+
+def _ordered_map(pool: ThreadPoolExecutor, function: Callable[[Any], Any], items: Iterable[Any], *,
+                 window: int) -> Iterator[Any]:
+    """`pool.map` with at most `window` tasks in flight, results in input order. `Executor.map`
+    submits every task first: one future per image held to the end (about 1 KB per image)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int,
