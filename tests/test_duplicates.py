@@ -365,11 +365,17 @@ def test_thumbnails_are_read_batch_by_batch_in_the_order_asked(tmp_path, monkeyp
         read_thumbnails(tmp_path / "bad.parquet", np.array([5]))
 
 
-def test_a_table_is_read_without_a_wide_column():
+def test_a_table_is_read_without_a_wide_column(tmp_path):
     narrow = INGEST_IMAGES.without("thumbnail")
     assert "thumbnail" not in narrow.column_names and len(narrow.columns) == len(INGEST_IMAGES.columns) - 1
     with pytest.raises(ValueError, match="no columns"):
         INGEST_IMAGES.without("pixels")
+    images = ingest_images([("a.jpg", "train", BASE), ("b.jpg", "test", FAR)])
+    for suffix in (".parquet", ".csv"):
+        write_table(images, tmp_path / f"images{suffix}", INGEST_IMAGES)
+        read = read_table(tmp_path / f"images{suffix}", INGEST_IMAGES, skip=("thumbnail",))
+        assert list(read.columns) == narrow.column_names
+        pd.testing.assert_frame_equal(read, images.drop(columns="thumbnail"), check_dtype=False)
 
 
 def test_stored_thumbnails_decode_to_uint8_and_score_as_their_float_copies():

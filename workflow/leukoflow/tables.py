@@ -541,17 +541,16 @@ class TableWriter:
 
 
 def read_table(path: str | Path, schema: Schema, *, skip: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read and validate a table; `skip` names parquet columns left unread (a wide column's memory)."""
+    """Read and validate a table; `skip` names columns left unread (a wide column's memory)."""
     path = Path(path)
-    if skip:
-        schema = schema.without(*skip)
-        return validate(pd.read_parquet(path, columns=schema.column_names), schema, str(path))
+    schema = schema.without(*skip) if skip else schema
+    columns = schema.column_names if skip else None  # all of them: an unexpected column is reported
     if path.suffix == ".csv":
         # "" is a missing float (as written for NaN) but an empty text, never a missing one
         frame = pd.read_csv(path, keep_default_na=False, dtype={c.name: _CSV_DTYPES[c.dtype] for c in schema.columns},
-                            na_values={c.name: [""] for c in schema.columns if c.dtype == "float"})
+                            na_values={c.name: [""] for c in schema.columns if c.dtype == "float"}, usecols=columns)
     else:
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(path, columns=columns)
     return validate(frame, schema, str(path))
 
 

@@ -69,7 +69,8 @@ def _pairs_in_equal_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
 
 
-def _ordered_unique_pairs(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+def ordered_unique_pairs(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Sorted unique pairs (min, max) of the index pairs (a[k], b[k]) among n items."""
     low, high = np.minimum(a, b), np.maximum(a, b)
     codes = np.unique(low * n + high)
     return np.stack([codes // n, codes % n], axis=1)
@@ -91,7 +92,7 @@ def near_pairs_multi_index(hashes: np.ndarray, max_distance: int) -> np.ndarray:
         close = hamming(hashes[a], hashes[b]) <= max_distance
         found_a.append(a[close])
         found_b.append(b[close])
-    return _ordered_unique_pairs(np.concatenate(found_a), np.concatenate(found_b), len(hashes))
+    return ordered_unique_pairs(np.concatenate(found_a), np.concatenate(found_b), len(hashes))
 
 
 def near_pairs_brute_force(hashes: np.ndarray, max_distance: int) -> np.ndarray:

@@ -21,6 +21,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from sklearn.decomposition import PCA
 
+from leukoflow.curation.hash_search import ordered_unique_pairs
+
 LAYOUT_SIDE = 8
 # Measured at 69k synthetic images, 16 neighbours: 8 axes kept every shifted retake (recall 1.0),
 # 6 axes lost 8.5 % of them, 10 axes found the same pairs at three times the tree's query time.
@@ -87,8 +89,4 @@ def neighbour_pairs(thumbnails: np.ndarray, rows: np.ndarray, neighbours: int, *
     if neighbours >= n - 1:
         return _all_pairs(n)
     nearest = _nearest_layouts(layouts(thumbnails, rows), neighbours, workers)
-    first = np.repeat(np.arange(n, dtype=np.int64), neighbours)
-    second = nearest.ravel()
-    low, high = np.minimum(first, second), np.maximum(first, second)
-    codes = np.unique(low * n + high)
-    return np.stack([codes // n, codes % n], axis=1)
+    return ordered_unique_pairs(np.repeat(np.arange(n, dtype=np.int64), neighbours), nearest.ravel(), n)
