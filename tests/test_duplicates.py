@@ -365,6 +365,14 @@ def test_thumbnails_are_read_batch_by_batch_in_the_order_asked(tmp_path, monkeyp
         read_thumbnails(tmp_path / "bad.parquet", np.array([5]))
 
 
+def test_thumbnails_read_by_the_caller_must_match_the_usable_images():
+    images = ingest_images([("a.jpg", "train", BASE), ("b.jpg", "train", FAR),
+                            ("q.jpg", "train", FAR, 360, 363, "quarantined")])
+    boxes = ingest_boxes([("a.jpg", "LY"), ("b.jpg", "LY")])
+    with pytest.raises(ValueError, match="3 thumbnails for 2 usable images"):
+        find_duplicates(images, boxes, **OPTIONS, thumbnails=np.zeros((3, THUMBNAIL_SIDE, THUMBNAIL_SIDE), np.uint8))
+
+
 def test_a_table_is_read_without_a_wide_column(tmp_path):
     narrow = INGEST_IMAGES.without("thumbnail")
     assert "thumbnail" not in narrow.column_names and len(narrow.columns) == len(INGEST_IMAGES.columns) - 1
