@@ -14,9 +14,10 @@ from leukoflow.curation.duplicates import find_duplicates
 from leukoflow.curation.hash_search import (
     find_near_pairs, near_pairs_brute_force, near_pairs_multi_index, phash_to_uint64,
 )
+from leukoflow.curation import neighbours as neighbours_module
 from leukoflow.curation.neighbours import layouts, neighbour_pairs
 from leukoflow.ingest import thumbnails as thumbnails_module
-from leukoflow.ingest.thumbnails import THUMBNAIL_SIDE, read_thumbnails, thumbnails_to_array
+from leukoflow.ingest.thumbnails import THUMBNAIL_SIDE, read_thumbnails, spill_thumbnails, thumbnails_to_array
 from leukoflow.tables import (
     CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, read_table, validate, write_table,
 )
@@ -363,6 +364,56 @@ def test_thumbnails_are_read_batch_by_batch_in_the_order_asked(tmp_path, monkeyp
     write_table(images, tmp_path / "bad.parquet", INGEST_IMAGES)
     with pytest.raises(ValueError, match="row 5: thumbnail has 2 bytes"):
         read_thumbnails(tmp_path / "bad.parquet", np.array([5]))
+
+
+def test_thumbnail_file_reads_like_the_array_it_replaces(tmp_path, monkeypatch):
+    monkeypatch.setattr(thumbnails_module, "_BATCH_ROWS", 3)
+    images = ingest_images([(f"i{k}.jpg", "train", BASE + k, 360, 363, "ok", scene(k)) for k in range(8)])
+    write_table(images, tmp_path / "images.parquet", INGEST_IMAGES)
+    rows = np.array([7, 0, 4, 3, 5, 6])  # positions 4, 5 hold rows 5, 6: one run in the file
+    expected = read_thumbnails(tmp_path / "images.parquet", rows)
+    with open(tmp_path / "spill", "w+b", buffering=0) as handle:
+        stored = spill_thumbnails(tmp_path / "images.parquet", rows, handle)
+        assert len(stored) == 6 and stored.shape == expected.shape and (tmp_path / "spill").stat().st_size == 6 * 1024
+        np.testing.assert_array_equal(stored[np.arange(6)], expected)
+        np.testing.assert_array_equal(stored[np.array([5, 1, 5, 0])], expected[[5, 1, 5, 0]])
+        np.testing.assert_array_equal(stored[2], expected[2])
+        assert stored[np.array([], np.int64)].shape == (0, 32, 32)
+        with pytest.raises(IndexError, match="outside 0..5"):
+            stored[np.array([1, 6])]
+        pairs = np.array([0, 1, 2]), np.array([3, 3, 5])
+        np.testing.assert_array_equal(similarity(stored, *pairs), similarity(expected, *pairs))
+        np.testing.assert_array_equal(layouts(stored, np.array([4, 0, 2])), layouts(expected, np.array([4, 0, 2])))
+
+
+def test_thumbnail_text_is_decoded_in_bulk_and_bad_rows_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(thumbnails_module, "_BATCH_ROWS", 4)
+    images = ingest_images([(f"i{k}.jpg", "train", BASE + k, 360, 363, "ok", scene(k)) for k in range(8)])
+    images.loc[1, "thumbnail"] = images.loc[1, "thumbnail"].upper()  # hex digits of either case
+    images.loc[6, "thumbnail"] = ""  # a quarantined image has none: its batch is decoded row by row
+    write_table(images, tmp_path / "images.parquet", INGEST_IMAGES)
+    levels = read_thumbnails(tmp_path / "images.parquet", np.array([1, 7, 4]))
+    np.testing.assert_array_equal(levels, np.stack([scene(1), scene(7), scene(4)]))
+    images.loc[2, "thumbnail"] = "zz" + images.loc[2, "thumbnail"][2:]
+    write_table(images, tmp_path / "bad.parquet", INGEST_IMAGES)
+    np.testing.assert_array_equal(read_thumbnails(tmp_path / "bad.parquet", np.array([3]))[0], scene(3))
+    with pytest.raises(ValueError, match="row 2: thumbnail is not hexadecimal"):
+        read_thumbnails(tmp_path / "bad.parquet", np.array([2]))
+
+
+def test_neighbour_pairs_filter_block_by_block_as_a_filter_afterwards_would(monkeypatch):
+    monkeypatch.setattr(neighbours_module, "_QUERIES_PER_BLOCK", 7)
+    thumbnails = np.stack([scene(300 + k) for k in range(40)])
+    rows = np.arange(40)
+    every = neighbour_pairs(thumbnails, rows, neighbours=3)
+
+    def odd_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a + b) % 2 == 1
+
+    np.testing.assert_array_equal(neighbour_pairs(thumbnails, rows, neighbours=3, keep=odd_sum),
+                                  every[odd_sum(every[:, 0], every[:, 1])])
+    small = neighbour_pairs(thumbnails, rows[:4], neighbours=3, keep=odd_sum)  # every pair of a small set
+    np.testing.assert_array_equal(small, np.array([[0, 1], [0, 3], [1, 2], [2, 3]]))
 
 
 def test_thumbnails_read_by_the_caller_must_match_the_usable_images():

@@ -151,6 +151,24 @@ def test_the_workflow_cache_is_lossless_and_deterministic(tmp_path):
         crop_cache.read_cache(tmp_path / "b.shard", tmp_path / "b.parquet")
 
 
+def test_crop_tiles_follow_their_image_then_row_whatever_the_table_order(tmp_path):
+    images, crops = _smears(tmp_path)
+    shuffled = crops.iloc[[3, 0, 5, 1, 4, 2]].reset_index(drop=True)  # images interleaved
+    paths = dict(zip(images["name"], images["path"]))
+    index = crop_cache.build_crop_cache(shuffled, paths, 24, tmp_path / "s.shard", threads=2, fmt="raw")
+    assert list(index["id"]) == ["img0.jpg#0", "img0.jpg#1", "img1.jpg#1", "img1.jpg#0", "img2.jpg#1", "img2.jpg#0"]
+    crop_cache.write_index(index, tmp_path / "s.parquet")
+    tiles, _ = crop_cache.read_cache(tmp_path / "s.shard", tmp_path / "s.parquet")
+    for row, crop_id in enumerate(index["id"]):
+        box = shuffled.loc[shuffled["crop_id"] == crop_id].iloc[0]
+        with Image.open(paths[box["name"]]) as image:
+            expected = crop_cache.square_resize(
+                image.convert("RGB").crop((int(box.x1), int(box.y1), int(box.x2), int(box.y2))), 24)
+        np.testing.assert_array_equal(tiles[row], expected)
+    empty = crop_cache.build_crop_cache(crops.iloc[:0], paths, 24, tmp_path / "e.shard", threads=2, fmt="raw")
+    assert len(empty) == 0 and list(empty.columns) == crop_cache.INDEX_COLUMNS
+
+
 def test_cache_encoding_keeps_order_with_a_bounded_number_of_tasks_in_flight():
     import threading
     import time

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -76,16 +76,15 @@ def _crop_boxes(image: Image.Image, boxes: np.ndarray, size: int, where: str) ->
     return out
 
 
-def _write_cache(groups: Sequence[tuple[str, Any]], render: Callable[[Any], list[np.ndarray]],
+def _write_cache(payloads: Iterable[Any], render: Callable[[Any], list[np.ndarray]],
                  n_rows: int, size: int, pixels_path: Path, threads: int, fmt: str) -> pd.DataFrame:
-    """Render each group (one decoded image -> its rows) and encode its tiles in a thread pool;
-    the shard keeps group order. Returns the tiles' SHARD_COLUMNS."""
+    """Render each payload (one decoded image -> its rows) and encode its tiles in a thread pool;
+    the shard keeps payload order. Returns the tiles' SHARD_COLUMNS."""
     def encoded(payload: Any) -> list[bytes]:
         return [encode_tile(tile, fmt) for tile in render(payload)]
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        blobs = (blob for group in _ordered_map(pool, encoded, (payload for _, payload in groups),
-                                                window=_TASKS_PER_THREAD * max(1, threads))
+        blobs = (blob for group in _ordered_map(pool, encoded, payloads, window=_TASKS_PER_THREAD * max(1, threads))
                  for blob in group)
         return write_shard(pixels_path, blobs, fmt=fmt, size=size, rows=n_rows)
 
@@ -111,15 +110,20 @@ def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int
         raise ValueError(f"crop cache: {len(missing)} crop image(s) have no path in the image table, "
                          f"e.g. {missing[:3]}")
     order = crops.assign(_row=np.arange(len(crops))).sort_values(["name", "_row"], kind="stable")
-    groups = [(name, (image_paths[name], frame[["x1", "y1", "x2", "y2"]].to_numpy(float), name))
-              for name, frame in order.groupby("name", sort=False)]
+    names, boxes = order["name"].to_numpy(), order[["x1", "y1", "x2", "y2"]].to_numpy(float)
+    first_of_image = np.ones(len(names), bool)
+    first_of_image[1:] = names[1:] != names[:-1]
+    starts = np.flatnonzero(first_of_image)
+    stops = np.append(starts[1:], len(names))
+    # Made as the encoders draw them: a list of every image's payload held about 0.3 KB per image
+    payloads = ((image_paths[names[start]], boxes[start:stop], names[start]) for start, stop in zip(starts, stops))
 
     def render(payload: tuple[str, np.ndarray, str]) -> list[np.ndarray]:
         path, boxes, name = payload
         return _crop_boxes(_open_rgb(path), boxes, size, f"image {name}")
 
     started = time.perf_counter()
-    shard = _write_cache(groups, render, len(crops), size, Path(pixels_path), threads, fmt)
+    shard = _write_cache(payloads, render, len(crops), size, Path(pixels_path), threads, fmt)
     index = pd.DataFrame({
         "id": order["crop_id"].astype(str).to_numpy(),
         "name": order["name"].astype(str).to_numpy(),
@@ -134,9 +138,8 @@ def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int
 def build_image_cache(images: pd.DataFrame, size: int, pixels_path: str | Path, *,
                       threads: int, fmt: str) -> pd.DataFrame:
     """Cache whole images (columns name, path, fold, role) at `size`; returns the index."""
-    groups = [(name, path) for name, path in zip(images["name"], images["path"])]
-    shard = _write_cache(groups, lambda path: [square_resize(_open_rgb(path), size)], len(images), size,
-                         Path(pixels_path), threads, fmt)
+    shard = _write_cache(iter(images["path"]), lambda path: [square_resize(_open_rgb(path), size)], len(images),
+                         size, Path(pixels_path), threads, fmt)
     return pd.DataFrame({
         "id": images["name"].astype(str).to_numpy(),
         "name": images["name"].astype(str).to_numpy(),
@@ -183,7 +186,7 @@ def build_background_crop_cache(backgrounds: pd.DataFrame, size: int, pixels_pat
         train, valid = background_crop_boxes(width, height, rng, n_train_crops=n_train_crops,
                                              min_side=min_side, max_side=max_side,
                                              valid_side=valid_side, valid_position=valid_position)
-        groups.append((item.name, (item.path, np.vstack([train, valid]), item.name)))
+        groups.append((item.path, np.vstack([train, valid]), item.name))
         rows += [{"id": f"{item.name}@{k}", "name": item.name, "fold": int(item.fold),
                   "role": "train" if k < n_train_crops else "valid"} for k in range(n_train_crops + 1)]
 
@@ -233,8 +236,9 @@ def build_cache(source: str, size: int, pixels_path: str | Path, index_path: str
     `backgrounds`: the background table (name, path, fold; sources background_*).
     """
     started = time.perf_counter()
-    paths = dict(zip(images["name"], images["path"]))
     if source == "crops":
+        cropped = images[images["name"].isin(crops["name"])]
+        paths = dict(zip(cropped["name"], cropped["path"]))
         index = build_crop_cache(crops, paths, size, pixels_path, threads=threads, fmt=fmt)
     elif source == "images":
         index = build_image_cache(image_cache_rows(images, folds), size, pixels_path, threads=threads, fmt=fmt)

@@ -21,6 +21,7 @@ import io
 import json
 import struct
 import zlib
+from array import array
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,7 +81,7 @@ def write_shard(path: str | Path, blobs: Iterable[bytes], *, fmt: str, size: int
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    offsets, lengths, checksums = [], [], []
+    offsets, lengths, checksums = array("q"), array("q"), array("q")  # 24 B per tile; lists of ints: 108 B
     with open(partial, "wb") as handle:
         handle.write(_header(fmt, size, rows))
         for blob in blobs:
@@ -92,8 +93,8 @@ def write_shard(path: str | Path, blobs: Iterable[bytes], *, fmt: str, size: int
         partial.unlink()
         raise RuntimeError(f"pixel shard {path}: got {len(offsets)} tiles, expected {rows}")
     partial.replace(path)
-    return pd.DataFrame({"offset": np.array(offsets, dtype="int64"), "length": np.array(lengths, dtype="int64"),
-                         "crc32": np.array(checksums, dtype="int64")})
+    return pd.DataFrame({"offset": np.frombuffer(offsets, dtype=np.int64), "length": np.frombuffer(lengths, np.int64),
+                         "crc32": np.frombuffer(checksums, np.int64)})
 
 
 def read_header(path: str | Path) -> dict[str, Any]:

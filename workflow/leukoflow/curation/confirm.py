@@ -12,25 +12,31 @@ thumbnail still resolves, so they score low.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from leukoflow.ingest.thumbnails import ThumbnailArray
 
 MAX_SHIFT = 2  # thumbnail px (~6 % of the side) tried in each direction
 # Measured on synthetic retakes and hard negatives (BENCHMARKS.md): 0.7 px raised the lowest score
 # of a moved copy from 0.90 to 0.96 while the highest distinct pair stayed below 0.90.
 SMOOTHING_SIGMA = 0.7  # thumbnail px
-_PAIRS_PER_BLOCK = 1024  # bounds memory: a block holds 2 x pairs x side^2 float64 and their integrals
+_PAIRS_PER_BLOCK = 256  # bounds memory: a block holds 2 x pairs x side^2 float64 and their integrals, 56 KB per pair
 _FLAT = 1e-6  # a window whose variance per pixel is below this (squared grey levels) counts as flat: score 0
 
 
-def _smoothed(thumbnails: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _smoothed(thumbnails: ThumbnailArray, rows: np.ndarray) -> np.ndarray:
     """The thumbnails at `rows`, each smoothed with SMOOTHING_SIGMA, as float64 (whatever the input's type).
 
     Smoothed per block of pairs rather than once per image: a smoothed copy of every image that
     some candidate touches was 4 KB per image, and the bounded search touches most of them."""
-    smoothed = np.empty((len(rows), *thumbnails.shape[1:]), np.float64)
-    for index, row in enumerate(rows):
-        smoothed[index] = cv2.GaussianBlur(thumbnails[row].astype(np.float32), (0, 0), SMOOTHING_SIGMA,
+    levels = thumbnails[rows]
+    smoothed = np.empty(levels.shape, np.float64)
+    for index, level in enumerate(levels):
+        smoothed[index] = cv2.GaussianBlur(level.astype(np.float32), (0, 0), SMOOTHING_SIGMA,
                                            borderType=cv2.BORDER_REFLECT)
     return smoothed
 
@@ -55,14 +61,15 @@ def _overlap(shift: int, side: int) -> tuple[slice, slice]:
     return slice(max(shift, 0), side + min(shift, 0)), slice(max(-shift, 0), side + min(-shift, 0))
 
 
-def similarity(thumbnails: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+def similarity(thumbnails: ThumbnailArray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Best normalised cross-correlation over shifts of +-MAX_SHIFT px, per pair (first[k], second[k]).
 
     For each shift the two overlapping windows are compared, each standardised on its own (zero
     mean, unit variance); window means and variances come from integral images.
 
     Args:
-        thumbnails: (n, side, side) grey thumbnails (uint8 as ingest stores them, or float).
+        thumbnails: (n, side, side) grey thumbnails (uint8 as ingest stores them, or float), or a
+            `ThumbnailFile` of them.
         first, second: index arrays of equal length, the candidate pairs.
 
     Returns:

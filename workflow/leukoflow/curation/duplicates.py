@@ -28,6 +28,7 @@ file of each all-train group in glob order. We differ on purpose:
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from leukoflow.curation.confirm import similarity
 from leukoflow.curation.hash_search import find_near_pairs, hamming, phash_to_uint64
 from leukoflow.curation.neighbours import neighbour_pairs
 from leukoflow.ingest.holdout import held_out
-from leukoflow.ingest.thumbnails import read_thumbnails, thumbnails_to_array
+from leukoflow.ingest.thumbnails import ThumbnailArray, spill_thumbnails, thumbnails_to_array
 from leukoflow.ledger import LedgerBuilder
 from leukoflow.tables import (
     CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, read_table, schema_frame, write_table,
@@ -72,7 +73,7 @@ def _exact_links(hashes: np.ndarray) -> np.ndarray:
     return np.stack([order[:-1][same], order[1:][same]], axis=1).astype(np.int64)
 
 
-def _candidate_links(hashes: np.ndarray, thumbnails: np.ndarray, max_distance: int,
+def _candidate_links(hashes: np.ndarray, thumbnails: ThumbnailArray, max_distance: int,
                      neighbours: int | None) -> np.ndarray:
     """(k, 2) pairs of representative images (first by name) of distinct hashes within max_distance
     bits: among each one's `neighbours` nearest thumbnail layouts, or among all pairs when None."""
@@ -80,8 +81,8 @@ def _candidate_links(hashes: np.ndarray, thumbnails: np.ndarray, max_distance: i
     if neighbours is None:
         pairs = find_near_pairs(unique, max_distance)
     else:
-        pairs = neighbour_pairs(thumbnails, first, neighbours)
-        pairs = pairs[hamming(unique[pairs[:, 0]], unique[pairs[:, 1]]) <= max_distance]
+        pairs = neighbour_pairs(thumbnails, first, neighbours,
+                                keep=lambda a, b: hamming(unique[a], unique[b]) <= max_distance)
     return first[pairs].reshape(-1, 2).astype(np.int64)
 
 
@@ -96,7 +97,7 @@ class Links:
     confirmed: int
 
 
-def find_links(hashes: np.ndarray, thumbnails: np.ndarray, *, max_distance: int, min_similarity: float,
+def find_links(hashes: np.ndarray, thumbnails: ThumbnailArray, *, max_distance: int, min_similarity: float,
                neighbours: int | None) -> Links:
     """Exact links (equal hashes) and confirmed near links (hash candidates passing the comparison)."""
     exact = _exact_links(hashes)
@@ -243,7 +244,7 @@ def _hold_out(table: pd.DataFrame, holdout_fraction: float, seed: int) -> None:
 def find_duplicates(
     images: pd.DataFrame, boxes: pd.DataFrame, *, max_distance: int, min_similarity: float,
     conflict_policy: ConflictPolicy, near_policy: NearPolicy, holdout_fraction: float, seed: int,
-    neighbours: int | None, thumbnails: np.ndarray | None = None,
+    neighbours: int | None, thumbnails: ThumbnailArray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Group exact and confirmed near-duplicate images and decide which train copies are used.
 
@@ -254,7 +255,7 @@ def find_duplicates(
         neighbours: a candidate pair must also be among either image's `neighbours` nearest
             thumbnail layouts (`leukoflow.curation.neighbours`); None searches every pair.
         thumbnails: the usable images' thumbnails in `usable_by_name` order, when the caller read
-            them itself (`read_thumbnails`); None decodes them from images["thumbnail"].
+            them itself (`read_thumbnails`, `spill_thumbnails`); None decodes them from images["thumbnail"].
         min_similarity: thumbnail correlation a candidate needs to be linked (-1 links every candidate).
         conflict_policy: "keep_survivor" or "drop_group" for groups whose train labels differ.
         near_policy: "remove" keeps one train image per group; "keep_grouped" keeps one per
@@ -311,15 +312,19 @@ def deduplicate(
     near_policy: NearPolicy, holdout_fraction: float, seed: int, neighbours: int | None,
 ) -> dict:
     """Rule `deduplicate`: ingest's images and boxes in; duplicate groups, curated images, ledger out."""
-    # The thumbnails' hex text is never read as a column: each batch is decoded straight to uint8.
+    # The thumbnails' hex text is never read as a column: each batch is decoded straight to uint8,
+    # into a temporary file beside the outputs that the search reads pair by pair (`ThumbnailFile`).
     ingested = read_table(ingest_images, INGEST_IMAGES, skip=("thumbnail",))
-    thumbnails = read_thumbnails(ingest_images, usable_by_name(ingested).index.to_numpy())
-    found_groups, curated, found_ledger, summary = find_duplicates(
-        ingested, read_table(ingest_boxes, INGEST_BOXES),
-        max_distance=max_distance, min_similarity=min_similarity, conflict_policy=conflict_policy,
-        near_policy=near_policy, holdout_fraction=holdout_fraction, seed=seed, neighbours=neighbours,
-        thumbnails=thumbnails,
-    )
+    folder = Path(groups).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder, prefix="thumbnails-", buffering=0) as spill:
+        thumbnails = spill_thumbnails(ingest_images, usable_by_name(ingested).index.to_numpy(), spill)
+        found_groups, curated, found_ledger, summary = find_duplicates(
+            ingested, read_table(ingest_boxes, INGEST_BOXES),
+            max_distance=max_distance, min_similarity=min_similarity, conflict_policy=conflict_policy,
+            near_policy=near_policy, holdout_fraction=holdout_fraction, seed=seed, neighbours=neighbours,
+            thumbnails=thumbnails,
+        )
     write_table(found_groups, groups, DUPLICATE_GROUPS)
     write_table(curated, images, CURATED_IMAGES)
     write_table(found_ledger, ledger, LEDGER)

@@ -17,11 +17,17 @@ synthetic retakes and hard negatives measure it (BENCHMARKS.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.spatial import cKDTree
 from sklearn.decomposition import PCA
 
 from leukoflow.curation.hash_search import ordered_unique_pairs
+
+if TYPE_CHECKING:
+    from leukoflow.ingest.thumbnails import ThumbnailArray
 
 LAYOUT_SIDE = 8
 # Measured at 69k synthetic images, 16 neighbours: 8 axes kept every shifted retake (recall 1.0),
@@ -30,10 +36,10 @@ LAYOUT_DIMS = 8
 SHORTLIST_PER_NEIGHBOUR = 8
 TREE_EPS = 1.0
 _ROWS_PER_BLOCK = 8192
-_QUERIES_PER_BLOCK = 2048
+_QUERIES_PER_BLOCK = 512  # a block gathers its shortlists' layouts: 33 KB per query
 
 
-def layouts(thumbnails: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def layouts(thumbnails: ThumbnailArray, rows: np.ndarray) -> np.ndarray:
     """(len(rows), LAYOUT_SIDE^2) float32 box-reduced thumbnails at `rows`, each with zero mean and
     unit norm (a flat one: zeros)."""
     side = thumbnails.shape[-1]
@@ -56,28 +62,33 @@ def _all_pairs(n: int) -> np.ndarray:
     return np.stack([first, second], axis=1).astype(np.int64)
 
 
-def _nearest_layouts(vectors: np.ndarray, neighbours: int, workers: int) -> np.ndarray:
-    """(n, neighbours) positions of each layout's nearest others by full cosine, among a shortlist
-    that a k-d tree over the layouts' principal axes draws (approximate within TREE_EPS)."""
+def _nearest_layouts(vectors: np.ndarray, neighbours: int, workers: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, (block, neighbours) positions) per block of layouts: each layout's nearest others by
+    full cosine, among a shortlist that a k-d tree over the layouts' principal axes draws
+    (approximate within TREE_EPS). In blocks: per image, the shortlist is 1 KB, its layouts 33 KB."""
     n = len(vectors)
     shortlist = min(n, SHORTLIST_PER_NEIGHBOUR * neighbours + 1)
     # From the 64x64 covariance (no n x 64 SVD factors); deterministic, and the axes' signs change no distance.
     projected = PCA(min(LAYOUT_DIMS, n), svd_solver="covariance_eigh").fit_transform(vectors)
     tree = cKDTree(projected)
-    nearest = np.empty((n, neighbours), np.int64)
-    for start in range(0, n, _QUERIES_PER_BLOCK):  # blocks: the shortlists alone are 1 KB per image
+    for start in range(0, n, _QUERIES_PER_BLOCK):
         stop = min(n, start + _QUERIES_PER_BLOCK)
         _, listed = tree.query(projected[start:stop], k=shortlist, eps=TREE_EPS, workers=workers)
         scores = np.einsum("bd,bkd->bk", vectors[start:stop], vectors[listed])
         scores[listed == np.arange(start, stop)[:, None]] = -np.inf
         best = np.argpartition(-scores, neighbours - 1, axis=1)[:, :neighbours]
-        nearest[start:stop] = np.take_along_axis(listed, best, axis=1)
-    return nearest
+        yield start, np.take_along_axis(listed, best, axis=1)
 
 
-def neighbour_pairs(thumbnails: np.ndarray, rows: np.ndarray, neighbours: int, *, workers: int = 1) -> np.ndarray:
+PairFilter = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def neighbour_pairs(thumbnails: ThumbnailArray, rows: np.ndarray, neighbours: int, *, workers: int = 1,
+                    keep: PairFilter | None = None) -> np.ndarray:
     """Sorted unique pairs (i < j) of positions in `rows` where the thumbnail at rows[j] is among the
-    `neighbours` nearest layouts of the one at rows[i], or the other way round.
+    `neighbours` nearest layouts of the one at rows[i], or the other way round; with `keep`, only
+    the pairs (a, b) where keep(a, b) is true, filtered block by block (never n x `neighbours` pairs
+    in memory).
 
     With `neighbours` >= len(rows) - 1 every pair is returned, so small sets are searched exhaustively.
     """
@@ -87,6 +98,13 @@ def neighbour_pairs(thumbnails: np.ndarray, rows: np.ndarray, neighbours: int, *
     if n < 2:
         return np.zeros((0, 2), np.int64)
     if neighbours >= n - 1:
-        return _all_pairs(n)
-    nearest = _nearest_layouts(layouts(thumbnails, rows), neighbours, workers)
-    return ordered_unique_pairs(np.repeat(np.arange(n, dtype=np.int64), neighbours), nearest.ravel(), n)
+        pairs = _all_pairs(n)
+        return pairs if keep is None else pairs[keep(pairs[:, 0], pairs[:, 1])]
+    first, second = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start, nearest in _nearest_layouts(layouts(thumbnails, rows), neighbours, workers):
+        a = np.repeat(np.arange(start, start + len(nearest), dtype=np.int64), neighbours)
+        b = nearest.ravel().astype(np.int64)
+        kept = slice(None) if keep is None else keep(a, b)
+        first.append(a[kept])
+        second.append(b[kept])
+    return ordered_unique_pairs(np.concatenate(first), np.concatenate(second), n)

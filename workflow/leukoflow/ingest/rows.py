@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +101,8 @@ def _check_name(name: str, findings: list[Finding]) -> None:
 @dataclass
 class CheckedTrainRows:
     names: list[str] = field(default_factory=list)
-    coordinates: list[list[float]] = field(default_factory=list)
+    # x1, y1, x2, y2 of every row, one flat float64 array: 32 B per row, against 184 B as lists of floats
+    coordinates: array = field(default_factory=lambda: array("d"))
     labels: list[str] = field(default_factory=list)
     class_indices: list[int] = field(default_factory=list)
     findings: list[list[Finding]] = field(default_factory=list)
@@ -127,9 +130,9 @@ def check_train_rows(table: CsvTable) -> CheckedTrainRows:
         label = values[CLASS_COLUMN]
         if label not in CLASS_TO_INDEX:
             findings.append((CLASS_COLUMN, ACTION_QUARANTINED, "unknown_class", f"{label!r} is not a class code"))
-        rows.names.append(values[NAME_COLUMN])
-        rows.coordinates.append(coordinates)
-        rows.labels.append(label)
+        rows.names.append(sys.intern(values[NAME_COLUMN]))  # one string per image and per class, not per row
+        rows.coordinates.extend(coordinates)
+        rows.labels.append(sys.intern(label))
         rows.class_indices.append(CLASS_TO_INDEX.get(label, -1))
         rows.findings.append(findings)
     _flag_repeated_boxes(rows)
@@ -142,7 +145,8 @@ def _flag_repeated_boxes(rows: CheckedTrainRows) -> None:
     for row, findings in enumerate(rows.findings):
         if is_quarantined(findings):
             continue
-        key = (rows.names[row], *rows.coordinates[row], rows.labels[row])
+        width = len(COORDINATE_COLUMNS)
+        key = (rows.names[row], *rows.coordinates[width * row:width * (row + 1)], rows.labels[row])
         if key in first_row:
             findings.append(("row", ACTION_QUARANTINED, "duplicate_row", f"same NAME, box and class as row {first_row[key]}"))
         else:
