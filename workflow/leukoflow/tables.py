@@ -550,8 +550,17 @@ def read_table(path: str | Path, schema: Schema, *, skip: tuple[str, ...] = ()) 
         frame = pd.read_csv(path, keep_default_na=False, dtype={c.name: _CSV_DTYPES[c.dtype] for c in schema.columns},
                             na_values={c.name: [""] for c in schema.columns if c.dtype == "float"}, usecols=columns)
     else:
-        frame = pd.read_parquet(path, columns=columns)
+        frame = _read_parquet(path, columns)
     return validate(frame, schema, str(path))
+
+
+def _read_parquet(path: Path, columns: list[str] | None) -> pd.DataFrame:
+    """The parquet file as a frame (the dtypes of `pd.read_parquet`), without pre-buffering whole
+    column chunks: for a 71 MB table (300k images) `pd.read_parquet` held 220 MB at its peak, this
+    (with Arrow's system allocator, chosen in `leukoflow/__init__.py`) 116 MB (BENCHMARKS.md)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=columns, pre_buffer=False).to_pandas(self_destruct=True)
 
 
 _CSV_DTYPES = {"str": str, "int": "int64", "float": "float64", "bool": bool}

@@ -215,7 +215,8 @@ def _roles_by_group(
 def usable_by_name(images: pd.DataFrame) -> pd.DataFrame:
     """The usable images sorted by NAME, indexed by their row position in `images`, without thumbnails."""
     table = images.drop(columns="thumbnail", errors="ignore").reset_index(drop=True)
-    return usable(table).sort_values("name", kind="stable")
+    rows = np.flatnonzero((table["status"] != "quarantined").to_numpy())
+    return table.take(rows[np.argsort(table["name"].to_numpy()[rows], kind="stable")])  # one copy of the rows
 
 
 def _check_options(max_distance: int, min_similarity: float, conflict_policy: str, near_policy: str,
@@ -306,6 +307,11 @@ def find_duplicates(
     return groups, curated, ledger, summary
 
 
+# Columns of ingest's images table that dedup never reads: the thumbnails' hex text (read batch by
+# batch instead) and 120 B per image of text the curated table does not carry.
+_NOT_READ = ("thumbnail", "reason", "channels", "mode", "file_sha256")
+
+
 def deduplicate(
     *, ingest_images: str | Path, ingest_boxes: str | Path, groups: str | Path, images: str | Path,
     ledger: str | Path, max_distance: int, min_similarity: float, conflict_policy: ConflictPolicy,
@@ -314,7 +320,7 @@ def deduplicate(
     """Rule `deduplicate`: ingest's images and boxes in; duplicate groups, curated images, ledger out."""
     # The thumbnails' hex text is never read as a column: each batch is decoded straight to uint8,
     # into a temporary file beside the outputs that the search reads pair by pair (`ThumbnailFile`).
-    ingested = read_table(ingest_images, INGEST_IMAGES, skip=("thumbnail",))
+    ingested = read_table(ingest_images, INGEST_IMAGES, skip=_NOT_READ)
     folder = Path(groups).parent
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=folder, prefix="thumbnails-", buffering=0) as spill:

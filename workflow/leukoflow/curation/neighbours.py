@@ -9,7 +9,8 @@ alike at all: each thumbnail is box-reduced to an 8x8 layout (zero mean, unit no
 and contrast drop out; the reduction absorbs a move of a thumbnail pixel or two), the layouts are
 projected on their LAYOUT_DIMS principal axes (scikit-learn PCA), and a k-d tree (scipy cKDTree)
 gives every image its `neighbours` nearest layouts. A candidate is such a pair within the pHash
-radius. Work and memory are n log n and n x `neighbours`, not n^2.
+radius. Work is n log n, not n^2; memory is the layouts (256 B per image), the tree, and one block
+of queries at a time, the pairs kept only once they pass the pHash radius.
 
 What it may miss is a retake that more than `neighbours` other images resemble more closely; the
 synthetic retakes and hard negatives measure it (BENCHMARKS.md).
@@ -35,7 +36,7 @@ LAYOUT_SIDE = 8
 LAYOUT_DIMS = 8
 SHORTLIST_PER_NEIGHBOUR = 8
 TREE_EPS = 1.0
-_ROWS_PER_BLOCK = 8192
+_ROWS_PER_BLOCK = 2048  # a block's float copy: 4 KB per row
 _QUERIES_PER_BLOCK = 512  # a block gathers its shortlists' layouts: 33 KB per query
 
 
@@ -47,7 +48,7 @@ def layouts(thumbnails: ThumbnailArray, rows: np.ndarray) -> np.ndarray:
         raise ValueError(f"thumbnail side {side} is not a multiple of the layout side {LAYOUT_SIDE}")
     step = side // LAYOUT_SIDE
     reduced = np.empty((len(rows), LAYOUT_SIDE * LAYOUT_SIDE), np.float32)
-    for start in range(0, len(rows), _ROWS_PER_BLOCK):  # a float copy of all thumbnails: 4 KB per image
+    for start in range(0, len(rows), _ROWS_PER_BLOCK):  # never a float copy of all thumbnails
         block = thumbnails[rows[start:start + _ROWS_PER_BLOCK]].reshape(-1, LAYOUT_SIDE, step, LAYOUT_SIDE, step)
         reduced[start:start + len(block)] = block.mean(axis=(2, 4), dtype=np.float32).reshape(len(block), -1)
     reduced -= reduced.mean(axis=1, keepdims=True)
