@@ -448,6 +448,28 @@ def test_faster_phash_option_stays_a_close_16_digit_hash(dataset):
         assert len(text) == 16 and imagehash.hex_to_hash(text) - exact[name] <= 8
 
 
+def test_each_repeated_box_names_the_first_row_of_its_key_and_quarantined_rows_are_no_first(tmp_path):
+    rows = [["a.jpg", "1", "2", "20", "22", "PNN"],  # 0
+            ["a.jpg", "1", "2", "20", "22", "XX"],  # 1: unknown class, quarantined: never a first copy
+            ["b.jpg", "1", "2", "20", "22", "PNN"],  # 2: another image
+            ["a.jpg", "1.0", "2", "20", "22", "LY"],  # 3: another class
+            ["a.jpg", "1", "2", "20", "22", "XX"],  # 4: quarantined, unknown class
+            ["a.jpg", "1.0", "2.00", "20", "22", "PNN"],  # 5: repeats 0
+            ["b.jpg", "1", "2", "20", "22", "PNN"],  # 6: repeats 2
+            ["a.jpg", "1", "2", "20", "22", "PNN"],  # 7: repeats 0
+            ["c.jpg", "-0.0", "2", "20", "22", "PNN"],  # 8
+            ["c.jpg", "0", "2", "20", "22", "PNN"]]  # 9: repeats 8 (-0.0 is 0.0)
+    path = tmp_path / "train.csv"
+    path.write_text("NAME,x1,y1,x2,y2,class\n" + "".join(",".join(row) + "\n" for row in rows))
+    table = read_csv_table(path, TRAIN_COLUMNS)
+    checked = check_train_rows(table)
+    repeats = {row: detail for row, findings in enumerate(checked.findings)
+               for _, _, reason, detail in findings if reason == "duplicate_row"}
+    assert repeats == {5: "same NAME, box and class as row 0", 6: "same NAME, box and class as row 2",
+                       7: "same NAME, box and class as row 0", 9: "same NAME, box and class as row 8"}
+    assert not any(table.records) and len(table.records) == len(rows)  # consumed as they were checked
+
+
 def test_real_challenge_tables_pass_every_row_check():
     train = check_train_rows(read_csv_table(shared_path("data", "cytologia", "train.csv"), TRAIN_COLUMNS))
     test = check_test_rows(read_csv_table(shared_path("data", "cytologia", "test.csv"), TEST_COLUMNS))

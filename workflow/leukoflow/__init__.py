@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-import os  # noqa: E402
+import os
 
 # Arrow's default allocator (mimalloc) keeps the pages it frees: reading the images table of 300k
 # images it held 55 MB more than the system allocator, and more again through a parquet read. Arrow

@@ -14,6 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from leukoflow.constants import CLASS_TO_INDEX, TEST_COLUMNS, TRAIN_COLUMNS
 from leukoflow.csvio import REPAIR_TRAILING_FIELD, CsvContractError, CsvTable, read_csv_records
 from leukoflow.ingest.findings import (
@@ -25,6 +28,7 @@ from leukoflow.ledger import ACTION_QUARANTINED, ACTION_REPAIRED
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 _INT64_LIMIT = 2**63
+_TAKEN: list[str] = []  # what a consumed record becomes (one shared empty list)
 
 
 def read_csv_table(path: str | Path, expected: tuple[str, ...], *, allow_empty: bool = False) -> CsvTable:
@@ -90,6 +94,15 @@ def _fields(table: CsvTable, row: int, columns: Iterable[str], findings: list[Fi
     return values
 
 
+def _take_fields(table: CsvTable, row: int, columns: Iterable[str], findings: list[Finding]) -> dict[str, str]:
+    """`_fields` of a record, which is then dropped from the table: the checked rows take the place
+    of the raw records instead of adding to them (at 300k images the two together peaked 100 MB
+    above the records alone)."""
+    values = _fields(table, row, columns, findings)
+    table.records[row] = _TAKEN
+    return values
+
+
 def _check_name(name: str, findings: list[Finding]) -> None:
     problem = unsafe_name_problem(name)
     if problem:
@@ -116,11 +129,12 @@ class CheckedTestRows:
 
 
 def check_train_rows(table: CsvTable) -> CheckedTrainRows:
-    """Parse and check every train.csv row; nothing about the images yet."""
+    """Parse and check every train.csv row; nothing about the images yet. Consumes the table's
+    records (`_take_fields`)."""
     rows = CheckedTrainRows()
     for row in range(len(table.records)):
         findings: list[Finding] = []
-        values = _fields(table, row, TRAIN_COLUMNS, findings)
+        values = _take_fields(table, row, TRAIN_COLUMNS, findings)
         _check_name(values[NAME_COLUMN], findings)
         coordinates = [parse_decimal(values[column]) for column in COORDINATE_COLUMNS]
         for column, value in zip(COORDINATE_COLUMNS, coordinates):
@@ -140,26 +154,35 @@ def check_train_rows(table: CsvTable) -> CheckedTrainRows:
 
 
 def _flag_repeated_boxes(rows: CheckedTrainRows) -> None:
-    """A box given twice would count twice as ground truth; the first copy is kept."""
-    first_row: dict[tuple, int] = {}
-    for row, findings in enumerate(rows.findings):
-        if is_quarantined(findings):
-            continue
-        width = len(COORDINATE_COLUMNS)
-        key = (rows.names[row], *rows.coordinates[width * row:width * (row + 1)], rows.labels[row])
-        if key in first_row:
-            findings.append(("row", ACTION_QUARANTINED, "duplicate_row", f"same NAME, box and class as row {first_row[key]}"))
-        else:
-            first_row[key] = row
+    """A box given twice would count twice as ground truth; the first copy is kept.
+
+    Rows are compared through one stable sort of their keys (name code, coordinates, class code):
+    a dict of one key tuple per row held about 300 B per row (70 MB at 300k images) while it ran."""
+    usable = np.flatnonzero([not is_quarantined(findings) for findings in rows.findings])
+    if len(usable) < 2:
+        return
+    coordinates = np.frombuffer(rows.coordinates, np.float64).reshape(-1, len(COORDINATE_COLUMNS))[usable]
+    keys = (pd.factorize(pd.Series([rows.names[row] for row in usable], dtype=object))[0], *coordinates.T,
+            pd.factorize(pd.Series([rows.labels[row] for row in usable], dtype=object))[0])
+    order = np.lexsort(keys[::-1])  # stable: the rows of one key stay in row order
+    repeats = np.ones(len(order) - 1, bool)
+    for key in keys:
+        repeats &= key[order[1:]] == key[order[:-1]]
+    new_key = np.concatenate([[True], ~repeats])
+    first_of_key = order[np.flatnonzero(new_key)][np.cumsum(new_key) - 1]
+    for position in np.flatnonzero(~new_key):
+        rows.findings[usable[order[position]]].append(
+            ("row", ACTION_QUARANTINED, "duplicate_row", f"same NAME, box and class as row {usable[first_of_key[position]]}"))
 
 
 def check_test_rows(table: CsvTable) -> CheckedTestRows:
-    """Parse and check every test.csv row; the first row of a repeated trustii_id is kept."""
+    """Parse and check every test.csv row; the first row of a repeated trustii_id is kept. Consumes
+    the table's records (`_take_fields`)."""
     rows = CheckedTestRows()
     first_row: dict[int, int] = {}
     for row in range(len(table.records)):
         findings: list[Finding] = []
-        values = _fields(table, row, TEST_COLUMNS, findings)
+        values = _take_fields(table, row, TEST_COLUMNS, findings)
         _check_name(values[NAME_COLUMN], findings)
         trustii_id = parse_integer(values[ID_COLUMN])
         if trustii_id is None:
