@@ -97,3 +97,17 @@ class LedgerBuilder:
 def join_reasons(reasons: list[str]) -> str:
     """Reason codes as stored in a `reason` column (order kept, duplicates dropped)."""
     return REASON_SEPARATOR.join(dict.fromkeys(reasons))
+
+
+def usable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an ingest or curation table that no stage quarantined."""
+    return frame[frame["status"] != STATUS_QUARANTINED]
+
+
+def ledger_frame(records: list[dict[str, object]]) -> pd.DataFrame:
+    """LEDGER-schema frame from dicts with the ledger's keys (validated by LedgerBuilder)."""
+    builder = LedgerBuilder()
+    for record in records:
+        builder.add(**record)
+    frame = builder.to_frame()
+    return tables.schema_frame({c: frame[c] for c in tables.LEDGER.column_names}, tables.LEDGER)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leukoflow.curation.duplicates import ledger_frame, usable
+from leukoflow.ledger import ledger_frame, usable
 from leukoflow.tables import CURATED_BOXES, CURATED_IMAGES, INGEST_BOXES, LEDGER, read_table, schema_frame, write_table
 
 COORDINATES = ("x1", "y1", "x2", "y2")

@@ -44,7 +44,7 @@ from leukoflow.curation.hash_search import find_near_pairs, hamming, phash_to_ui
 from leukoflow.curation.neighbours import neighbour_pairs
 from leukoflow.ingest.holdout import held_out
 from leukoflow.ingest.thumbnails import ThumbnailArray, spill_thumbnails, thumbnails_to_array
-from leukoflow.ledger import LedgerBuilder
+from leukoflow.ledger import STATUS_QUARANTINED, ledger_frame, usable
 from leukoflow.tables import (
     CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, read_table, schema_frame, write_table,
 )
@@ -53,15 +53,6 @@ ConflictPolicy = Literal["keep_survivor", "drop_group"]
 NearPolicy = Literal["remove", "keep_grouped"]
 CONFLICT_POLICIES = ("keep_survivor", "drop_group")
 NEAR_POLICIES = ("remove", "keep_grouped")
-
-
-def ledger_frame(records: list[dict[str, object]]) -> pd.DataFrame:
-    """LEDGER-schema frame from dicts with the ledger's keys (validated by LedgerBuilder)."""
-    builder = LedgerBuilder()
-    for record in records:
-        builder.add(**record)
-    frame = builder.to_frame()
-    return schema_frame({c: frame[c] for c in LEDGER.column_names}, LEDGER)
 
 
 # ---------------------------------------------------------------- links and groups
@@ -127,10 +118,6 @@ def closest_link(n: int, links: Links) -> tuple[np.ndarray, np.ndarray]:
     return np.where(linked, distance, -1), np.where(linked, score, np.nan)
 
 # ---------------------------------------------------------------- roles inside groups
-
-def usable(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["status"] != "quarantined"]
-
 
 def label_multisets(boxes: pd.DataFrame) -> pd.Series:
     """NAME -> '|'-joined sorted class codes of its usable boxes (repeats kept)."""
@@ -215,7 +202,7 @@ def _roles_by_group(
 def usable_by_name(images: pd.DataFrame) -> pd.DataFrame:
     """The usable images sorted by NAME, indexed by their row position in `images`, without thumbnails."""
     table = images.drop(columns="thumbnail", errors="ignore").reset_index(drop=True)
-    rows = np.flatnonzero((table["status"] != "quarantined").to_numpy())
+    rows = np.flatnonzero((table["status"] != STATUS_QUARANTINED).to_numpy())
     return table.take(rows[np.argsort(table["name"].to_numpy()[rows], kind="stable")])  # one copy of the rows
 
 
