@@ -482,6 +482,31 @@ def test_held_out_split_refuses_a_dataset_with_test_images():
 
 # ---------------------------------------------------------------- the rule entry
 
+def test_deduplicate_entry_searches_its_spilled_thumbnails_as_the_in_memory_table(tmp_path):
+    rng = np.random.default_rng(4)
+    specs = []
+    for k in range(40):
+        value = int(rng.integers(0, 2**63))
+        specs.append((f"s{k:03d}.jpg", "train", value, 360, 363, "ok", scene(400 + k)))
+        if k % 5 == 0:  # a moved, re-lit retake 5 bits away
+            specs.append((f"s{k:03d}-retake.jpg", "train", flip(value, [2, 9, 17, 33, 50]), 360, 363, "ok",
+                          scene(400 + k, shift=1, gain=1.1)))
+    images, boxes = ingest_images(specs), ingest_boxes([(spec[0], "LY") for spec in specs])
+    write_table(images, tmp_path / "ingest_images.parquet", INGEST_IMAGES)
+    write_table(boxes, tmp_path / "ingest_boxes.parquet", INGEST_BOXES)
+    options = {**OPTIONS, "max_distance": 63, "neighbours": 3}
+    out = tmp_path / "curation"
+    summary = deduplicate(ingest_images=tmp_path / "ingest_images.parquet", ingest_boxes=tmp_path / "ingest_boxes.parquet",
+                          groups=out / "groups.parquet", images=out / "images.parquet", ledger=out / "ledger.csv",
+                          **options)
+    in_memory_groups, _, _, in_memory = run(images, boxes, max_distance=63, neighbours=3)
+    pd.testing.assert_frame_equal(read_table(out / "groups.parquet", DUPLICATE_GROUPS),
+                                  in_memory_groups.reset_index(drop=True), check_dtype=False)
+    assert summary["duplicate_groups"] == in_memory["duplicate_groups"] == 8
+    assert summary["candidate_pairs"] == in_memory["candidate_pairs"]
+    assert sorted(path.name for path in out.iterdir()) == ["groups.parquet", "images.parquet", "ledger.csv"]
+
+
 def test_deduplicate_entry_reads_and_writes_its_files(tmp_path):
     images, boxes = grouped_dataset(n_groups=3, copies=2, singles=4)
     write_table(images, tmp_path / "ingest_images.parquet", INGEST_IMAGES)
