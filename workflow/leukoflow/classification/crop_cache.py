@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -102,21 +102,31 @@ def _ordered_map(pool: ThreadPoolExecutor, function: Callable[[Any], Any], items
         yield pending.popleft().result()
 
 
-def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int,
+def _values_at(series: pd.Series, positions: np.ndarray, chunk: int = 4096) -> Iterator[Any]:
+    """The series' values at `positions` as Python objects, made one chunk at a time as they are drawn."""
+    for start in range(0, len(positions), chunk):
+        yield from series.iloc[positions[start:start + chunk]].tolist()
+
+
+def build_crop_cache(crops: pd.DataFrame, image_paths: Mapping[str, str] | pd.Series, size: int,
                      pixels_path: str | Path, *, threads: int, fmt: str) -> pd.DataFrame:
-    """Cache every crop-table row (CROPS schema) at `size`; returns the index (crop-table order)."""
-    missing = sorted(set(crops["name"]) - set(image_paths))
-    if missing:
+    """Cache every crop-table row (CROPS schema) at `size`; returns the index (crop-table order).
+
+    `image_paths`: image NAME -> path (a dict, or a Series indexed by NAME)."""
+    order = crops.assign(_row=np.arange(len(crops))).sort_values(["name", "_row"], kind="stable")
+    order = order.reset_index(drop=True)
+    paths = order["name"].map(image_paths)
+    if paths.isna().any():
+        missing = sorted(order.loc[paths.isna(), "name"].unique().tolist())
         raise ValueError(f"crop cache: {len(missing)} crop image(s) have no path in the image table, "
                          f"e.g. {missing[:3]}")
-    order = crops.assign(_row=np.arange(len(crops))).sort_values(["name", "_row"], kind="stable")
-    names, boxes = order["name"].to_numpy(), order[["x1", "y1", "x2", "y2"]].to_numpy(float)
-    first_of_image = np.ones(len(names), bool)
-    first_of_image[1:] = names[1:] != names[:-1]
-    starts = np.flatnonzero(first_of_image)
-    stops = np.append(starts[1:], len(names))
-    # Made as the encoders draw them: a list of every image's payload held about 0.3 KB per image
-    payloads = ((image_paths[names[start]], boxes[start:stop], names[start]) for start, stop in zip(starts, stops))
+    starts = np.flatnonzero(order["name"].ne(order["name"].shift()).to_numpy(bool))
+    stops = np.append(starts[1:], len(order))
+    boxes = order[["x1", "y1", "x2", "y2"]].to_numpy(float)
+    # Made as the encoders draw them: a list of every image's payload, or a dict of every image's
+    # path, held 0.3 KB per image or more (BENCHMARKS.md, "Flat memory")
+    payloads = ((path, boxes[start:stop], name) for start, stop, path, name
+                in zip(starts, stops, _values_at(paths, starts), _values_at(order["name"], starts)))
 
     def render(payload: tuple[str, np.ndarray, str]) -> list[np.ndarray]:
         path, boxes, name = payload
@@ -125,10 +135,10 @@ def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int
     started = time.perf_counter()
     shard = _write_cache(payloads, render, len(crops), size, Path(pixels_path), threads, fmt)
     index = pd.DataFrame({
-        "id": order["crop_id"].astype(str).to_numpy(),
-        "name": order["name"].astype(str).to_numpy(),
-        "fold": order["fold"].astype("int64").to_numpy(),
-        "role": np.where(order["split"].to_numpy() == "test", "test", "train"),
+        "id": order["crop_id"].astype(str),
+        "name": order["name"].astype(str),
+        "fold": order["fold"].astype("int64"),
+        "role": np.where(order["split"].eq("test").to_numpy(bool), "test", "train"),
         **shard,
     })
     LOGGER.info("cached %d crops at %d px in %.1f s", len(index), size, time.perf_counter() - started)
@@ -138,13 +148,15 @@ def build_crop_cache(crops: pd.DataFrame, image_paths: dict[str, str], size: int
 def build_image_cache(images: pd.DataFrame, size: int, pixels_path: str | Path, *,
                       threads: int, fmt: str) -> pd.DataFrame:
     """Cache whole images (columns name, path, fold, role) at `size`; returns the index."""
-    shard = _write_cache(iter(images["path"]), lambda path: [square_resize(_open_rgb(path), size)], len(images),
-                         size, Path(pixels_path), threads, fmt)
+    images = images.reset_index(drop=True)
+    shard = _write_cache(_values_at(images["path"], np.arange(len(images))),
+                         lambda path: [square_resize(_open_rgb(path), size)], len(images), size, Path(pixels_path),
+                         threads, fmt)
     return pd.DataFrame({
-        "id": images["name"].astype(str).to_numpy(),
-        "name": images["name"].astype(str).to_numpy(),
-        "fold": images["fold"].astype("int64").to_numpy(),
-        "role": images["role"].astype(str).to_numpy(),
+        "id": images["name"].astype(str),
+        "name": images["name"].astype(str),
+        "fold": images["fold"].astype("int64"),
+        "role": images["role"].astype(str),
         **shard,
     })
 
@@ -221,7 +233,7 @@ def image_cache_rows(images: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     test_names = images.loc[(images["split"] == "test") & images["keep"], "name"]
     test = pd.DataFrame({"name": test_names, "fold": -1, "role": "test"})
     rows = pd.concat([train, test], ignore_index=True)
-    rows["path"] = paths.loc[rows["name"]].to_numpy()
+    rows["path"] = paths.loc[rows["name"]].array  # by position; no Python string per row
     return rows
 
 
@@ -237,9 +249,7 @@ def build_cache(source: str, size: int, pixels_path: str | Path, index_path: str
     """
     started = time.perf_counter()
     if source == "crops":
-        cropped = images[images["name"].isin(crops["name"])]
-        paths = dict(zip(cropped["name"], cropped["path"]))
-        index = build_crop_cache(crops, paths, size, pixels_path, threads=threads, fmt=fmt)
+        index = build_crop_cache(crops, images.set_index("name")["path"], size, pixels_path, threads=threads, fmt=fmt)
     elif source == "images":
         index = build_image_cache(image_cache_rows(images, folds), size, pixels_path, threads=threads, fmt=fmt)
     elif source == "background_crops":

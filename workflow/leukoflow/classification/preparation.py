@@ -36,16 +36,21 @@ def ground_truth_crops(*, boxes: Path_, folds: Path_, images: Path_, crops: Path
     return {"crops": len(table), "source": "ground_truth", "margin": margin}
 
 
+# Columns a pixel cache never reads (text and numbers per row that only widen its peak memory)
+_IMAGES_NOT_READ = ("width", "height", "pixel_mean", "pixel_std", "group_id", "role", "train_test_duplicate")
+_CROPS_NOT_READ = ("score", "label", "class_idx", "trustii_id", "source")
+
+
 def cache_classifier_inputs(*, images: Path_, crops: Optional, folds: Optional, backgrounds: Optional,
                             pixels: Path_, index: Path_, source: str, size: int, seed: int, cache_format: str,
                             background: dict[str, Any], threads: int) -> dict[str, Any]:
     """One pixel cache (`crop_cache`) of a source at a size, its tiles encoded in `cache_format`."""
-    def optional(path: Optional, schema: tables.Schema) -> pd.DataFrame | None:
-        return tables.read_table(optional_path(path), schema) if optional_path(path) else None
+    def optional(path: Optional, schema: tables.Schema, skip: tuple[str, ...] = ()) -> pd.DataFrame | None:
+        return tables.read_table(optional_path(path), schema, skip=skip) if optional_path(path) else None
 
     return crop_cache.build_cache(
-        source, int(size), pixels, index, images=tables.read_table(images, tables.CURATED_IMAGES),
-        crops=optional(crops, tables.CROPS), folds=optional(folds, tables.FOLDS),
+        source, int(size), pixels, index, images=tables.read_table(images, tables.CURATED_IMAGES, skip=_IMAGES_NOT_READ),
+        crops=optional(crops, tables.CROPS, _CROPS_NOT_READ), folds=optional(folds, tables.FOLDS),
         backgrounds=optional(backgrounds, tables.BACKGROUNDS), seed=seed, threads=threads,
         background_crops_per_image=background["per_image"], background_min_side=background["min_side"],
         background_max_side=background["max_side"], background_valid_side=background["valid_side"],
