@@ -55,7 +55,7 @@ def referenced_paths(train: Path, test: Path, images: Path) -> list[str]:
     """The files ingest will decode: referenced by a CSV and present in the folder."""
     names = set()
     for table in (read_csv_table(train, ("NAME",)), read_csv_table(test, ("NAME",))):
-        names |= {record[table.column("NAME")] for record in table.records}
+        names |= {record[table.column("NAME")] for _, record in table}
     return [str(images / name) for name in sorted(names & list_image_folder(images))]
 
 

@@ -16,7 +16,7 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,8 +51,34 @@ class CsvTable:
         return self.header.index(name)
 
 
-def read_csv_records(path: str | Path, expected: Iterable[str], *, role: str, allow_empty: bool = False) -> CsvTable:
-    """Header and records of a CSV that must hold the `expected` columns (any order, more allowed).
+@dataclass
+class CsvStream:
+    """Header of one CSV and its data records, parsed again from the decoded text on each
+    iteration instead of held: ingest checks a 300k-image train.csv row by row, and its records as
+    lists of strings took about 0.5 KB per row (BENCHMARKS.md, "Flat memory"). `rows` counts them."""
+
+    path: Path
+    header: list[str]
+    extra_columns: list[str]
+    repairs: list[str]
+    rows: int
+    text: str = field(repr=False)
+    where: str = field(repr=False)
+
+    def column(self, name: str) -> int:
+        return self.header.index(name)
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        """(1-based file line, record) of every data record, in file order."""
+        drop_last = REPAIR_TRAILING_FIELD in self.repairs
+        for line, record in _parse(self.text, self.where)[1]:
+            yield line, record[:-1] if drop_last else record
+
+
+def read_csv_stream(path: str | Path, expected: Iterable[str], *, role: str, allow_empty: bool = False) -> CsvStream:
+    """Header of a CSV that must hold the `expected` columns (any order, more allowed), its records
+    read one at a time (`CsvStream`); the file is parsed once here to the end, so every structural
+    problem stops the run before a record is used.
 
     Args:
         path: the CSV file.
@@ -65,16 +91,30 @@ def read_csv_records(path: str | Path, expected: Iterable[str], *, role: str, al
     path, expected = Path(path), tuple(expected)
     where = f"{role} file {path}"
     text, repairs = _decode(_read_bytes(path, where), where)
-    header, records, lines = _parse(text, where)
+    header, records = _parse(text, where)
+    rows, every_record_ends_empty = 0, True
+    width = len(header) - 1 if header and header[-1] == "" else len(header)
+    for _, record in records:  # a spreadsheet export: every row (maybe the header) ends with an empty field
+        rows += 1
+        every_record_ends_empty = every_record_ends_empty and len(record) == width + 1 and record[-1] == ""
     _check_header(header, expected, where)
-    if _every_record_ends_empty(header, records):
+    if rows and every_record_ends_empty:
         header = header[:-1] if header[-1] == "" else header
-        records = [record[:-1] for record in records]
         repairs.append(REPAIR_TRAILING_FIELD)
-    if not records and not allow_empty:
+    if not rows and not allow_empty:
         raise CsvContractError(f"{where}: header only, no data row under the columns {header}")
     extra = [column for column in header if column not in expected]
-    return CsvTable(path, header, records, lines, extra, repairs)
+    return CsvStream(path, header, extra, repairs, rows, text, where)
+
+
+def read_csv_records(path: str | Path, expected: Iterable[str], *, role: str, allow_empty: bool = False) -> CsvTable:
+    """`read_csv_stream` with every record held (`CsvTable`): the small tables (truth, submission)."""
+    stream = read_csv_stream(path, expected, role=role, allow_empty=allow_empty)
+    lines, records = [], []
+    for line, record in stream:
+        lines.append(line)
+        records.append(record)
+    return CsvTable(stream.path, stream.header, records, lines, stream.extra_columns, stream.repairs)
 
 
 def read_csv_frame(path: str | Path, expected: Iterable[str], *, role: str, integer_columns: Iterable[str] = (),
@@ -124,21 +164,30 @@ def _decode(data: bytes, where: str) -> tuple[str, list[str]]:
                                f"(byte {data[err.start]:#04x} at offset {err.start}: {err.reason})") from err
 
 
-def _parse(text: str, where: str) -> tuple[list[str], list[list[str]], list[int]]:
+def _parse(text: str, where: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header, and an iterator of (1-based line, record) over the non-empty data records."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    records, lines, start = [], [], 1
     try:
         header = [column.strip() for column in next(reader, [])]
-        start = reader.line_num + 1
-        for record in reader:
-            if record:
-                records.append(record)
-                lines.append(start)
-            start = reader.line_num + 1
     except csv.Error as err:
-        problem = "unterminated quote" if "end of data" in str(err) or "EOF" in str(err) else str(err)
-        raise CsvContractError(f"{where}: line {start}: not parsable as CSV: {problem}") from err
-    return header, records, lines
+        raise _unparsable(where, 1, err) from err
+
+    def records() -> Iterator[tuple[int, list[str]]]:
+        start = reader.line_num + 1
+        try:
+            for record in reader:
+                if record:
+                    yield start, record
+                start = reader.line_num + 1
+        except csv.Error as err:
+            raise _unparsable(where, start, err) from err
+
+    return header, records()
+
+
+def _unparsable(where: str, line: int, err: csv.Error) -> CsvContractError:
+    problem = "unterminated quote" if "end of data" in str(err) or "EOF" in str(err) else str(err)
+    return CsvContractError(f"{where}: line {line}: not parsable as CSV: {problem}")
 
 
 def _check_header(header: list[str], expected: tuple[str, ...], where: str) -> None:
@@ -157,12 +206,6 @@ def _check_header(header: list[str], expected: tuple[str, ...], where: str) -> N
     if missing:
         raise CsvContractError(f"{where}: line 1: missing column(s) {missing}; found {header}, "
                                f"expected {list(expected)}")
-
-
-def _every_record_ends_empty(header: list[str], records: list[list[str]]) -> bool:
-    """A spreadsheet export: every row (and maybe the header) ends with one empty extra field."""
-    width = len(header) - 1 if header[-1] == "" else len(header)
-    return bool(records) and all(len(record) == width + 1 and record[-1] == "" for record in records)
 
 
 def _is_integer(value: str) -> bool:

@@ -163,7 +163,6 @@ def ingest(*, train_csv: str, test_csv: str, images_dir: str, images: str, boxes
     train_rows, test_rows = check_train_rows(train_table), check_test_rows(test_table)
     extra_columns = {TRAIN_TABLE: train_table.extra_columns, TEST_TABLE: test_table.extra_columns}
     csv_repairs = {TRAIN_TABLE: train_table.repairs, TEST_TABLE: test_table.repairs}
-    del train_table, test_table  # their raw text records, about 0.4 KB per row, are done with
     files = list_image_folder(images_dir_path)
     splits = referenced_images(train_rows, test_rows)
     repaired_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from leukoflow.constants import CLASS_TO_INDEX, TEST_COLUMNS, TRAIN_COLUMNS
-from leukoflow.csvio import REPAIR_TRAILING_FIELD, CsvContractError, CsvTable, read_csv_records
+from leukoflow.csvio import REPAIR_TRAILING_FIELD, CsvContractError, CsvStream, read_csv_stream
 from leukoflow.ingest.findings import (
     CLASS_COLUMN, COORDINATE_COLUMNS, ID_COLUMN, NAME_COLUMN, TEST_TABLE, TRAIN_TABLE, Finding, IngestError,
     is_quarantined,
@@ -28,10 +28,9 @@ from leukoflow.ledger import ACTION_QUARANTINED, ACTION_REPAIRED
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 _INT64_LIMIT = 2**63
-_TAKEN: list[str] = []  # what a consumed record becomes (one shared empty list)
 
 
-def read_csv_table(path: str | Path, expected: tuple[str, ...], *, allow_empty: bool = False) -> CsvTable:
+def read_csv_table(path: str | Path, expected: tuple[str, ...], *, allow_empty: bool = False) -> CsvStream:
     """Header and data records of a challenge CSV under the data contract (`leukoflow.csvio`).
 
     Raises:
@@ -39,7 +38,7 @@ def read_csv_table(path: str | Path, expected: tuple[str, ...], *, allow_empty: 
     """
     role = TRAIN_TABLE if expected == TRAIN_COLUMNS else TEST_TABLE
     try:
-        return read_csv_records(path, expected, role=role, allow_empty=allow_empty)
+        return read_csv_stream(path, expected, role=role, allow_empty=allow_empty)
     except CsvContractError as err:
         raise IngestError(str(err)) from err
 
@@ -75,15 +74,15 @@ def parse_integer(text: str) -> int | None:
     return value if abs(value) < _INT64_LIMIT else None
 
 
-def _fields(table: CsvTable, row: int, columns: Iterable[str], findings: list[Finding]) -> dict[str, str]:
+def _fields(table: CsvStream, line: int, record: list[str], columns: Iterable[str],
+            findings: list[Finding]) -> dict[str, str]:
     """The named fields of one record, stripped; records field-count and white-space findings."""
-    record = table.records[row]
     if REPAIR_TRAILING_FIELD in table.repairs:
         findings.append(("row", ACTION_REPAIRED, REPAIR_TRAILING_FIELD,
-                         f"line {table.lines[row]}: empty field after the last column removed"))
+                         f"line {line}: empty field after the last column removed"))
     if len(record) != len(table.header):
         findings.append(("row", ACTION_QUARANTINED, "field_count",
-                         f"line {table.lines[row]}: {len(record)} fields, header has {len(table.header)}"))
+                         f"line {line}: {len(record)} fields, header has {len(table.header)}"))
     values = {}
     for column in columns:
         index = table.column(column)
@@ -91,15 +90,6 @@ def _fields(table: CsvTable, row: int, columns: Iterable[str], findings: list[Fi
         values[column] = raw.strip()
         if values[column] != raw:
             findings.append((column, ACTION_REPAIRED, "whitespace_stripped", f"{raw!r} -> {values[column]!r}"))
-    return values
-
-
-def _take_fields(table: CsvTable, row: int, columns: Iterable[str], findings: list[Finding]) -> dict[str, str]:
-    """`_fields` of a record, which is then dropped from the table: the checked rows take the place
-    of the raw records instead of adding to them (at 300k images the two together peaked 100 MB
-    above the records alone)."""
-    values = _fields(table, row, columns, findings)
-    table.records[row] = _TAKEN
     return values
 
 
@@ -128,13 +118,12 @@ class CheckedTestRows:
     findings: list[list[Finding]] = field(default_factory=list)
 
 
-def check_train_rows(table: CsvTable) -> CheckedTrainRows:
-    """Parse and check every train.csv row; nothing about the images yet. Consumes the table's
-    records (`_take_fields`)."""
+def check_train_rows(table: CsvStream) -> CheckedTrainRows:
+    """Parse and check every train.csv row, one record at a time; nothing about the images yet."""
     rows = CheckedTrainRows()
-    for row in range(len(table.records)):
+    for line, record in table:
         findings: list[Finding] = []
-        values = _take_fields(table, row, TRAIN_COLUMNS, findings)
+        values = _fields(table, line, record, TRAIN_COLUMNS, findings)
         _check_name(values[NAME_COLUMN], findings)
         coordinates = [parse_decimal(values[column]) for column in COORDINATE_COLUMNS]
         for column, value in zip(COORDINATE_COLUMNS, coordinates):
@@ -175,14 +164,14 @@ def _flag_repeated_boxes(rows: CheckedTrainRows) -> None:
             ("row", ACTION_QUARANTINED, "duplicate_row", f"same NAME, box and class as row {usable[first_of_key[position]]}"))
 
 
-def check_test_rows(table: CsvTable) -> CheckedTestRows:
-    """Parse and check every test.csv row; the first row of a repeated trustii_id is kept. Consumes
-    the table's records (`_take_fields`)."""
+def check_test_rows(table: CsvStream) -> CheckedTestRows:
+    """Parse and check every test.csv row, one record at a time; the first row of a repeated
+    trustii_id is kept."""
     rows = CheckedTestRows()
     first_row: dict[int, int] = {}
-    for row in range(len(table.records)):
+    for row, (line, record) in enumerate(table):
         findings: list[Finding] = []
-        values = _take_fields(table, row, TEST_COLUMNS, findings)
+        values = _fields(table, line, record, TEST_COLUMNS, findings)
         _check_name(values[NAME_COLUMN], findings)
         trustii_id = parse_integer(values[ID_COLUMN])
         if trustii_id is None:
