@@ -146,7 +146,7 @@ def _flag_repeated_boxes(rows: CheckedTrainRows) -> None:
     """A box given twice would count twice as ground truth; the first copy is kept.
 
     Rows are compared through one stable sort of their keys (name code, coordinates, class code):
-    a dict of one key tuple per row held about 300 B per row (70 MB at 300k images) while it ran."""
+    a dict of one key tuple per row peaked 42 MB higher at 300k images (BENCHMARKS.md, "Flat memory")."""
     usable = np.flatnonzero([not is_quarantined(findings) for findings in rows.findings])
     if len(usable) < 2:
         return
