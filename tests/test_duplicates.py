@@ -282,21 +282,27 @@ def test_neighbour_pairs_cover_every_pair_of_a_small_set():
         neighbour_pairs(thumbnails, np.arange(5), neighbours=0)
 
 
-def test_bounded_search_groups_what_the_exhaustive_search_groups():
-    rng = np.random.default_rng(3)
+def smears_with_retakes(seed: int, n: int, every: int, first_scene: int, bits: list[int]) -> tuple[pd.DataFrame, ...]:
+    """Ingest tables of `n` distinct smears with random hashes; every `every`-th has a moved, re-lit
+    retake whose hash differs in `bits`."""
+    rng = np.random.default_rng(seed)
     specs = []
-    for k in range(60):
+    for k in range(n):
         value = int(rng.integers(0, 2**63))
-        specs.append((f"s{k:03d}.jpg", "train", value, 360, 363, "ok", scene(200 + k)))
-        if k % 6 == 0:  # a moved, re-lit retake 5 bits away
-            specs.append((f"s{k:03d}-retake.jpg", "train", flip(value, [1, 9, 17, 33, 50]), 360, 363, "ok",
-                          scene(200 + k, shift=1, gain=1.1)))
-    images, boxes = ingest_images(specs), ingest_boxes([(spec[0], "LY") for spec in specs])
+        specs.append((f"s{k:03d}.jpg", "train", value, 360, 363, "ok", scene(first_scene + k)))
+        if k % every == 0:
+            specs.append((f"s{k:03d}-retake.jpg", "train", flip(value, bits), 360, 363, "ok",
+                          scene(first_scene + k, shift=1, gain=1.1)))
+    return ingest_images(specs), ingest_boxes([(spec[0], "LY") for spec in specs])
+
+
+def test_bounded_search_groups_what_the_exhaustive_search_groups():
+    images, boxes = smears_with_retakes(3, 60, every=6, first_scene=200, bits=[1, 9, 17, 33, 50])
     bounded_groups, _, _, summary = run(images, boxes, max_distance=64 - 1, neighbours=3)
     every_groups, _, _, every_summary = run(images, boxes, max_distance=64 - 1, neighbours=None)
     assert summary["duplicate_groups"] == every_summary["duplicate_groups"] == 10
     pd.testing.assert_frame_equal(bounded_groups, every_groups)
-    assert summary["candidate_pairs"] <= 3 * len(specs) < every_summary["candidate_pairs"]
+    assert summary["candidate_pairs"] <= 3 * len(images) < every_summary["candidate_pairs"]
     assert summary["neighbours"] == 3
     with pytest.raises(ValueError, match="neighbours"):
         run(images, boxes, neighbours=0)
@@ -483,15 +489,7 @@ def test_held_out_split_refuses_a_dataset_with_test_images():
 # ---------------------------------------------------------------- the rule entry
 
 def test_deduplicate_entry_searches_its_spilled_thumbnails_as_the_in_memory_table(tmp_path):
-    rng = np.random.default_rng(4)
-    specs = []
-    for k in range(40):
-        value = int(rng.integers(0, 2**63))
-        specs.append((f"s{k:03d}.jpg", "train", value, 360, 363, "ok", scene(400 + k)))
-        if k % 5 == 0:  # a moved, re-lit retake 5 bits away
-            specs.append((f"s{k:03d}-retake.jpg", "train", flip(value, [2, 9, 17, 33, 50]), 360, 363, "ok",
-                          scene(400 + k, shift=1, gain=1.1)))
-    images, boxes = ingest_images(specs), ingest_boxes([(spec[0], "LY") for spec in specs])
+    images, boxes = smears_with_retakes(4, 40, every=5, first_scene=400, bits=[2, 9, 17, 33, 50])
     write_table(images, tmp_path / "ingest_images.parquet", INGEST_IMAGES)
     write_table(boxes, tmp_path / "ingest_boxes.parquet", INGEST_BOXES)
     options = {**OPTIONS, "max_distance": 63, "neighbours": 3}
