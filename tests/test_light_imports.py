@@ -97,3 +97,15 @@ def test_an_unknown_name_is_an_attribute_error():
     getattr_, _ = lazy.lazy_entries("leukoflow.detection", {})
     with pytest.raises(AttributeError, match="no_such_rule"):
         getattr_("no_such_rule")
+
+
+def test_rule_scripts_allocate_arrow_memory_with_the_system_allocator_unless_told_otherwise():
+    probe = ("from leukoflow.engine.runtime import run_rule\n"
+             "import pyarrow\nprint(pyarrow.default_memory_pool().backend_name)")
+    env = {key: value for key, value in os.environ.items() if key != "ARROW_DEFAULT_MEMORY_POOL"}
+    env["PYTHONPATH"] = str(REPO / "workflow")
+    chosen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True, cwd=REPO)
+    assert chosen.stdout.strip() == "system"
+    told = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO,
+                          env={**env, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"})
+    assert told.stdout.strip() == "mimalloc"
