@@ -339,6 +339,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             axis.plot(sizes, [max(r[key] for r in rows if r["n_images"] == sizes[0]) * n / sizes[0] for n in sizes],
                       color="grey", linestyle=":", label="linear from the smallest size")
         axis.set(xscale="log", yscale="linear" if key == "peak_rss_mib" else "log", xlabel="images", title=title)
+        if key == "peak_rss_mib":
+            axis.set_ylim(bottom=0)  # from zero: the share of the peak that grows with the data
         axis.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.suptitle(f"Data-preparation stages vs data size ({platform.machine()}, "
