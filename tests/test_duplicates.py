@@ -3,6 +3,8 @@ split by group, pair search, and the rule entry on files."""
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +19,7 @@ from leukoflow.curation.hash_search import (
 from leukoflow.curation import neighbours as neighbours_module
 from leukoflow.curation.neighbours import layouts, neighbour_pairs
 from leukoflow.ingest import thumbnails as thumbnails_module
-from leukoflow.ingest.thumbnails import THUMBNAIL_SIDE, read_thumbnails, spill_thumbnails, thumbnails_to_array
+from leukoflow.ingest.thumbnails import THUMBNAIL_SIDE, spill_thumbnails, thumbnails_to_array
 from leukoflow.tables import (
     CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, read_table, validate, write_table,
 )
@@ -356,6 +358,12 @@ def test_bad_thumbnail_is_refused():
     assert thumbnails_to_array([]).shape == (0, THUMBNAIL_SIDE, THUMBNAIL_SIDE)
 
 
+def read_thumbnails(path, rows: np.ndarray) -> np.ndarray:
+    """The thumbnails at `rows` as dedup reads them: spilled to a temporary file, read back whole."""
+    with tempfile.TemporaryFile(buffering=0) as handle:
+        return spill_thumbnails(path, rows, handle)[np.arange(len(rows))]
+
+
 def test_thumbnails_are_read_batch_by_batch_in_the_order_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(thumbnails_module, "_BATCH_ROWS", 3)
     images = ingest_images([(f"i{k}.jpg", "train", BASE + k, 360, 363, "ok", scene(k)) for k in range(8)])
@@ -377,7 +385,7 @@ def test_thumbnail_file_reads_like_the_array_it_replaces(tmp_path, monkeypatch):
     images = ingest_images([(f"i{k}.jpg", "train", BASE + k, 360, 363, "ok", scene(k)) for k in range(8)])
     write_table(images, tmp_path / "images.parquet", INGEST_IMAGES)
     rows = np.array([7, 0, 4, 3, 5, 6])  # positions 4, 5 hold rows 5, 6: one run in the file
-    expected = read_thumbnails(tmp_path / "images.parquet", rows)
+    expected = np.stack([scene(k) for k in rows])
     with open(tmp_path / "spill", "w+b", buffering=0) as handle:
         stored = spill_thumbnails(tmp_path / "images.parquet", rows, handle)
         assert len(stored) == 6 and stored.shape == expected.shape and (tmp_path / "spill").stat().st_size == 6 * 1024

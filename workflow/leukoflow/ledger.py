@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import astuple, dataclass
 
+import numpy as np
 import pandas as pd
 
 from leukoflow import tables
@@ -99,9 +100,14 @@ def join_reasons(reasons: list[str]) -> str:
     return REASON_SEPARATOR.join(dict.fromkeys(reasons))
 
 
+def usable_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows of an ingest or curation table that no stage quarantined."""
+    return np.flatnonzero((frame["status"] != STATUS_QUARANTINED).to_numpy(bool))
+
+
 def usable(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of an ingest or curation table that no stage quarantined."""
-    return frame[frame["status"] != STATUS_QUARANTINED]
+    return frame.iloc[usable_rows(frame)]
 
 
 def ledger_frame(records: list[dict[str, object]]) -> pd.DataFrame:

@@ -44,7 +44,7 @@ from leukoflow.curation.hash_search import find_near_pairs, hamming, phash_to_ui
 from leukoflow.curation.neighbours import neighbour_pairs
 from leukoflow.ingest.holdout import held_out
 from leukoflow.ingest.thumbnails import ThumbnailArray, spill_thumbnails, thumbnails_to_array
-from leukoflow.ledger import STATUS_QUARANTINED, ledger_frame, usable
+from leukoflow.ledger import ledger_frame, usable, usable_rows
 from leukoflow.tables import (
     CURATED_IMAGES, DUPLICATE_GROUPS, INGEST_BOXES, INGEST_IMAGES, LEDGER, read_table, schema_frame, write_table,
 )
@@ -202,7 +202,7 @@ def _roles_by_group(
 def usable_by_name(images: pd.DataFrame) -> pd.DataFrame:
     """The usable images sorted by NAME, indexed by their row position in `images`, without thumbnails."""
     table = images.drop(columns="thumbnail", errors="ignore").reset_index(drop=True)
-    rows = np.flatnonzero((table["status"] != STATUS_QUARANTINED).to_numpy())
+    rows = usable_rows(table)
     return table.take(rows[np.argsort(table["name"].to_numpy()[rows], kind="stable")])  # one copy of the rows
 
 
@@ -243,7 +243,7 @@ def find_duplicates(
         neighbours: a candidate pair must also be among either image's `neighbours` nearest
             thumbnail layouts (`leukoflow.curation.neighbours`); None searches every pair.
         thumbnails: the usable images' thumbnails in `usable_by_name` order, when the caller read
-            them itself (`read_thumbnails`, `spill_thumbnails`); None decodes them from images["thumbnail"].
+            them itself (`spill_thumbnails`); None decodes them from images["thumbnail"].
         min_similarity: thumbnail correlation a candidate needs to be linked (-1 links every candidate).
         conflict_policy: "keep_survivor" or "drop_group" for groups whose train labels differ.
         near_policy: "remove" keeps one train image per group; "keep_grouped" keeps one per

@@ -161,8 +161,6 @@ def ingest(*, train_csv: str, test_csv: str, images_dir: str, images: str, boxes
     # Header-only is legal here: a held-out split (data.holdout_fraction) is drawn after ingest.
     test_table = read_csv_table(test_csv, TEST_COLUMNS, allow_empty=True)
     train_rows, test_rows = check_train_rows(train_table), check_test_rows(test_table)
-    extra_columns = {TRAIN_TABLE: train_table.extra_columns, TEST_TABLE: test_table.extra_columns}
-    csv_repairs = {TRAIN_TABLE: train_table.repairs, TEST_TABLE: test_table.repairs}
     files = list_image_folder(images_dir_path)
     splits = referenced_images(train_rows, test_rows)
     repaired_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +186,8 @@ def ingest(*, train_csv: str, test_csv: str, images_dir: str, images: str, boxes
     tables.write_table(decisions.to_frame(), ledger, tables.LEDGER)
     image_status = pd.Series([status_of(findings)[0] for findings in image_findings.values()], dtype="str")
     summary = summarize(frames, image_status, decisions, unreferenced, time.perf_counter() - started, threads)
-    summary["extra_columns"], summary["csv_repairs"] = extra_columns, csv_repairs
+    summary["extra_columns"] = {TRAIN_TABLE: train_table.extra_columns, TEST_TABLE: test_table.extra_columns}
+    summary["csv_repairs"] = {TRAIN_TABLE: train_table.repairs, TEST_TABLE: test_table.repairs}
     logger.info("ingest: %s", {k: v for k, v in summary.items() if k != "reasons"})
     return summary
 

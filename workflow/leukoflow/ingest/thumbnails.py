@@ -114,15 +114,6 @@ def _batches_of_rows(path: str | Path, rows: np.ndarray) -> Iterator[tuple[np.nd
         raise ValueError(f"images table {path}: row {int(wanted[-1])} asked for, the table has {start} rows")
 
 
-def read_thumbnails(path: str | Path, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), side, side) uint8 thumbnails of the images table at `path`, those at row
-    positions `rows` in that order, read one record batch at a time."""
-    levels = np.empty((len(rows), THUMBNAIL_SIDE, THUMBNAIL_SIDE), np.uint8)
-    for positions, block in _batches_of_rows(path, rows):
-        levels[positions] = block
-    return levels
-
-
 def _runs(sorted_rows: np.ndarray) -> Iterator[tuple[int, int]]:
     """(first, stop) index bounds of the runs of consecutive values in a sorted array."""
     if not len(sorted_rows):
@@ -142,7 +133,6 @@ class ThumbnailFile:
     def __init__(self, handle: BinaryIO, count: int) -> None:
         self._handle = handle
         self.shape = (count, THUMBNAIL_SIDE, THUMBNAIL_SIDE)
-        self.dtype = np.dtype(np.uint8)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -176,7 +166,9 @@ ThumbnailArray = np.ndarray | ThumbnailFile  # what the duplicate search reads t
 
 
 def spill_thumbnails(path: str | Path, rows: np.ndarray, handle: BinaryIO) -> ThumbnailFile:
-    """`read_thumbnails` into the open binary file `handle` (a temporary file) instead of memory."""
+    """The uint8 thumbnails of the images table at `path` at row positions `rows`, position k
+    holding row rows[k], written into the open binary file `handle` (a temporary file) one record
+    batch at a time; read them back through the returned `ThumbnailFile`."""
     thumbnails = ThumbnailFile(handle, len(rows))
     for positions, block in _batches_of_rows(path, rows):
         thumbnails.write(positions, block)
